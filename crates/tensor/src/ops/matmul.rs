@@ -1,0 +1,325 @@
+//! Matrix multiplication with `torch.matmul` semantics, through the `gemm` crate.
+//!
+//! `gemm` takes arbitrary row/column strides, so transposed and sliced views multiply without a
+//! copy. f16/bf16 compute in f32; integer types use a plain triple loop (rarely hot).
+
+use crate::{DType, Error, Layout, Result, Shape, Tensor, WithDType};
+
+/// Below this many multiply-adds a GEMM runs on the calling thread (threads cost more than they save).
+const PARALLEL_FLOPS: usize = 1 << 18;
+
+/// Element types the GEMM kernel supports.
+pub(crate) trait GemmDType: WithDType {}
+impl GemmDType for f32 {}
+impl GemmDType for f64 {}
+
+/// A strided 2-D operand: pointer offset into a slice plus row and column strides (in elements).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MatRef {
+    pub offset: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+/// `dst[m, n] (+)= lhs[m, k] @ rhs[k, n]`; `dst` is row-major with leading dimension `n`.
+/// `accumulate` adds into `dst` instead of overwriting it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_into<T: GemmDType>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [T],
+    lhs: &[T],
+    l: MatRef,
+    rhs: &[T],
+    r: MatRef,
+    accumulate: bool,
+    allow_threads: bool,
+) {
+    assert!(dst.len() >= m * n, "gemm_into: destination too small");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(T::ZERO);
+        }
+        return;
+    }
+    // Bounds: the last element each operand touches must lie inside its slice.
+    assert!(l.offset + (m - 1) * l.row_stride + (k - 1) * l.col_stride < lhs.len());
+    assert!(r.offset + (k - 1) * r.row_stride + (n - 1) * r.col_stride < rhs.len());
+    let par = if allow_threads && m * n * k >= PARALLEL_FLOPS {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above keep every access of lhs, rhs and dst in bounds; T is f32 or f64,
+    // which `gemm` supports; dst does not alias the inputs (it is a distinct &mut).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr().add(l.offset),
+            l.col_stride as isize,
+            l.row_stride as isize,
+            rhs.as_ptr().add(r.offset),
+            r.col_stride as isize,
+            r.row_stride as isize,
+            T::ONE,
+            T::ONE,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// Naive reference product of row-major `[m, k] x [k, n]` f32 matrices (for tests and benchmarks).
+pub fn gemm_f32_reference(m: usize, n: usize, k: usize, a: &[f32], b: &[f32]) -> Vec<f32> {
+    let mut c = vec![0f32; m * n];
+    for i in 0..m {
+        for p in 0..k {
+            let av = a[i * k + p];
+            for j in 0..n {
+                c[i * n + j] += av * b[p * n + j];
+            }
+        }
+    }
+    c
+}
+
+impl Tensor {
+    /// Matrix product with `torch.matmul` semantics: 1-D·1-D is a dot product, 2-D·2-D a
+    /// matrix product, 1-D operands get a dimension prepended/appended (then removed), and
+    /// higher ranks are batches whose leading dimensions broadcast.
+    pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.check_same_dtype(rhs, "matmul")?;
+        let mismatch = |reason: String| Error::ShapeMismatch {
+            op: "matmul",
+            lhs: self.shape().clone(),
+            rhs: rhs.shape().clone(),
+            reason,
+        };
+        if self.rank() == 0 || rhs.rank() == 0 {
+            return Err(mismatch("both operands need at least one dimension".into()));
+        }
+        let a = if self.rank() == 1 {
+            self.unsqueeze(0)?
+        } else {
+            self.clone()
+        };
+        let b = if rhs.rank() == 1 {
+            rhs.unsqueeze(1)?
+        } else {
+            rhs.clone()
+        };
+        let (ar, br) = (a.rank(), b.rank());
+        let (m, k) = (a.dims()[ar - 2], a.dims()[ar - 1]);
+        let (k2, n) = (b.dims()[br - 2], b.dims()[br - 1]);
+        if k != k2 {
+            return Err(mismatch(format!("inner dimensions differ: {k} vs {k2}")));
+        }
+        let batch = Shape::new(a.dims()[..ar - 2].to_vec())
+            .broadcast_with(&Shape::new(b.dims()[..br - 2].to_vec()), "matmul")
+            .map_err(|_| mismatch("batch dimensions do not broadcast".into()))?;
+        let mut out_dims = batch.dims().to_vec();
+        out_dims.extend([m, n]);
+        let la = a
+            .layout()
+            .broadcast_as(&Shape::new([batch.dims(), &[m, k]].concat()))?;
+        let lb = b
+            .layout()
+            .broadcast_as(&Shape::new([batch.dims(), &[k, n]].concat()))?;
+        let out = match self.dtype() {
+            DType::F32 => batched_gemm::<f32>(&a, &la, &b, &lb, [m, n, k], out_dims)?,
+            DType::F64 => batched_gemm::<f64>(&a, &la, &b, &lb, [m, n, k], out_dims)?,
+            DType::F16 | DType::BF16 => {
+                let dt = self.dtype();
+                return self
+                    .to_dtype(DType::F32)?
+                    .matmul(&rhs.to_dtype(DType::F32)?)?
+                    .to_dtype(dt);
+            }
+            dt => crate::with_dtype!(dt, T => batched_naive::<T>(&a, &la, &b, &lb, [m, n, k], out_dims)?),
+        };
+        // Drop the dimensions that were added for 1-D operands.
+        let out = if rhs.rank() == 1 { out.squeeze(-1)? } else { out };
+        if self.rank() == 1 {
+            out.squeeze(if rhs.rank() == 1 { -1 } else { -2 })
+        } else {
+            Ok(out)
+        }
+    }
+}
+
+/// Storage offsets of each matrix in a batch-broadcast layout `[batch..., r, c]`.
+fn batch_offsets(l: &Layout) -> Vec<usize> {
+    let rank = l.dims().len();
+    let batch = Layout::new(
+        Shape::new(l.dims()[..rank - 2].to_vec()),
+        l.strides()[..rank - 2].to_vec(),
+        l.offset(),
+    );
+    batch.storage_indices()
+}
+
+fn mat_ref(l: &Layout, offset: usize) -> MatRef {
+    let r = l.dims().len();
+    MatRef {
+        offset,
+        row_stride: l.strides()[r - 2],
+        col_stride: l.strides()[r - 1],
+    }
+}
+
+fn batched_gemm<T: GemmDType>(
+    a: &Tensor,
+    la: &Layout,
+    b: &Tensor,
+    lb: &Layout,
+    [m, n, k]: [usize; 3],
+    out_dims: Vec<usize>,
+) -> Result<Tensor> {
+    let (da, db) = (a.storage_slice::<T>()?, b.storage_slice::<T>()?);
+    let (oa, ob) = (batch_offsets(la), batch_offsets(lb));
+    let mut out = vec![T::ZERO; oa.len() * m * n];
+    if m * n == 0 {
+        return Tensor::from_vec(out, out_dims);
+    }
+    let small = m * n * k < PARALLEL_FLOPS;
+    if small && oa.len() > 1 {
+        // Many small products: one per thread, each single-threaded.
+        use rayon::prelude::*;
+        out.par_chunks_mut(m * n)
+            .zip(oa.par_iter().zip(ob.par_iter()))
+            .for_each(|(dst, (&pa, &pb))| {
+                gemm_into(
+                    m,
+                    n,
+                    k,
+                    dst,
+                    da,
+                    mat_ref(la, pa),
+                    db,
+                    mat_ref(lb, pb),
+                    false,
+                    false,
+                );
+            });
+    } else {
+        for ((dst, &pa), &pb) in out.chunks_mut(m * n).zip(&oa).zip(&ob) {
+            gemm_into(
+                m,
+                n,
+                k,
+                dst,
+                da,
+                mat_ref(la, pa),
+                db,
+                mat_ref(lb, pb),
+                false,
+                true,
+            );
+        }
+    }
+    Tensor::from_vec(out, out_dims)
+}
+
+fn batched_naive<T: WithDType>(
+    a: &Tensor,
+    la: &Layout,
+    b: &Tensor,
+    lb: &Layout,
+    [m, n, k]: [usize; 3],
+    out_dims: Vec<usize>,
+) -> Result<Tensor> {
+    let (da, db) = (a.storage_slice::<T>()?, b.storage_slice::<T>()?);
+    let (oa, ob) = (batch_offsets(la), batch_offsets(lb));
+    let mut out = Vec::with_capacity(oa.len() * m * n);
+    for (&pa, &pb) in oa.iter().zip(&ob) {
+        let (ra, rb) = (mat_ref(la, pa), mat_ref(lb, pb));
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = T::ZERO;
+                for p in 0..k {
+                    let x = da[ra.offset + i * ra.row_stride + p * ra.col_stride];
+                    let y = db[rb.offset + p * rb.row_stride + j * rb.col_stride];
+                    acc = acc.add(x.mul(y));
+                }
+                out.push(acc);
+            }
+        }
+    }
+    Tensor::from_vec(out, out_dims)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{DType, Device, Tensor};
+
+    fn ar(n: usize, shape: &[usize]) -> Tensor {
+        Tensor::arange(0.0, n as f64, 1.0, DType::F32, Device::Cpu)
+            .unwrap()
+            .reshape(shape)
+            .unwrap()
+    }
+
+    #[test]
+    fn matmul_forms() {
+        let a = ar(6, &[2, 3]);
+        let b = ar(6, &[3, 2]);
+        assert_eq!(
+            a.matmul(&b).unwrap().to_vec::<f32>().unwrap(),
+            vec![10., 13., 28., 40.]
+        );
+        // transposed view, no copy
+        assert_eq!(
+            a.matmul(&a.t().unwrap()).unwrap().to_vec::<f32>().unwrap(),
+            vec![5., 14., 14., 50.]
+        );
+        let v = ar(3, &[3]);
+        assert_eq!(v.matmul(&v).unwrap().dims(), &[] as &[usize]);
+        assert_eq!(v.matmul(&v).unwrap().to_scalar::<f32>().unwrap(), 5.);
+        assert_eq!(a.matmul(&v).unwrap().to_vec::<f32>().unwrap(), vec![5., 14.]);
+        assert_eq!(v.matmul(&b).unwrap().to_vec::<f32>().unwrap(), vec![10., 13.]);
+        // batch broadcast: [2,1,2,3] x [4,3,2] -> [2,4,2,2]
+        let x = ar(12, &[2, 1, 2, 3]);
+        let y = ar(24, &[4, 3, 2]);
+        let z = x.matmul(&y).unwrap();
+        assert_eq!(z.dims(), &[2, 4, 2, 2]);
+        let z11 = x
+            .narrow(0, 1, 1)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .matmul(&y.narrow(0, 1, 1).unwrap().squeeze(0).unwrap())
+            .unwrap();
+        assert_eq!(
+            z.narrow(0, 1, 1)
+                .unwrap()
+                .narrow(1, 1, 1)
+                .unwrap()
+                .to_vec::<f32>()
+                .unwrap(),
+            z11.to_vec::<f32>().unwrap()
+        );
+        let ai = a.to_dtype(DType::I64).unwrap();
+        assert_eq!(
+            ai.matmul(&b.to_dtype(DType::I64).unwrap())
+                .unwrap()
+                .to_vec::<i64>()
+                .unwrap(),
+            vec![10, 13, 28, 40]
+        );
+        assert!(a.matmul(&a).is_err());
+    }
+}

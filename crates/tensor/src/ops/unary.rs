@@ -1,0 +1,330 @@
+//! Element-wise unary operations. Float ops run natively on f32/f64; f16/bf16 compute in f32
+//! and round back, as PyTorch does on the CPU.
+
+use crate::{DType, Error, FloatDType, Result, Tensor, WithDType};
+
+/// An element-wise function of one float tensor. Backends implement the enum, not one
+/// method per function.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum UnaryOp {
+    /// `exp(x)`
+    Exp,
+    /// Natural logarithm.
+    Log,
+    /// Square root.
+    Sqrt,
+    /// `1 / sqrt(x)`
+    Rsqrt,
+    /// Sine.
+    Sin,
+    /// Cosine.
+    Cos,
+    /// Hyperbolic tangent.
+    Tanh,
+    /// `1 / (1 + exp(-x))`, computed without overflow.
+    Sigmoid,
+    /// `max(x, 0)`
+    Relu,
+    /// Exact GELU, `x * Φ(x)` with the error function.
+    Gelu,
+    /// GELU's tanh approximation (GPT-2's `gelu_new`).
+    GeluTanh,
+    /// `x * sigmoid(x)` (a.k.a. swish).
+    Silu,
+    /// `x^p` for a constant exponent.
+    Powf(f64),
+    /// `1 / x`
+    Recip,
+    /// `x * x`
+    Sqr,
+    /// `mul * x + add`
+    Affine {
+        /// Scale.
+        mul: f64,
+        /// Shift.
+        add: f64,
+    },
+    /// `min(max(x, lo), hi)`
+    Clamp {
+        /// Lower bound.
+        lo: f64,
+        /// Upper bound.
+        hi: f64,
+    },
+}
+
+const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+
+impl UnaryOp {
+    /// The op's name, used in error messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            UnaryOp::Exp => "exp",
+            UnaryOp::Log => "log",
+            UnaryOp::Sqrt => "sqrt",
+            UnaryOp::Rsqrt => "rsqrt",
+            UnaryOp::Sin => "sin",
+            UnaryOp::Cos => "cos",
+            UnaryOp::Tanh => "tanh",
+            UnaryOp::Sigmoid => "sigmoid",
+            UnaryOp::Relu => "relu",
+            UnaryOp::Gelu => "gelu",
+            UnaryOp::GeluTanh => "gelu_tanh",
+            UnaryOp::Silu => "silu",
+            UnaryOp::Powf(_) => "powf",
+            UnaryOp::Recip => "recip",
+            UnaryOp::Sqr => "sqr",
+            UnaryOp::Affine { .. } => "affine",
+            UnaryOp::Clamp { .. } => "clamp",
+        }
+    }
+
+    /// Evaluate on one value.
+    #[inline(always)]
+    pub fn eval<F: FloatDType>(self, x: F) -> F {
+        let c = |v: f64| F::from_f64(v);
+        match self {
+            UnaryOp::Exp => x.exp(),
+            UnaryOp::Log => x.ln(),
+            UnaryOp::Sqrt => x.sqrt(),
+            UnaryOp::Rsqrt => x.sqrt().recip(),
+            UnaryOp::Sin => x.sin(),
+            UnaryOp::Cos => x.cos(),
+            UnaryOp::Tanh => x.tanh(),
+            UnaryOp::Sigmoid => sigmoid(x),
+            UnaryOp::Relu => {
+                if x > F::ZERO {
+                    x
+                } else {
+                    F::ZERO
+                }
+            }
+            UnaryOp::Gelu => {
+                let erf = F::from_f64(libm::erf(x.to_f64() * std::f64::consts::FRAC_1_SQRT_2));
+                c(0.5) * x * (F::ONE + erf)
+            }
+            UnaryOp::GeluTanh => {
+                c(0.5) * x * (F::ONE + (c(SQRT_2_OVER_PI) * (x + c(0.044715) * x * x * x)).tanh())
+            }
+            UnaryOp::Silu => x * sigmoid(x),
+            UnaryOp::Powf(p) => x.powf(c(p)),
+            UnaryOp::Recip => x.recip(),
+            UnaryOp::Sqr => x * x,
+            UnaryOp::Affine { mul, add } => x * c(mul) + c(add),
+            UnaryOp::Clamp { lo, hi } => x.max(c(lo)).min(c(hi)),
+        }
+    }
+}
+
+#[inline(always)]
+fn sigmoid<F: FloatDType>(x: F) -> F {
+    // Branch on sign so exp never overflows.
+    if x >= F::ZERO {
+        F::ONE / (F::ONE + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (F::ONE + e)
+    }
+}
+
+impl Tensor {
+    /// Apply a float [`UnaryOp`] element-wise.
+    pub fn unary(&self, op: UnaryOp) -> Result<Tensor> {
+        match self.dtype() {
+            DType::F32 => super::map_elements::<f32, f32>(self, |x| op.eval(x)),
+            DType::F64 => super::map_elements::<f64, f64>(self, |x| op.eval(x)),
+            DType::F16 | DType::BF16 => self.to_dtype(DType::F32)?.unary(op)?.to_dtype(self.dtype()),
+            dtype => Err(Error::UnsupportedDType {
+                op: op.name(),
+                dtype,
+                expected: "a float dtype (f16, bf16, f32, f64)",
+            }),
+        }
+    }
+
+    /// `exp(x)`.
+    pub fn exp(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Exp)
+    }
+    /// Natural logarithm.
+    pub fn log(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Log)
+    }
+    /// Square root.
+    pub fn sqrt(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Sqrt)
+    }
+    /// `1 / sqrt(x)`.
+    pub fn rsqrt(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Rsqrt)
+    }
+    /// Sine.
+    pub fn sin(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Sin)
+    }
+    /// Cosine.
+    pub fn cos(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Cos)
+    }
+    /// Hyperbolic tangent.
+    pub fn tanh(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Tanh)
+    }
+    /// Logistic sigmoid.
+    pub fn sigmoid(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Sigmoid)
+    }
+    /// Rectified linear unit.
+    pub fn relu(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Relu)
+    }
+    /// Exact GELU (`erf` form), as `torch.nn.functional.gelu`.
+    pub fn gelu(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Gelu)
+    }
+    /// Tanh-approximate GELU, as `gelu(x, approximate="tanh")`.
+    pub fn gelu_tanh(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::GeluTanh)
+    }
+    /// SiLU / swish.
+    pub fn silu(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Silu)
+    }
+    /// `x^p` for a constant `p`.
+    pub fn powf(&self, p: f64) -> Result<Tensor> {
+        self.unary(UnaryOp::Powf(p))
+    }
+    /// `1 / x`.
+    pub fn recip(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Recip)
+    }
+    /// `x * x`.
+    pub fn sqr(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Sqr)
+    }
+    /// Clamp into `[lo, hi]`.
+    pub fn clamp(&self, lo: f64, hi: f64) -> Result<Tensor> {
+        if lo > hi {
+            return Err(Error::invalid("clamp", format!("lo {lo} exceeds hi {hi}")));
+        }
+        if self.dtype().is_int() {
+            return crate::with_dtype!(self.dtype(), T => super::map_elements::<T, T>(self, |x| {
+                let v = x.to_f64().clamp(lo, hi);
+                T::from_f64(v)
+            }));
+        }
+        self.unary(UnaryOp::Clamp { lo, hi })
+    }
+    /// `mul * x + add` (any dtype; integers compute in f64 and truncate).
+    pub fn affine(&self, mul: f64, add: f64) -> Result<Tensor> {
+        if self.dtype().is_int() {
+            return crate::with_dtype!(self.dtype(), T => super::map_elements::<T, T>(self, |x| T::from_f64(x.to_f64() * mul + add)));
+        }
+        self.unary(UnaryOp::Affine { mul, add })
+    }
+    /// Negation (wrapping for unsigned integers).
+    pub fn neg(&self) -> Result<Tensor> {
+        crate::with_dtype!(self.dtype(), T => super::map_elements::<T, T>(self, |x| T::ZERO.sub(x)))
+    }
+    /// Absolute value.
+    pub fn abs(&self) -> Result<Tensor> {
+        crate::with_dtype!(self.dtype(), T => super::map_elements::<T, T>(self, |x| if x < T::ZERO { T::ZERO.sub(x) } else { x }))
+    }
+    /// `x + c` for a scalar.
+    pub fn add_scalar(&self, c: f64) -> Result<Tensor> {
+        self.affine(1.0, c)
+    }
+    /// `x * c` for a scalar.
+    pub fn mul_scalar(&self, c: f64) -> Result<Tensor> {
+        self.affine(c, 0.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: &[f64], b: &[f64], tol: f64) {
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= tol, "{a:?} vs {b:?}");
+        }
+    }
+
+    #[test]
+    fn hand_checked_values() {
+        let x = Tensor::from_vec(vec![-1.0f64, 0.0, 2.0], [3]).unwrap();
+        close(
+            &x.exp().unwrap().to_vec::<f64>().unwrap(),
+            &[0.36787944117144233, 1.0, 7.38905609893065],
+            1e-12,
+        );
+        close(&x.relu().unwrap().to_vec::<f64>().unwrap(), &[0.0, 0.0, 2.0], 0.0);
+        close(
+            &x.sigmoid().unwrap().to_vec::<f64>().unwrap(),
+            &[0.2689414213699951, 0.5, 0.8807970779778823],
+            1e-12,
+        );
+        // torch.nn.functional.gelu([-1, 0, 2]) = [-0.15865525, 0, 1.95449974]
+        close(
+            &x.gelu().unwrap().to_vec::<f64>().unwrap(),
+            &[-0.15865525393145707, 0.0, 1.9544997361036416],
+            1e-12,
+        );
+        // approximate="tanh": [-0.15880801, 0, 1.95459769]
+        close(
+            &x.gelu_tanh().unwrap().to_vec::<f64>().unwrap(),
+            &[-0.15880800939172324, 0.0, 1.9545976940871754],
+            1e-12,
+        );
+        close(
+            &x.silu().unwrap().to_vec::<f64>().unwrap(),
+            &[-0.2689414213699951, 0.0, 1.7615941559557646],
+            1e-12,
+        );
+        close(
+            &x.tanh().unwrap().to_vec::<f64>().unwrap(),
+            &[-0.7615941559557649, 0.0, 0.9640275800758169],
+            1e-12,
+        );
+        close(
+            &x.clamp(-0.5, 1.0).unwrap().to_vec::<f64>().unwrap(),
+            &[-0.5, 0.0, 1.0],
+            0.0,
+        );
+        close(
+            &x.affine(2.0, 1.0).unwrap().to_vec::<f64>().unwrap(),
+            &[-1.0, 1.0, 5.0],
+            0.0,
+        );
+        close(
+            &x.neg().unwrap().abs().unwrap().to_vec::<f64>().unwrap(),
+            &[1.0, 0.0, 2.0],
+            0.0,
+        );
+        let p = Tensor::from_vec(vec![4.0f32, 9.0], [2]).unwrap();
+        close(&p.sqrt().unwrap().to_f64_vec(), &[2.0, 3.0], 0.0);
+        close(&p.rsqrt().unwrap().to_f64_vec(), &[0.5, 1.0 / 3.0], 1e-7);
+        close(&p.powf(1.5).unwrap().to_f64_vec(), &[8.0, 27.0], 1e-5);
+        close(&p.log().unwrap().to_f64_vec(), &[4f64.ln(), 9f64.ln()], 1e-6);
+        let s = Tensor::from_vec(vec![0.0f64, std::f64::consts::FRAC_PI_2], [2]).unwrap();
+        close(&s.sin().unwrap().to_f64_vec(), &[0.0, 1.0], 1e-15);
+        close(&s.cos().unwrap().to_f64_vec(), &[1.0, 0.0], 1e-15);
+    }
+
+    #[test]
+    fn sigmoid_is_stable_at_extremes_and_half_precision_works() {
+        let x = Tensor::from_vec(vec![-1000.0f32, 1000.0], [2]).unwrap();
+        assert_eq!(x.sigmoid().unwrap().to_vec::<f32>().unwrap(), vec![0.0, 1.0]);
+        let h = x.to_dtype(DType::BF16).unwrap().tanh().unwrap();
+        assert_eq!(h.dtype(), DType::BF16);
+        assert_eq!(h.to_f64_vec(), vec![-1.0, 1.0]);
+    }
+
+    #[test]
+    fn integer_float_op_is_an_error() {
+        let x = Tensor::from_vec(vec![1i64, 2], [2]).unwrap();
+        let e = x.exp().unwrap_err();
+        assert!(e.to_string().contains("exp"), "{e}");
+        assert_eq!(x.neg().unwrap().to_vec::<i64>().unwrap(), vec![-1, -2]);
+    }
+}
