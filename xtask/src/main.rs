@@ -1,1 +1,37 @@
-fn main() {}
+//! `cargo xtask`: kiln's command runner (always built in release through the alias in
+//! `.cargo/config.toml`). Later work adds `train`, `eval`, `generate`, `serve`, ...
+
+use clap::{Parser, Subcommand};
+
+/// kiln's developer and user commands.
+#[derive(Parser)]
+#[command(name = "cargo xtask", version, about = "kiln: train, evaluate and serve models; run benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the kiln crates this build links and the compute devices it can use.
+    Info,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Info => info(),
+    }
+}
+
+fn info() -> anyhow::Result<()> {
+    println!("kiln {}", env!("CARGO_PKG_VERSION"));
+    println!("crates: {}", kiln::CRATES.join(", "));
+    for dev in [kiln::tensor::Device::Cpu, kiln::tensor::Device::Cuda(0)] {
+        match dev.ensure_available() {
+            Ok(()) => println!("device {dev}: available"),
+            Err(e) => println!("device {dev}: unavailable ({e})"),
+        }
+    }
+    Ok(())
+}
