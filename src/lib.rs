@@ -11,7 +11,8 @@
 //! # Ok::<(), kiln::tensor::Error>(())
 //! ```
 
+pub use kiln_autograd as autograd;
 pub use kiln_tensor as tensor;
 
 /// The kiln crates this facade re-exports, for `cargo xtask info`.
-pub const CRATES: &[&str] = &["kiln-tensor"];
+pub const CRATES: &[&str] = &["kiln-tensor", "kiln-autograd"];

@@ -34,6 +34,7 @@ pub use layout::Layout;
 
 pub use random::TensorRng;
 pub use shape::{AllDims, Dim, Dims, Shape};
+pub use storage::live_storage_bytes;
 pub use tensor::Tensor;
 
 pub use half::{bf16, f16};

@@ -1,5 +1,6 @@
 //! Element storage: one typed buffer per dtype, owned or memory-mapped from a file.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use half::{bf16, f16};
@@ -108,6 +109,32 @@ macro_rules! map_storage {
 pub enum Storage {
     /// Host memory.
     Cpu(CpuStorage),
+}
+
+/// Bytes held by all live tensor storages of this process (owned and mapped).
+static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// Bytes of element storage currently alive in this process: a leak detector for tests
+/// ("after a training step, memory returns to where it was").
+pub fn live_storage_bytes() -> usize {
+    LIVE_BYTES.load(Ordering::Relaxed)
+}
+
+impl Storage {
+    /// Wrap CPU storage, counting its bytes as live until it is dropped.
+    pub(crate) fn new_cpu(s: CpuStorage) -> Storage {
+        LIVE_BYTES.fetch_add(s.as_bytes().len(), Ordering::Relaxed);
+        Storage::Cpu(s)
+    }
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        let n = match self {
+            Storage::Cpu(s) => s.as_bytes().len(),
+        };
+        LIVE_BYTES.fetch_sub(n, Ordering::Relaxed);
+    }
 }
 
 impl Storage {

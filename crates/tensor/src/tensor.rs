@@ -63,7 +63,7 @@ impl Tensor {
     /// A tensor over existing CPU storage with the given layout.
     pub fn from_storage(storage: CpuStorage, layout: Layout) -> Tensor {
         Tensor(Arc::new(TensorInner {
-            storage: Arc::new(Storage::Cpu(storage)),
+            storage: Arc::new(Storage::new_cpu(storage)),
             layout,
             device: Device::Cpu,
         }))

@@ -1,6 +1,6 @@
 //! Element-wise binary operations with NumPy broadcasting, comparisons and `where`.
 
-use crate::{DType, Error, Layout, Result, Shape, Tensor, WithDType};
+use crate::{DType, Layout, Result, Shape, Tensor, WithDType};
 
 /// An arithmetic function of two tensors of the same dtype.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -297,19 +297,6 @@ fn where_kernel<T: WithDType>(mask: &Tensor, a: &Tensor, b: &Tensor, shape: Shap
         }));
     });
     Tensor::from_vec(out, shape)
-}
-
-/// Error for an operation that needs two tensors of identical shape.
-pub(crate) fn same_shape(a: &Tensor, b: &Tensor, op: &'static str) -> Result<()> {
-    if a.shape() != b.shape() {
-        return Err(Error::ShapeMismatch {
-            op,
-            lhs: a.shape().clone(),
-            rhs: b.shape().clone(),
-            reason: "shapes must be equal".into(),
-        });
-    }
-    Ok(())
 }
 
 #[cfg(test)]

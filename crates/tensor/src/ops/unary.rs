@@ -25,6 +25,8 @@ pub enum UnaryOp {
     Sigmoid,
     /// `max(x, 0)`
     Relu,
+    /// The error function.
+    Erf,
     /// Exact GELU, `x * Φ(x)` with the error function.
     Gelu,
     /// GELU's tanh approximation (GPT-2's `gelu_new`).
@@ -68,6 +70,7 @@ impl UnaryOp {
             UnaryOp::Tanh => "tanh",
             UnaryOp::Sigmoid => "sigmoid",
             UnaryOp::Relu => "relu",
+            UnaryOp::Erf => "erf",
             UnaryOp::Gelu => "gelu",
             UnaryOp::GeluTanh => "gelu_tanh",
             UnaryOp::Silu => "silu",
@@ -99,6 +102,7 @@ impl UnaryOp {
                     F::ZERO
                 }
             }
+            UnaryOp::Erf => F::from_f64(libm::erf(x.to_f64())),
             UnaryOp::Gelu => {
                 let erf = F::from_f64(libm::erf(x.to_f64() * std::f64::consts::FRAC_1_SQRT_2));
                 c(0.5) * x * (F::ONE + erf)
@@ -177,6 +181,10 @@ impl Tensor {
     /// Rectified linear unit.
     pub fn relu(&self) -> Result<Tensor> {
         self.unary(UnaryOp::Relu)
+    }
+    /// The error function.
+    pub fn erf(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Erf)
     }
     /// Exact GELU (`erf` form), as `torch.nn.functional.gelu`.
     pub fn gelu(&self) -> Result<Tensor> {

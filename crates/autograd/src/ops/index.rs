@@ -1,0 +1,1 @@
+//! Indexing ops (index_select, gather, scatter_add, index_add, embedding).

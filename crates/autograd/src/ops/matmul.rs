@@ -1,0 +1,44 @@
+//! Matrix multiplication in all of `torch.matmul`'s forms.
+
+use crate::{Result, Var};
+
+use super::sum_to_shape;
+
+impl Var {
+    /// `torch.matmul`: 1-D operands are lifted to matrices (and the added dimension removed
+    /// after), batch dimensions broadcast and their gradients are summed back.
+    pub fn matmul(&self, rhs: &Var) -> Result<Var> {
+        // Lift 1-D operands with differentiable views so the core only sees rank >= 2.
+        let a = if self.rank() == 1 {
+            self.unsqueeze(0)?
+        } else {
+            self.clone()
+        };
+        let b = if rhs.rank() == 1 {
+            rhs.unsqueeze(1)?
+        } else {
+            rhs.clone()
+        };
+        let y = a.value().matmul(b.value())?;
+        let (av, bv) = (a.value().clone(), b.value().clone());
+        // Skip the product for an operand that takes no gradient (e.g. the input batch).
+        let (need_a, need_b) = (a.requires_grad(), b.requires_grad());
+        let out = Var::from_op("matmul", y, &[&a, &b], move |g| {
+            let ga = match need_a {
+                true => Some(sum_to_shape(&g.matmul(&bv.t()?)?, av.shape())?),
+                false => None,
+            };
+            let gb = match need_b {
+                true => Some(sum_to_shape(&av.t()?.matmul(g)?, bv.shape())?),
+                false => None,
+            };
+            Ok(vec![ga, gb])
+        });
+        let out = if rhs.rank() == 1 { out.squeeze(-1)? } else { out };
+        if self.rank() == 1 {
+            out.squeeze(if rhs.rank() == 1 { -1 } else { -2 })
+        } else {
+            Ok(out)
+        }
+    }
+}
