@@ -5,7 +5,11 @@ use clap::{Parser, Subcommand};
 
 /// kiln's developer and user commands.
 #[derive(Parser)]
-#[command(name = "cargo xtask", version, about = "kiln: train, evaluate and serve models; run benchmarks")]
+#[command(
+    name = "cargo xtask",
+    version,
+    about = "kiln: train, evaluate and serve models; run benchmarks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

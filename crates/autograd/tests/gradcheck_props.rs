@@ -208,4 +208,62 @@ proptest! {
         let composed = -(0..n).map(|i| lsm[i][ti[i] as usize]).sum::<f64>() / n as f64;
         prop_assert!((fused - composed).abs() < 1e-12);
     }
+
+    #[test]
+    fn indexing(rows in 1usize..5, cols in 1usize..4, k in 1usize..6, seed in 0u64..10_000, op in 0usize..5) {
+        let mut r = TensorRng::new(seed);
+        let x = randn(&[rows, cols], seed);
+        let idx = Tensor::from_vec((0..k).map(|_| r.next_below(rows as u64) as i64).collect::<Vec<_>>(), [k]).unwrap();
+        let gidx = Tensor::from_vec((0..rows * cols).map(|_| r.next_below(cols as u64) as i64).collect::<Vec<_>>(), [rows, cols]).unwrap();
+        let src_rows = randn(&[k, cols], seed + 1);
+        let src_full = randn(&[rows, cols], seed + 2);
+        check(|v| match op {
+            0 => v[0].index_select(0, &idx),
+            1 => v[0].gather(1, &gidx),
+            2 => v[0].scatter_add(1, &gidx, &v[2]),
+            3 => v[0].index_add(0, &idx, &v[1]),
+            _ => Var::embedding(&idx.reshape([1, k]).unwrap(), &v[0]),
+        }, &[x, src_rows, src_full])?;
+    }
+
+    #[test]
+    fn conv2d_with_stride_padding_dilation_groups(n in 1usize..3, g in 1usize..3, cpg in 1usize..3, opg in 1usize..3,
+            h in 3usize..6, w in 3usize..6, k in 1usize..3, s in 1usize..3, pad in 0usize..2, dil in 1usize..3,
+            bias in any::<bool>(), seed in 0u64..10_000) {
+        let (c, o) = (g * cpg, g * opg);
+        prop_assume!(dil * (k - 1) < h + 2 * pad && dil * (k - 1) < w + 2 * pad);
+        let p = kiln_tensor::ops::conv::Conv2dParams { stride: (s, s), padding: (pad, pad), dilation: (dil, dil), groups: g };
+        let x = randn(&[n, c, h, w], seed);
+        let wt = randn(&[o, cpg, k, k], seed + 1);
+        let b = randn(&[o], seed + 2);
+        check(|v| v[0].conv2d(&v[1], bias.then_some(&v[2]), p), &[x, wt, b])?;
+    }
+
+    #[test]
+    fn conv1d_and_transposed(n in 1usize..3, c in 1usize..3, o in 1usize..3, l in 3usize..6, k in 1usize..3,
+            s in 1usize..3, pad in 0usize..2, seed in 0u64..10_000) {
+        let p1 = kiln_tensor::ops::conv::ConvParams { stride: s, padding: pad, dilation: 1, groups: 1 };
+        let x = randn(&[n, c, l], seed);
+        let w1 = randn(&[o, c, k], seed + 1);
+        check(|v| v[0].conv1d(&v[1], None, p1), &[x, w1])?;
+        prop_assume!(pad < k);
+        let pt = kiln_tensor::ops::conv::ConvTranspose2dParams { stride: (s, s), padding: (pad, pad), output_padding: (0, 0), dilation: (1, 1), groups: 1 };
+        let xt = randn(&[n, c, l, l - 1], seed + 2);
+        let wt = randn(&[c, o, k, k], seed + 3);
+        let bt = randn(&[o], seed + 4);
+        check(|v| v[0].conv_transpose2d(&v[1], Some(&v[2]), pt), &[xt, wt, bt])?;
+    }
+
+    #[test]
+    fn pooling_and_upsampling(n in 1usize..3, c in 1usize..3, h in 2usize..7, w in 2usize..7, k in 1usize..3,
+            s in 1usize..3, seed in 0u64..10_000, op in 0usize..4) {
+        prop_assume!(k <= h && k <= w);
+        let x = randn(&[n, c, h, w], seed);
+        check(|v| match op {
+            0 => v[0].max_pool2d((k, k), (s, s), (0, 0)),
+            1 => v[0].avg_pool2d((k, k), (s, s), (k / 2, k / 2), s == 1),
+            2 => v[0].adaptive_avg_pool2d((h.div_ceil(2), 2)),
+            _ => v[0].upsample_nearest2d((2 * h, w + 1)),
+        }, &[x])?;
+    }
 }

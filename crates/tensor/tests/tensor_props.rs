@@ -4,7 +4,15 @@ use kiln_tensor::{DType, Device, Tensor, TensorRng};
 use proptest::prelude::*;
 
 fn rand_t(shape: &[usize], seed: u64) -> Tensor {
-    Tensor::randn(shape.to_vec(), 0.0, 1.0, DType::F64, Device::Cpu, &mut TensorRng::new(seed)).unwrap()
+    Tensor::randn(
+        shape.to_vec(),
+        0.0,
+        1.0,
+        DType::F64,
+        Device::Cpu,
+        &mut TensorRng::new(seed),
+    )
+    .unwrap()
 }
 
 /// Row-major multi-index of a flat position.

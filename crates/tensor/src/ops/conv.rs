@@ -184,10 +184,6 @@ impl Geom {
             && self.oh == self.h
             && self.ow == self.w
     }
-    /// Multiply-adds of the per-group GEMMs of one image.
-    fn macs_per_image(&self) -> usize {
-        self.co * self.p() * self.k()
-    }
 }
 
 /// Output length of a convolution along one dimension, or `None` when the dilated kernel is longer
@@ -244,7 +240,12 @@ fn conv2d_geom(op: &'static str, x: &Shape, w: &Shape, p: &Conv2dParams) -> Resu
     check_positive(op, p.stride, p.dilation, p.groups, x, w)?;
     let g = p.groups;
     if h == 0 || wd == 0 {
-        return Err(mismatch(op, x, w, "the input's height and width must be non-zero"));
+        return Err(mismatch(
+            op,
+            x,
+            w,
+            "the input's height and width must be non-zero",
+        ));
     }
     if cig.checked_mul(g) != Some(c) {
         return Err(mismatch(
@@ -316,7 +317,12 @@ fn conv_transpose2d_geom(op: &'static str, x: &Shape, w: &Shape, p: &ConvTranspo
     check_positive(op, p.stride, p.dilation, p.groups, x, w)?;
     let g = p.groups;
     if ih == 0 || iw == 0 {
-        return Err(mismatch(op, x, w, "the input's height and width must be non-zero"));
+        return Err(mismatch(
+            op,
+            x,
+            w,
+            "the input's height and width must be non-zero",
+        ));
     }
     if wci != ci {
         return Err(mismatch(
@@ -481,7 +487,11 @@ fn run<T: GemmDType>(
 #[inline]
 fn valid_range(off: usize, pad: usize, s: usize, len: usize, out: usize) -> (usize, usize) {
     let lo = if off >= pad { 0 } else { (pad - off).div_ceil(s) };
-    let hi = if len + pad <= off { 0 } else { (len + pad - off).div_ceil(s) };
+    let hi = if len + pad <= off {
+        0
+    } else {
+        (len + pad - off).div_ceil(s)
+    };
     let lo = lo.min(out);
     (lo, hi.min(out).max(lo))
 }
@@ -601,50 +611,56 @@ fn im2col_gemm<T: GemmDType>(x: &[T], w: &[T], bias: Option<&[T]>, g: &Geom) -> 
     let (p, k, cog, cig) = (g.p(), g.k(), g.cog(), g.cig());
     let mut out = vec![T::ZERO; g.n * g.cols_len()];
     let pointwise = g.is_pointwise();
-    for_each_image(&mut out, g.n, g.cols_len(), g.scratch_len(), |i, dst, col, threaded| {
-        let img = &x[i * g.image_len()..(i + 1) * g.image_len()];
-        if let Some(b) = bias {
-            for (plane, &bv) in dst.chunks_exact_mut(p).zip(b) {
-                plane.fill(bv);
+    for_each_image(
+        &mut out,
+        g.n,
+        g.cols_len(),
+        g.scratch_len(),
+        |i, dst, col, threaded| {
+            let img = &x[i * g.image_len()..(i + 1) * g.image_len()];
+            if let Some(b) = bias {
+                for (plane, &bv) in dst.chunks_exact_mut(p).zip(b) {
+                    plane.fill(bv);
+                }
             }
-        }
-        // The im2col matrix (or, pointwise, the image itself) with its per-group offset and row stride.
-        let (rhs, rhs_base): (&[T], usize) = if pointwise {
-            (x, i * g.image_len())
-        } else {
-            let per_channel = g.kh * g.kw * p;
-            if threaded && col.len() >= PARALLEL_ELEMS {
-                img.par_chunks_exact(g.h * g.w)
-                    .zip(col.par_chunks_exact_mut(per_channel))
-                    .for_each(|(plane, rows)| im2col_channel(plane, rows, g));
+            // The im2col matrix (or, pointwise, the image itself) with its per-group offset and row stride.
+            let (rhs, rhs_base): (&[T], usize) = if pointwise {
+                (x, i * g.image_len())
             } else {
-                im2col(img, col, g);
+                let per_channel = g.kh * g.kw * p;
+                if threaded && col.len() >= PARALLEL_ELEMS {
+                    img.par_chunks_exact(g.h * g.w)
+                        .zip(col.par_chunks_exact_mut(per_channel))
+                        .for_each(|(plane, rows)| im2col_channel(plane, rows, g));
+                } else {
+                    im2col(img, col, g);
+                }
+                (&*col, 0)
+            };
+            for grp in 0..g.groups {
+                gemm_into(
+                    cog,
+                    p,
+                    k,
+                    &mut dst[grp * cog * p..(grp + 1) * cog * p],
+                    w,
+                    MatRef {
+                        offset: grp * cog * k,
+                        row_stride: k,
+                        col_stride: 1,
+                    },
+                    rhs,
+                    MatRef {
+                        offset: rhs_base + grp * cig * g.kh * g.kw * p,
+                        row_stride: p,
+                        col_stride: 1,
+                    },
+                    bias.is_some(),
+                    threaded,
+                );
             }
-            (&*col, 0)
-        };
-        for grp in 0..g.groups {
-            gemm_into(
-                cog,
-                p,
-                k,
-                &mut dst[grp * cog * p..(grp + 1) * cog * p],
-                w,
-                MatRef {
-                    offset: grp * cog * k,
-                    row_stride: k,
-                    col_stride: 1,
-                },
-                rhs,
-                MatRef {
-                    offset: rhs_base + grp * cig * g.kh * g.kw * p,
-                    row_stride: p,
-                    col_stride: 1,
-                },
-                bias.is_some(),
-                threaded,
-            );
-        }
-    });
+        },
+    );
     out
 }
 
@@ -654,54 +670,60 @@ fn gemm_col2im<T: GemmDType>(cols: &[T], w: &[T], bias: Option<&[T]>, g: &Geom) 
     let (p, k, cog, cig, hw) = (g.p(), g.k(), g.cog(), g.cig(), g.h * g.w);
     let mut out = vec![T::ZERO; g.n * g.image_len()];
     let pointwise = g.is_pointwise();
-    for_each_image(&mut out, g.n, g.image_len(), g.scratch_len(), |i, img, col, threaded| {
-        let src = &cols[i * g.cols_len()..(i + 1) * g.cols_len()];
-        if let Some(b) = bias {
-            for (plane, &bv) in img.chunks_exact_mut(hw).zip(b) {
-                plane.fill(bv);
-            }
-        }
-        for grp in 0..g.groups {
-            // col_g [K, P] = W_g^T [K, cog] @ cols_g [cog, P]; pointwise, K = cig rows of the image.
-            let (dst, accumulate) = if pointwise {
-                (&mut img[grp * cig * hw..(grp + 1) * cig * hw], bias.is_some())
-            } else {
-                (&mut col[grp * k * p..(grp + 1) * k * p], false)
-            };
-            gemm_into(
-                k,
-                p,
-                cog,
-                dst,
-                w,
-                MatRef {
-                    offset: grp * cog * k,
-                    row_stride: 1,
-                    col_stride: k,
-                },
-                src,
-                MatRef {
-                    offset: grp * cog * p,
-                    row_stride: p,
-                    col_stride: 1,
-                },
-                accumulate,
-                threaded,
-            );
-        }
-        if !pointwise {
-            let per_channel = g.kh * g.kw * p;
-            if threaded && col.len() >= PARALLEL_ELEMS {
-                col.par_chunks_exact(per_channel)
-                    .zip(img.par_chunks_exact_mut(hw))
-                    .for_each(|(rows, plane)| col2im_channel(rows, plane, g));
-            } else {
-                for (rows, plane) in col.chunks_exact(per_channel).zip(img.chunks_exact_mut(hw)) {
-                    col2im_channel(rows, plane, g);
+    for_each_image(
+        &mut out,
+        g.n,
+        g.image_len(),
+        g.scratch_len(),
+        |i, img, col, threaded| {
+            let src = &cols[i * g.cols_len()..(i + 1) * g.cols_len()];
+            if let Some(b) = bias {
+                for (plane, &bv) in img.chunks_exact_mut(hw).zip(b) {
+                    plane.fill(bv);
                 }
             }
-        }
-    });
+            for grp in 0..g.groups {
+                // col_g [K, P] = W_g^T [K, cog] @ cols_g [cog, P]; pointwise, K = cig rows of the image.
+                let (dst, accumulate) = if pointwise {
+                    (&mut img[grp * cig * hw..(grp + 1) * cig * hw], bias.is_some())
+                } else {
+                    (&mut col[grp * k * p..(grp + 1) * k * p], false)
+                };
+                gemm_into(
+                    k,
+                    p,
+                    cog,
+                    dst,
+                    w,
+                    MatRef {
+                        offset: grp * cog * k,
+                        row_stride: 1,
+                        col_stride: k,
+                    },
+                    src,
+                    MatRef {
+                        offset: grp * cog * p,
+                        row_stride: p,
+                        col_stride: 1,
+                    },
+                    accumulate,
+                    threaded,
+                );
+            }
+            if !pointwise {
+                let per_channel = g.kh * g.kw * p;
+                if threaded && col.len() >= PARALLEL_ELEMS {
+                    col.par_chunks_exact(per_channel)
+                        .zip(img.par_chunks_exact_mut(hw))
+                        .for_each(|(rows, plane)| col2im_channel(rows, plane, g));
+                } else {
+                    for (rows, plane) in col.chunks_exact(per_channel).zip(img.chunks_exact_mut(hw)) {
+                        col2im_channel(rows, plane, g);
+                    }
+                }
+            }
+        },
+    );
     out
 }
 
@@ -760,7 +782,11 @@ fn grad_weight<T: GemmDType>(x: &[T], cols: &[T], g: &Geom) -> Vec<T> {
         .into_par_iter()
         .map(|ci| {
             let mut part = vec![T::ZERO; wlen];
-            accumulate(ci * per_chunk..((ci + 1) * per_chunk).min(g.n), &mut part, threaded);
+            accumulate(
+                ci * per_chunk..((ci + 1) * per_chunk).min(g.n),
+                &mut part,
+                threaded,
+            );
             part
         })
         .collect();
@@ -879,7 +905,12 @@ impl Tensor {
                 "expected a 4-D grad_out [N, C_out, H_out, W_out]",
             ));
         };
-        let c = weight.dims().get(1).copied().unwrap_or(0).saturating_mul(p.groups);
+        let c = weight
+            .dims()
+            .get(1)
+            .copied()
+            .unwrap_or(0)
+            .saturating_mul(p.groups);
         let x_shape = Shape::from([n, c, input_hw.0, input_hw.1]);
         let g = conv2d_geom(OP, &x_shape, weight.shape(), &p)?;
         check_dims(OP, grad_out, &[g.n, g.co, g.oh, g.ow], "grad_out")?;
@@ -991,9 +1022,14 @@ impl Tensor {
                 "expected a 3-D grad_out [N, C_out, L_out] and a 3-D weight [C_out, C_in / groups, k]",
             ));
         }
-        Tensor::conv2d_grad_input(&grad_out.unsqueeze(2)?, &weight.unsqueeze(2)?, (1, input_len), p.into())
-            .map_err(|e| rename_shapes(e, grad_out, weight))?
-            .squeeze(2)
+        Tensor::conv2d_grad_input(
+            &grad_out.unsqueeze(2)?,
+            &weight.unsqueeze(2)?,
+            (1, input_len),
+            p.into(),
+        )
+        .map_err(|e| rename_shapes(e, grad_out, weight))?
+        .squeeze(2)
     }
 
     /// Gradient of [`Tensor::conv1d`] with respect to its weight: `input` `[N, C_in, L]` and
@@ -1039,8 +1075,22 @@ fn transpose_input_hw(
         let num = out as i128 - 1 + 2 * pad as i128 - d as i128 * (k as i128 - 1) - o as i128;
         (s > 0 && k > 0 && num >= 0 && num % s as i128 == 0).then(|| (num / s as i128) as usize + 1)
     };
-    let ih = solve(out_hw.0, kh, p.stride.0, p.padding.0, p.dilation.0, p.output_padding.0);
-    let iw = solve(out_hw.1, kw, p.stride.1, p.padding.1, p.dilation.1, p.output_padding.1);
+    let ih = solve(
+        out_hw.0,
+        kh,
+        p.stride.0,
+        p.padding.0,
+        p.dilation.0,
+        p.output_padding.0,
+    );
+    let iw = solve(
+        out_hw.1,
+        kw,
+        p.stride.1,
+        p.padding.1,
+        p.dilation.1,
+        p.output_padding.1,
+    );
     match (ih, iw) {
         (Some(ih), Some(iw)) => Ok((ih, iw)),
         _ => Err(mismatch(
@@ -1093,7 +1143,9 @@ mod tests {
         };
         let y = x.conv2d(&w, Some(&b), p).unwrap();
         assert_eq!(y.dims(), &[1, 1, 4, 4]);
-        let expect = [1., 3., 5., 3., 5., 12., 16., 9., 11., 24., 28., 15., 7., 15., 17., 9.];
+        let expect = [
+            1., 3., 5., 3., 5., 12., 16., 9., 11., 24., 28., 15., 7., 15., 17., 9.,
+        ];
         assert_eq!(
             y.to_vec::<f64>().unwrap(),
             expect.iter().map(|v| v + 0.5).collect::<Vec<_>>()
@@ -1120,12 +1172,16 @@ mod tests {
         let x = seq(2 * 3 * 2 * 2, &[2, 3, 2, 2]);
         let w = t(&[1., 0., 2., -1., 1., 0.5], &[2, 3, 1, 1]);
         let y = x.conv2d(&w, None, Conv2dParams::default()).unwrap();
-        let xv = x.to_vec::<f64>().unwrap();
+        let (xv, wv) = (x.to_vec::<f64>().unwrap(), w.to_vec::<f64>().unwrap());
         let mut expect = vec![];
         for n in 0..2 {
             for o in 0..2 {
                 for px in 0..4 {
-                    expect.push((0..3).map(|c| w.to_vec::<f64>().unwrap()[o * 3 + c] * xv[n * 12 + c * 4 + px]).sum());
+                    expect.push(
+                        (0..3)
+                            .map(|c| wv[o * 3 + c] * xv[n * 12 + c * 4 + px])
+                            .sum::<f64>(),
+                    );
                 }
             }
         }
@@ -1157,7 +1213,10 @@ mod tests {
             stride: 2,
             ..Default::default()
         };
-        assert_eq!(x.conv1d(&w, None, p).unwrap().to_vec::<f64>().unwrap(), vec![-2., -2., 4.]);
+        assert_eq!(
+            x.conv1d(&w, None, p).unwrap().to_vec::<f64>().unwrap(),
+            vec![-2., -2., 4.]
+        );
         for dt in [DType::F32, DType::F16, DType::BF16] {
             let y = x
                 .to_dtype(dt)
@@ -1218,7 +1277,10 @@ mod tests {
         assert_eq!(y.dims(), &[1, 1, 5, 5]);
         assert_eq!(y.to_vec::<f64>().unwrap()[20..], [0.; 5]);
         let y = x.conv_transpose2d(&w, None, Default::default()).unwrap();
-        assert_eq!(y.to_vec::<f64>().unwrap(), vec![1., 3., 2., 4., 10., 6., 3., 7., 4.]);
+        assert_eq!(
+            y.to_vec::<f64>().unwrap(),
+            vec![1., 3., 2., 4., 10., 6., 3., 7., 4.]
+        );
         // Its input gradient is the forward convolution of grad_out.
         let gx = Tensor::conv_transpose2d_grad_input(&y, &w, Default::default()).unwrap();
         assert_eq!(gx.to_vec::<f64>().unwrap(), vec![18., 21., 24., 27.]);
@@ -1233,16 +1295,75 @@ mod tests {
         assert_eq!(gw.to_vec::<f64>().unwrap(), vec![11., 14., 20., 23.]);
         let w = t(&[1., 2., 3., 4.], &[1, 1, 2, 2]);
         let gx = Tensor::conv2d_grad_input(&g, &w, (3, 3), Conv2dParams::default()).unwrap();
-        assert_eq!(gx.to_vec::<f64>().unwrap(), vec![1., 2., 0., 3., 6., 4., 0., 6., 8.]);
+        assert_eq!(
+            gx.to_vec::<f64>().unwrap(),
+            vec![1., 2., 0., 3., 6., 4., 0., 6., 8.]
+        );
         // grad_out of the wrong size is an error, not a panic.
         assert!(Tensor::conv2d_grad_input(&g, &w, (5, 5), Conv2dParams::default()).is_err());
+    }
+
+    /// Direct convolution, for checking the large-image paths.
+    fn naive(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Vec<f64> {
+        let [n, c, h, wd] = x.dims4("t").unwrap();
+        let [co, cig, kh, kw] = w.dims4("t").unwrap();
+        let g = conv2d_geom("t", x.shape(), w.shape(), &p).unwrap();
+        let (xv, wv) = (x.to_vec::<f64>().unwrap(), w.to_vec::<f64>().unwrap());
+        let mut out = vec![0.0; n * co * g.oh * g.ow];
+        for (i, o) in out.iter_mut().enumerate() {
+            let (ox, oy, oc, b) = (i % g.ow, (i / g.ow) % g.oh, (i / g.p()) % co, i / (co * g.p()));
+            for ci in 0..cig {
+                let cin = oc / g.cog() * cig + ci;
+                for ki in 0..kh {
+                    for kj in 0..kw {
+                        let iy = (oy * g.sh + ki * g.dh) as isize - g.ph as isize;
+                        let ix = (ox * g.sw + kj * g.dw) as isize - g.pw as isize;
+                        if (0..h as isize).contains(&iy) && (0..wd as isize).contains(&ix) {
+                            *o += xv[((b * c + cin) * h + iy as usize) * wd + ix as usize]
+                                * wv[((oc * cig + ci) * kh + ki) * kw + kj];
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn single_large_image_uses_threaded_paths() {
+        // One image whose im2col matrix exceeds PARALLEL_ELEMS: im2col, col2im and the GEMMs may
+        // run multi-threaded. Check against direct loops and the adjoint identities.
+        let x = seq(8 * 32 * 32, &[1, 8, 32, 32]).affine(0.25, 0.1).unwrap();
+        let w = seq(6 * 4 * 9, &[6, 4, 3, 3]).affine(0.5, -0.2).unwrap();
+        let p = Conv2dParams {
+            padding: (2, 1),
+            dilation: (2, 1),
+            stride: (1, 2),
+            groups: 2,
+        };
+        assert!(conv2d_geom("t", x.shape(), w.shape(), &p).unwrap().scratch_len() >= PARALLEL_ELEMS);
+        let y = x.conv2d(&w, None, p).unwrap();
+        let want = naive(&x, &w, p);
+        for (a, b) in y.to_vec::<f64>().unwrap().iter().zip(&want) {
+            assert!((a - b).abs() < 1e-9, "{a} vs {b}");
+        }
+        let g = seq(y.elem_count(), y.dims()).affine(0.3, 0.05).unwrap();
+        let dot = |a: &Tensor, b: &Tensor| a.mul(b).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+        let lhs = dot(&y, &g);
+        let gx = Tensor::conv2d_grad_input(&g, &w, (32, 32), p).unwrap();
+        let gw = Tensor::conv2d_grad_weight(&x, &g, [6, 4, 3, 3], p).unwrap();
+        assert!((lhs - dot(&x, &gx)).abs() < 1e-9 * lhs.abs().max(1.0));
+        assert!((lhs - dot(&w, &gw)).abs() < 1e-9 * lhs.abs().max(1.0));
     }
 
     #[test]
     fn errors_name_op_and_shapes() {
         let x = Tensor::zeros([1, 4, 5, 5], DType::F32, crate::Device::Cpu).unwrap();
         let w = Tensor::zeros([6, 2, 3, 3], DType::F32, crate::Device::Cpu).unwrap();
-        let msg = x.conv2d(&w, None, Conv2dParams::default()).unwrap_err().to_string();
+        let msg = x
+            .conv2d(&w, None, Conv2dParams::default())
+            .unwrap_err()
+            .to_string();
         assert!(
             msg.contains("conv2d") && msg.contains("[1, 4, 5, 5]") && msg.contains("[6, 2, 3, 3]"),
             "{msg}"
@@ -1262,10 +1383,7 @@ mod tests {
         let big = Tensor::zeros([6, 2, 7, 3], DType::F32, crate::Device::Cpu).unwrap();
         let msg = x.conv2d(&big, None, p).unwrap_err().to_string();
         assert!(msg.contains("larger than the padded input"), "{msg}");
-        let ok_big = Conv2dParams {
-            padding: (1, 0),
-            ..p
-        };
+        let ok_big = Conv2dParams { padding: (1, 0), ..p };
         assert!(x.conv2d(&big, None, ok_big).is_ok());
         let zero_stride = Conv2dParams { stride: (0, 1), ..p };
         assert!(matches!(
@@ -1278,8 +1396,14 @@ mod tests {
         let x3 = Tensor::zeros([4, 5, 5], DType::F32, crate::Device::Cpu).unwrap();
         assert!(x3.conv2d(&w, None, p).is_err());
         let w1 = Tensor::zeros([6, 2, 3], DType::F32, crate::Device::Cpu).unwrap();
-        let msg = x3.conv1d(&w1, None, ConvParams::default()).unwrap_err().to_string();
-        assert!(msg.contains("conv1d") && msg.contains("[4, 5, 5]") && msg.contains("[6, 2, 3]"), "{msg}");
+        let msg = x3
+            .conv1d(&w1, None, ConvParams::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("conv1d") && msg.contains("[4, 5, 5]") && msg.contains("[6, 2, 3]"),
+            "{msg}"
+        );
         let wt = Tensor::zeros([3, 2, 3, 3], DType::F32, crate::Device::Cpu).unwrap();
         assert!(x.conv_transpose2d(&wt, None, Default::default()).is_err());
         let bad_op = ConvTranspose2dParams {

@@ -40,7 +40,11 @@ fn checked_indices(index: &Tensor, size: usize, dim: usize, op: &'static str) ->
             .iter()
             .map(|&i| check(i as i64))
             .collect(),
-        _ => index.contiguous_slice::<i64>()?.iter().map(|&i| check(i)).collect(),
+        _ => index
+            .contiguous_slice::<i64>()?
+            .iter()
+            .map(|&i| check(i))
+            .collect(),
     }
 }
 
@@ -364,7 +368,10 @@ mod tests {
         assert_eq!(c.dims(), &[3, 2]);
         assert_eq!(c.to_vec::<f32>().unwrap(), vec![3., 1., 7., 5., 11., 9.]);
         // Non-contiguous input, integer dtype.
-        let b = Tensor::from_vec((0..6i64).collect(), [2, 3]).unwrap().t().unwrap();
+        let b = Tensor::from_vec((0..6i64).collect(), [2, 3])
+            .unwrap()
+            .t()
+            .unwrap();
         let s = b.index_select(1, &ids(&[1], &[1])).unwrap();
         assert_eq!(s.to_vec::<i64>().unwrap(), vec![3, 4, 5]);
         // Empty selection.
@@ -377,7 +384,15 @@ mod tests {
         let a = t34();
         let e = a.index_select(0, &ids(&[0, 3], &[2])).unwrap_err();
         assert!(
-            matches!(e, Error::IndexOutOfRange { index: 3, dim: 0, size: 3, .. }),
+            matches!(
+                e,
+                Error::IndexOutOfRange {
+                    index: 3,
+                    dim: 0,
+                    size: 3,
+                    ..
+                }
+            ),
             "{e}"
         );
         let e = a.index_select(1, &ids(&[-1], &[1])).unwrap_err();
@@ -419,7 +434,15 @@ mod tests {
         let a = t34();
         let e = a.gather(1, &ids(&[0, 4], &[1, 2])).unwrap_err();
         assert!(
-            matches!(e, Error::IndexOutOfRange { index: 4, dim: 1, size: 4, .. }),
+            matches!(
+                e,
+                Error::IndexOutOfRange {
+                    index: 4,
+                    dim: 1,
+                    size: 4,
+                    ..
+                }
+            ),
             "{e}"
         );
         let e = a.gather(1, &ids(&[0, 1], &[2])).unwrap_err();
@@ -442,11 +465,14 @@ mod tests {
         );
         // Along dim 1 with duplicates, src larger than index, non-contiguous src.
         let base = Tensor::from_vec(vec![10i64, 20, 30, 40, 50, 60], [2, 3]).unwrap();
-        let src = Tensor::from_vec((1..=6i64).collect(), [3, 2]).unwrap().t().unwrap(); // [[1,3,5],[2,4,6]]
+        let src = Tensor::from_vec((1..=6i64).collect(), [3, 2])
+            .unwrap()
+            .t()
+            .unwrap(); // [[1,3,5],[2,4,6]]
         let idx = Tensor::from_vec(vec![2u32, 2, 0, 1], [2, 2]).unwrap();
         let out = base.scatter_add(1, &idx, &src).unwrap();
-        // row 0: += src[0][0]=1 at 2, src[0][1]=3 at 2 -> [10,20,34]; row 1: 2 at 0, 4 at 1 -> [52,54,60]
-        assert_eq!(out.to_vec::<i64>().unwrap(), vec![10, 20, 34, 52, 54, 60]);
+        // row 0: += src[0][0]=1 at 2, src[0][1]=3 at 2 -> [10,20,34]; row 1: 2 at 0, 4 at 1 -> [42,54,60]
+        assert_eq!(out.to_vec::<i64>().unwrap(), vec![10, 20, 34, 42, 54, 60]);
         // The input is untouched.
         assert_eq!(base.to_vec::<i64>().unwrap(), vec![10, 20, 30, 40, 50, 60]);
     }
@@ -456,7 +482,17 @@ mod tests {
         let z = Tensor::zeros([3, 4], DType::F32, Device::Cpu).unwrap();
         let src = Tensor::ones([2, 4], DType::F32, Device::Cpu).unwrap();
         let e = z.scatter_add(0, &ids(&[0, 0, 0, 3], &[1, 4]), &src).unwrap_err();
-        assert!(matches!(e, Error::IndexOutOfRange { index: 3, size: 3, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                Error::IndexOutOfRange {
+                    index: 3,
+                    size: 3,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         let e = z.scatter_add(0, &ids(&[0; 12], &[3, 4]), &src).unwrap_err();
         assert!(matches!(e, Error::ShapeMismatch { .. }), "{e}");
         let src64 = Tensor::ones([2, 4], DType::F64, Device::Cpu).unwrap();
@@ -483,7 +519,9 @@ mod tests {
         // Along the last dim.
         let x = Tensor::zeros([2, 3], DType::I64, Device::Cpu).unwrap();
         let src = Tensor::from_vec(vec![1i64, 2, 3, 4], [2, 2]).unwrap();
-        let out = x.index_add(1, &Tensor::from_vec(vec![2u32, 2], [2]).unwrap(), &src).unwrap();
+        let out = x
+            .index_add(1, &Tensor::from_vec(vec![2u32, 2], [2]).unwrap(), &src)
+            .unwrap();
         assert_eq!(out.to_vec::<i64>().unwrap(), vec![0, 0, 3, 0, 0, 7]);
         // Errors.
         let e = x.index_add(1, &ids(&[3, 0], &[2]), &src).unwrap_err();
@@ -502,16 +540,36 @@ mod tests {
         );
         // Float mask on a transposed view; non-zero fills.
         let m = Tensor::from_vec(vec![0f32, 0.5], [2, 1]).unwrap();
-        let out = a.t().unwrap().masked_fill(&m.t().unwrap(), f64::NEG_INFINITY).unwrap();
+        let out = a
+            .t()
+            .unwrap()
+            .masked_fill(&m.t().unwrap(), f64::NEG_INFINITY)
+            .unwrap();
         assert_eq!(out.dims(), &[3, 2]);
         assert_eq!(
             out.to_vec::<f32>().unwrap(),
-            vec![1., f32::NEG_INFINITY, 2., f32::NEG_INFINITY, 3., f32::NEG_INFINITY]
+            vec![
+                1.,
+                f32::NEG_INFINITY,
+                2.,
+                f32::NEG_INFINITY,
+                3.,
+                f32::NEG_INFINITY
+            ]
         );
         // The mask must not enlarge the input.
         let big = Tensor::ones([4, 2, 3], DType::U8, Device::Cpu).unwrap();
         let e = a.masked_fill(&big, 0.0).unwrap_err();
-        assert!(matches!(e, Error::ShapeMismatch { op: "masked_fill", .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                Error::ShapeMismatch {
+                    op: "masked_fill",
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     #[test]
@@ -525,7 +583,17 @@ mod tests {
         assert_eq!(h.dims(), &[2, 1, 2]);
         assert_eq!(h.to_vec::<f32>().unwrap(), vec![0., 1., 1., 0.]);
         let e = ids(&[0, 3], &[2]).one_hot(3).unwrap_err();
-        assert!(matches!(e, Error::IndexOutOfRange { index: 3, size: 3, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                Error::IndexOutOfRange {
+                    index: 3,
+                    size: 3,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         let e = Tensor::from_vec(vec![5u8], [1]).unwrap().one_hot(3).unwrap_err();
         assert!(matches!(e, Error::IndexOutOfRange { index: 5, .. }), "{e}");
         assert!(ids(&[-1], &[1]).one_hot(3).is_err());
@@ -549,8 +617,13 @@ mod tests {
                 .unwrap(),
             vec![4., 5.]
         );
-        let msg = Tensor::embedding(&ids(&[1, 7], &[2]), &w).unwrap_err().to_string();
-        assert!(msg.contains("embedding") && msg.contains('7') && msg.contains('4'), "{msg}");
+        let msg = Tensor::embedding(&ids(&[1, 7], &[2]), &w)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("embedding") && msg.contains('7') && msg.contains('4'),
+            "{msg}"
+        );
         assert!(matches!(
             Tensor::embedding(&ids(&[0], &[1]), &w.flatten_all().unwrap()).unwrap_err(),
             Error::InvalidShape { .. }

@@ -1,0 +1,249 @@
+//! Adam (`torch.optim.Adam`, weight decay as an L2 term) and AdamW (`torch.optim.AdamW`,
+//! decoupled weight decay), with optional AMSGrad.
+
+use kiln_autograd::Param;
+use kiln_tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{check_non_negative, check_unit_interval};
+use crate::optimizer::{impl_optimizer, ops, Core, Hyper, Rule};
+use crate::{ParamGroup, Result};
+
+/// Hyperparameters of [`Adam`]; `Default` is PyTorch's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdamConfig {
+    /// Learning rate (default `1e-3`).
+    pub lr: f64,
+    /// Decay rates of the first and second moment estimates (default `(0.9, 0.999)`), each in `[0, 1)`.
+    pub betas: (f64, f64),
+    /// Added to the denominator (default `1e-8`).
+    pub eps: f64,
+    /// L2 penalty added to the gradient (default 0).
+    pub weight_decay: f64,
+    /// Use the maximum of past second moments (AMSGrad; default false).
+    pub amsgrad: bool,
+}
+
+impl Default for AdamConfig {
+    fn default() -> Self {
+        AdamConfig {
+            lr: 1e-3,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.0,
+            amsgrad: false,
+        }
+    }
+}
+
+/// Hyperparameters of [`AdamW`]; `Default` is PyTorch's (as Adam's, but weight decay `1e-2`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdamWConfig {
+    /// Learning rate (default `1e-3`).
+    pub lr: f64,
+    /// Decay rates of the first and second moment estimates (default `(0.9, 0.999)`), each in `[0, 1)`.
+    pub betas: (f64, f64),
+    /// Added to the denominator (default `1e-8`).
+    pub eps: f64,
+    /// Decoupled weight decay: `p -= lr * weight_decay * p` before each update (default `1e-2`).
+    pub weight_decay: f64,
+    /// Use the maximum of past second moments (AMSGrad; default false).
+    pub amsgrad: bool,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        AdamWConfig {
+            lr: 1e-3,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 1e-2,
+            amsgrad: false,
+        }
+    }
+}
+
+fn validate(name: &'static str, lr: f64, betas: (f64, f64), eps: f64, weight_decay: f64) -> Result<()> {
+    check_non_negative(name, "lr", lr)?;
+    check_unit_interval(name, "betas.0", betas.0)?;
+    check_unit_interval(name, "betas.1", betas.1)?;
+    check_non_negative(name, "eps", eps)?;
+    check_non_negative(name, "weight_decay", weight_decay)
+}
+
+impl AdamConfig {
+    /// Check every field; an [`Error::InvalidConfig`](crate::Error::InvalidConfig) names the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        validate(Adam::NAME, self.lr, self.betas, self.eps, self.weight_decay)
+    }
+}
+
+impl AdamWConfig {
+    /// Check every field; an [`Error::InvalidConfig`](crate::Error::InvalidConfig) names the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        validate(AdamW::NAME, self.lr, self.betas, self.eps, self.weight_decay)
+    }
+}
+
+struct AdamRule {
+    betas: (f64, f64),
+    eps: f64,
+    amsgrad: bool,
+    decoupled: bool,
+}
+
+impl AdamRule {
+    fn update(&self, h: Hyper, p: &Tensor, g: &Tensor, bufs: &mut [Tensor]) -> Result<Tensor> {
+        let (b1, b2) = self.betas;
+        let mut p = p.clone();
+        let mut g = g.clone();
+        if h.weight_decay != 0.0 {
+            if self.decoupled {
+                p = p.mul_scalar(1.0 - h.lr * h.weight_decay)?;
+            } else {
+                g = ops::axpy(&g, h.weight_decay, &p)?;
+            }
+        }
+        let m = ops::lin(&bufs[0], b1, &g, 1.0 - b1)?;
+        let v = ops::lin(&bufs[1], b2, &g.sqr()?, 1.0 - b2)?;
+        let t = h.step as f64;
+        let bias_correction1 = 1.0 - b1.powf(t);
+        let bias_correction2 = 1.0 - b2.powf(t);
+        let step_size = h.lr / bias_correction1;
+        let bias_correction2_sqrt = bias_correction2.sqrt();
+        let v_hat = if self.amsgrad {
+            let v_max = bufs[2].maximum(&v)?;
+            bufs[2] = v_max.clone();
+            v_max
+        } else {
+            v.clone()
+        };
+        let denom = ops::div_scalar(&v_hat.sqrt()?, bias_correction2_sqrt)?.add_scalar(self.eps)?;
+        let new_p = ops::axpy(&p, -step_size, &m.div(&denom)?)?;
+        bufs[0] = m;
+        bufs[1] = v;
+        Ok(new_p)
+    }
+
+    fn buffers(&self) -> Vec<&'static str> {
+        let mut b = vec!["exp_avg", "exp_avg_sq"];
+        if self.amsgrad {
+            b.push("max_exp_avg_sq");
+        }
+        b
+    }
+}
+
+/// [`Adam`]'s rule (L2 weight decay).
+struct AdamL2(AdamRule);
+/// [`AdamW`]'s rule (decoupled weight decay).
+struct AdamDecoupled(AdamRule);
+
+impl Rule for AdamL2 {
+    const NAME: &'static str = "Adam";
+    fn buffers(&self) -> Vec<&'static str> {
+        self.0.buffers()
+    }
+    fn update(&self, h: Hyper, p: &Tensor, g: &Tensor, bufs: &mut [Tensor]) -> Result<Tensor> {
+        self.0.update(h, p, g, bufs)
+    }
+}
+
+impl Rule for AdamDecoupled {
+    const NAME: &'static str = "AdamW";
+    fn buffers(&self) -> Vec<&'static str> {
+        self.0.buffers()
+    }
+    fn update(&self, h: Hyper, p: &Tensor, g: &Tensor, bufs: &mut [Tensor]) -> Result<Tensor> {
+        self.0.update(h, p, g, bufs)
+    }
+}
+
+/// Adam exactly as `torch.optim.Adam`. With gradient `g`, parameter `p`, at the parameter's
+/// `t`-th update (`m`, `v`, `v_max` start at 0):
+///
+/// ```text
+/// if weight_decay != 0:  g = g + weight_decay * p
+/// m = beta1 * m + (1 - beta1) * g
+/// v = beta2 * v + (1 - beta2) * g * g
+/// step_size = lr / (1 - beta1^t)
+/// if amsgrad:  v_max = max(v_max, v);  denom = sqrt(v_max) / sqrt(1 - beta2^t) + eps
+/// else:        denom = sqrt(v) / sqrt(1 - beta2^t) + eps
+/// p = p - step_size * m / denom
+/// ```
+///
+/// State: `{name}.exp_avg`, `{name}.exp_avg_sq`, and `{name}.max_exp_avg_sq` with AMSGrad.
+pub struct Adam {
+    cfg: AdamConfig,
+    core: Core<AdamL2>,
+}
+
+impl Adam {
+    /// The name used in errors.
+    pub const NAME: &'static str = "Adam";
+
+    /// Adam over parameter groups (a group's `None` hyperparameters take `cfg`'s values).
+    pub fn new(groups: Vec<ParamGroup>, cfg: AdamConfig) -> Result<Adam> {
+        cfg.validate()?;
+        let rule = AdamL2(AdamRule {
+            betas: cfg.betas,
+            eps: cfg.eps,
+            amsgrad: cfg.amsgrad,
+            decoupled: false,
+        });
+        let core = Core::new(rule, groups, cfg.lr, cfg.weight_decay)?;
+        Ok(Adam { cfg, core })
+    }
+
+    /// Adam over one group holding `params`.
+    pub fn from_params(params: Vec<Param>, cfg: AdamConfig) -> Result<Adam> {
+        Self::new(vec![ParamGroup::new(params)], cfg)
+    }
+
+    /// The configuration it was built with.
+    pub fn config(&self) -> &AdamConfig {
+        &self.cfg
+    }
+}
+
+/// AdamW exactly as `torch.optim.AdamW`: Adam without the L2 term, with the parameter first
+/// decayed as `p = p * (1 - lr * weight_decay)` (decoupled weight decay), then updated with the
+/// decayed `p` exactly as [`Adam`] (same state keys).
+pub struct AdamW {
+    cfg: AdamWConfig,
+    core: Core<AdamDecoupled>,
+}
+
+impl AdamW {
+    /// The name used in errors.
+    pub const NAME: &'static str = "AdamW";
+
+    /// AdamW over parameter groups (a group's `None` hyperparameters take `cfg`'s values; use
+    /// [`ParamGroup::split_decay`] to exempt biases and norm weights from decay).
+    pub fn new(groups: Vec<ParamGroup>, cfg: AdamWConfig) -> Result<AdamW> {
+        cfg.validate()?;
+        let rule = AdamDecoupled(AdamRule {
+            betas: cfg.betas,
+            eps: cfg.eps,
+            amsgrad: cfg.amsgrad,
+            decoupled: true,
+        });
+        let core = Core::new(rule, groups, cfg.lr, cfg.weight_decay)?;
+        Ok(AdamW { cfg, core })
+    }
+
+    /// AdamW over one group holding `params`.
+    pub fn from_params(params: Vec<Param>, cfg: AdamWConfig) -> Result<AdamW> {
+        Self::new(vec![ParamGroup::new(params)], cfg)
+    }
+
+    /// The configuration it was built with.
+    pub fn config(&self) -> &AdamWConfig {
+        &self.cfg
+    }
+}
+
+impl_optimizer!(Adam);
+impl_optimizer!(AdamW);
