@@ -2,6 +2,9 @@
 //! `Var`, against the same math with the backward written by hand in kiln-tensor ops.
 //! Goal: recording costs at most 20%.
 
+// criterion_group! generates an undocumented pub fn.
+#![allow(missing_docs)]
+
 use criterion::{criterion_group, criterion_main, Criterion};
 use kiln_autograd::Var;
 use kiln_tensor::ops::binary::CmpOp;

@@ -95,7 +95,7 @@ pub fn gradcheck(
             let numeric = (eval_at(opts.eps)? - eval_at(-opts.eps)?) / (2.0 * opts.eps);
             let err = (a - numeric).abs();
             let tol = opts.atol + opts.rtol * numeric.abs();
-            if !(err <= tol) {
+            if err.is_nan() || err > tol {
                 return Err(Error::GradcheckFailed {
                     input: i,
                     index: j,

@@ -9,7 +9,7 @@ fn graph_and_tensor_memory_return_to_baseline_every_step() {
     let mut rng = TensorRng::new(0);
     let x = Tensor::randn([16, 32], 0.0, 1.0, DType::F32, Device::Cpu, &mut rng).unwrap();
     let y = Tensor::from_vec((0..16).map(|i| (i % 4) as i64).collect::<Vec<_>>(), [16]).unwrap();
-    let mut params = vec![
+    let mut params = [
         Tensor::randn([32, 16], 0.0, 0.2, DType::F32, Device::Cpu, &mut rng).unwrap(),
         Tensor::zeros([16], DType::F32, Device::Cpu).unwrap(),
         Tensor::randn([16, 4], 0.0, 0.2, DType::F32, Device::Cpu, &mut rng).unwrap(),

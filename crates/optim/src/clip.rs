@@ -37,7 +37,7 @@ pub fn grad_norm(params: &[Param], grads: &Gradients) -> Result<f64> {
 /// clipping. Parameters without a gradient are skipped; a non-finite norm is returned as is
 /// and, as in PyTorch, scales the gradients by its (zero or NaN) coefficient.
 pub fn clip_grad_norm(params: &[Param], grads: &mut Gradients, max_norm: f64) -> Result<f64> {
-    if !(max_norm >= 0.0) {
+    if max_norm.is_nan() || max_norm < 0.0 {
         return Err(Error::config(
             "clip_grad_norm",
             "max_norm",
@@ -58,7 +58,7 @@ pub fn clip_grad_norm(params: &[Param], grads: &mut Gradients, max_norm: f64) ->
 /// Clamp every gradient element of `params` into `[-clip, clip]` in place
 /// (`torch.nn.utils.clip_grad_value_`). Parameters without a gradient are skipped.
 pub fn clip_grad_value(params: &[Param], grads: &mut Gradients, clip: f64) -> Result<()> {
-    if !(clip >= 0.0) {
+    if clip.is_nan() || clip < 0.0 {
         return Err(Error::config("clip_grad_value", "clip", clip, "must be >= 0"));
     }
     for (p, g) in with_grads(params, grads) {
@@ -73,12 +73,22 @@ pub fn clip_grad_value(params: &[Param], grads: &mut Gradients, clip: f64) -> Re
 /// optimizer changes the values, so all micro-batches of one step must be run between two
 /// optimizer steps (the usual loop).
 ///
-/// ```ignore
+/// ```
+/// use kiln_autograd::{Param, Var};
+/// use kiln_optim::{GradAccumulator, Optimizer, Sgd, SgdConfig};
+/// use kiln_tensor::Tensor;
+///
+/// let w = Param::new("w", Tensor::from_vec(vec![1.0f32], [1])?);
+/// let mut opt = Sgd::from_params(vec![w.clone()], SgdConfig { lr: 0.1, ..Default::default() })?;
 /// let mut acc = GradAccumulator::new();
-/// for micro in batch.chunks(4) {
-///     acc.add(loss(micro)?.backward()?)?;
+/// for x in [1.0f32, 3.0] {
+///     // One micro-batch: loss = x * w, gradient x.
+///     let x = Var::constant(Tensor::from_vec(vec![x], [1])?);
+///     acc.add(w.var().mul(&x)?.sum_all()?.backward()?)?;
 /// }
-/// opt.step(&acc.finish()?)?;
+/// opt.step(&acc.finish()?)?; // the mean gradient, 2
+/// assert!((w.value().to_vec::<f32>()?[0] - 0.8).abs() < 1e-6);
+/// # Ok::<(), kiln_optim::Error>(())
 /// ```
 #[derive(Default, Clone)]
 pub struct GradAccumulator {

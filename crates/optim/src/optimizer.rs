@@ -256,7 +256,7 @@ impl<R: Rule> Core<R> {
                     ));
                 }
                 let value = p.value();
-                if !value.dtype().is_float() {
+                if p.requires_grad() && !value.dtype().is_float() {
                     return Err(Error::config(
                         R::NAME,
                         format!("groups[{i}].params"),

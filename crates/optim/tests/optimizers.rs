@@ -78,7 +78,14 @@ fn assert_close(got: &[Vec<f64>], want: &[Vec<f64>], tol: f64) {
 /// The trajectory must actually move (a no-op optimizer would not match a reference anyway,
 /// but this keeps each test honest about exercising the update).
 fn assert_moves(traj: &[Vec<f64>]) {
-    assert!(traj.last().unwrap().iter().zip(P0).all(|(a, b)| (a - b).abs() > 1e-3), "{traj:?}");
+    assert!(
+        traj.last()
+            .unwrap()
+            .iter()
+            .zip(P0)
+            .all(|(a, b)| (a - b).abs() > 1e-3),
+        "{traj:?}"
+    );
 }
 
 const TOL: f64 = 1e-12;
@@ -122,7 +129,7 @@ fn adam_ref(
     decoupled: bool,
 ) -> Vec<Vec<f64>> {
     let n = P0.len();
-    let (mut m, mut v, mut v_max) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+    let (mut m, mut v, mut v_max) = (vec![0.0f64; n], vec![0.0f64; n], vec![0.0f64; n]);
     reference(move |t, p, g| {
         for i in 0..n {
             let mut g_t = g[i];
@@ -146,7 +153,14 @@ fn adam_ref(
 }
 
 /// torch.optim.RMSprop.
-fn rmsprop_ref(lr: f64, alpha: f64, eps: f64, weight_decay: f64, momentum: f64, centered: bool) -> Vec<Vec<f64>> {
+fn rmsprop_ref(
+    lr: f64,
+    alpha: f64,
+    eps: f64,
+    weight_decay: f64,
+    momentum: f64,
+    centered: bool,
+) -> Vec<Vec<f64>> {
     let n = P0.len();
     let (mut v, mut b, mut g_ave) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
     reference(move |_t, p, g| {
@@ -311,7 +325,11 @@ fn adam_amsgrad_matches_torch() {
     assert_close(&got, &want, TOL);
     let plain = adam_ref(0.1, (0.9, 0.9), 1e-8, 0.0, false, false);
     assert!(
-        want.last().unwrap().iter().zip(plain.last().unwrap()).any(|(a, b)| (a - b).abs() > 1e-4),
+        want.last()
+            .unwrap()
+            .iter()
+            .zip(plain.last().unwrap())
+            .any(|(a, b)| (a - b).abs() > 1e-4),
         "the test trajectory must exercise the AMSGrad maximum"
     );
 }
@@ -407,7 +425,10 @@ fn frozen_and_gradless_params_are_untouched() {
     for t in 0..STEPS {
         let mut grads = grads_at(t, &[&trained]);
         // A gradient for the frozen parameter's (constant) leaf is ignored too.
-        grads.insert(&frozen.var(), Tensor::ones([4], DType::F64, kiln_tensor::Device::Cpu).unwrap());
+        grads.insert(
+            &frozen.var(),
+            Tensor::ones([4], DType::F64, kiln_tensor::Device::Cpu).unwrap(),
+        );
         opt.step(&grads).unwrap();
         traj.push(values(&trained));
     }
@@ -417,7 +438,15 @@ fn frozen_and_gradless_params_are_untouched() {
     let keys: Vec<String> = opt.state_tensors().unwrap().into_iter().map(|(k, _)| k).collect();
     assert_eq!(
         keys,
-        ["__step", "a.step", "a.exp_avg", "a.exp_avg_sq", "c.step", "c.exp_avg", "c.exp_avg_sq"],
+        [
+            "__step",
+            "a.step",
+            "a.exp_avg",
+            "a.exp_avg_sq",
+            "c.step",
+            "c.exp_avg",
+            "c.exp_avg_sq"
+        ],
         "the frozen parameter has no state; the one without gradients keeps its initial state"
     );
     let state = opt.state_tensors().unwrap();
@@ -431,9 +460,11 @@ fn param_groups_use_their_own_lr_and_weight_decay() {
     let b = param("layer.bias", &P0);
     let c = param("head.weight", &P0);
     let groups = vec![
-        ParamGroup::new(vec![a.clone()]),                   // defaults: lr 0.1, wd 0.01
-        ParamGroup::new(vec![b.clone()]).with_lr(0.02),     // own lr, default wd
-        ParamGroup::new(vec![c.clone()]).with_weight_decay(0.3).with_lr(0.05),
+        ParamGroup::new(vec![a.clone()]),               // defaults: lr 0.1, wd 0.01
+        ParamGroup::new(vec![b.clone()]).with_lr(0.02), // own lr, default wd
+        ParamGroup::new(vec![c.clone()])
+            .with_weight_decay(0.3)
+            .with_lr(0.05),
     ];
     let cfg = SgdConfig {
         lr: 0.1,
@@ -466,8 +497,14 @@ fn param_groups_use_their_own_lr_and_weight_decay() {
     let (mut tw, mut tb) = (Vec::new(), Vec::new());
     for t in 0..STEPS {
         let mut grads = Gradients::new();
-        grads.insert(&w.var(), Tensor::from_vec(grad_fn(t, &values(&w)), [2, 2]).unwrap());
-        grads.insert(&bias.var(), Tensor::from_vec(grad_fn(t, &values(&bias)), [4]).unwrap());
+        grads.insert(
+            &w.var(),
+            Tensor::from_vec(grad_fn(t, &values(&w)), [2, 2]).unwrap(),
+        );
+        grads.insert(
+            &bias.var(),
+            Tensor::from_vec(grad_fn(t, &values(&bias)), [4]).unwrap(),
+        );
         opt.step(&grads).unwrap();
         tw.push(values(&w));
         tb.push(values(&bias));
@@ -480,7 +517,10 @@ fn param_groups_use_their_own_lr_and_weight_decay() {
 fn set_lr_sets_every_group_and_takes_effect() {
     let a = param("a", &P0);
     let b = param("b", &P0);
-    let groups = vec![ParamGroup::new(vec![a.clone()]), ParamGroup::new(vec![b.clone()]).with_lr(0.5)];
+    let groups = vec![
+        ParamGroup::new(vec![a.clone()]),
+        ParamGroup::new(vec![b.clone()]).with_lr(0.5),
+    ];
     let mut opt = Sgd::new(groups, SgdConfig::default()).unwrap();
     assert_eq!(opt.lr(), 1e-3);
     opt.set_lr(0.25);
@@ -498,7 +538,10 @@ fn set_lr_sets_every_group_and_takes_effect() {
 
 #[test]
 fn f32_parameters_update_in_f32() {
-    let p = Param::new("w", Tensor::from_vec(P0.iter().map(|&x| x as f32).collect(), [4]).unwrap());
+    let p = Param::new(
+        "w",
+        Tensor::from_vec(P0.iter().map(|&x| x as f32).collect(), [4]).unwrap(),
+    );
     let mut opt = AdamW::from_params(
         vec![p.clone()],
         AdamWConfig {
@@ -517,9 +560,16 @@ fn f32_parameters_update_in_f32() {
         assert_eq!(p.value().dtype(), DType::F32);
         traj.push(p.value().to_f64_vec());
     }
-    assert_close(&traj, &adam_ref(0.05, (0.9, 0.999), 1e-8, 0.01, false, true), 2e-5);
+    assert_close(
+        &traj,
+        &adam_ref(0.05, (0.9, 0.999), 1e-8, 0.01, false, true),
+        2e-5,
+    );
     let state = opt.state_tensors().unwrap();
-    assert!(state.iter().filter(|(k, _)| k.starts_with("w.exp")).all(|(_, t)| t.dtype() == DType::F32));
+    assert!(state
+        .iter()
+        .filter(|(k, _)| k.starts_with("w.exp"))
+        .all(|(_, t)| t.dtype() == DType::F32));
 }
 
 #[test]
@@ -542,8 +592,15 @@ fn a_misshaped_gradient_is_an_error_and_changes_nothing() {
     let err = opt.step(&grads).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, Error::Grad { .. }), "{msg}");
-    assert!(msg.contains("'b'") && msg.contains("[2]") && msg.contains("[4]"), "{msg}");
-    assert_eq!(values(&a), before.0, "a was not updated although its gradient was fine");
+    assert!(
+        msg.contains("'b'") && msg.contains("[2]") && msg.contains("[4]"),
+        "{msg}"
+    );
+    assert_eq!(
+        values(&a),
+        before.0,
+        "a was not updated although its gradient was fine"
+    );
     assert_eq!(values(&b), before.1);
     assert_eq!(opt.step_count(), 1);
     let after = opt.state_tensors().unwrap();
@@ -564,7 +621,9 @@ fn the_same_parameter_or_name_twice_is_rejected() {
     .unwrap();
     assert!(err.to_string().contains("groups[1].params"), "{err}");
     let other = param("a", &P0);
-    let err = Adam::from_params(vec![a, other], AdamConfig::default()).err().unwrap();
+    let err = Adam::from_params(vec![a, other], AdamConfig::default())
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("share this name"), "{err}");
 }
 
@@ -584,9 +643,15 @@ fn configs_default_to_pytorch_and_round_trip_through_serde() {
         }
     );
     let a = AdamConfig::default();
-    assert_eq!((a.lr, a.betas, a.eps, a.weight_decay, a.amsgrad), (1e-3, (0.9, 0.999), 1e-8, 0.0, false));
+    assert_eq!(
+        (a.lr, a.betas, a.eps, a.weight_decay, a.amsgrad),
+        (1e-3, (0.9, 0.999), 1e-8, 0.0, false)
+    );
     let w = AdamWConfig::default();
-    assert_eq!((w.lr, w.betas, w.eps, w.weight_decay, w.amsgrad), (1e-3, (0.9, 0.999), 1e-8, 1e-2, false));
+    assert_eq!(
+        (w.lr, w.betas, w.eps, w.weight_decay, w.amsgrad),
+        (1e-3, (0.9, 0.999), 1e-8, 1e-2, false)
+    );
     let r = RmsPropConfig::default();
     assert_eq!(
         (r.lr, r.alpha, r.eps, r.weight_decay, r.momentum, r.centered),
@@ -594,7 +659,13 @@ fn configs_default_to_pytorch_and_round_trip_through_serde() {
     );
     let g = AdagradConfig::default();
     assert_eq!(
-        (g.lr, g.lr_decay, g.weight_decay, g.initial_accumulator_value, g.eps),
+        (
+            g.lr,
+            g.lr_decay,
+            g.weight_decay,
+            g.initial_accumulator_value,
+            g.eps
+        ),
         (1e-2, 0.0, 0.0, 0.0, 1e-10)
     );
 
@@ -619,7 +690,8 @@ fn configs_default_to_pytorch_and_round_trip_through_serde() {
     assert!(serde_json::from_str::<SgdConfig>(r#"{"learning_rate": 0.5}"#).is_err());
     let r: RmsPropConfig = serde_json::from_str(r#"{"centered": true}"#).unwrap();
     assert!(r.centered && r.alpha == 0.99);
-    let g: AdagradConfig = serde_json::from_str(&serde_json::to_string(&AdagradConfig::default()).unwrap()).unwrap();
+    let g: AdagradConfig =
+        serde_json::from_str(&serde_json::to_string(&AdagradConfig::default()).unwrap()).unwrap();
     assert_eq!(g, AdagradConfig::default());
 }
 
@@ -659,7 +731,10 @@ fn invalid_configs_name_the_field_and_value() {
             ..Default::default()
         },
     ));
-    assert!(msg.contains("nesterov") && msg.contains("dampening = 0.1"), "{msg}");
+    assert!(
+        msg.contains("nesterov") && msg.contains("dampening = 0.1"),
+        "{msg}"
+    );
     let msg = config_error(Sgd::from_params(
         p(),
         SgdConfig {
@@ -683,7 +758,10 @@ fn invalid_configs_name_the_field_and_value() {
             ..Default::default()
         },
     ));
-    assert!(msg.contains("AdamW") && msg.contains("betas.0") && msg.contains("-0.1"), "{msg}");
+    assert!(
+        msg.contains("AdamW") && msg.contains("betas.0") && msg.contains("-0.1"),
+        "{msg}"
+    );
     let msg = config_error(Adam::from_params(
         p(),
         AdamConfig {
@@ -716,19 +794,35 @@ fn invalid_configs_name_the_field_and_value() {
         },
     ));
     assert!(msg.contains("lr_decay") && msg.contains("-1"), "{msg}");
-    let msg = config_error(Sgd::new(vec![ParamGroup::new(p()).with_lr(-2.0)], SgdConfig::default()));
+    let msg = config_error(Sgd::new(
+        vec![ParamGroup::new(p()).with_lr(-2.0)],
+        SgdConfig::default(),
+    ));
     assert!(msg.contains("groups[0].lr") && msg.contains("-2"), "{msg}");
     let msg = config_error(AdamW::new(
         vec![ParamGroup::new(p()).with_weight_decay(-0.5)],
         AdamWConfig::default(),
     ));
-    assert!(msg.contains("groups[0].weight_decay") && msg.contains("-0.5"), "{msg}");
+    assert!(
+        msg.contains("groups[0].weight_decay") && msg.contains("-0.5"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn split_decay_separates_biases_and_norm_weights() {
-    let mat = |name: &str| Param::new(name, Tensor::zeros([2, 2], DType::F32, kiln_tensor::Device::Cpu).unwrap());
-    let vecp = |name: &str| Param::new(name, Tensor::zeros([2], DType::F32, kiln_tensor::Device::Cpu).unwrap());
+    let mat = |name: &str| {
+        Param::new(
+            name,
+            Tensor::zeros([2, 2], DType::F32, kiln_tensor::Device::Cpu).unwrap(),
+        )
+    };
+    let vecp = |name: &str| {
+        Param::new(
+            name,
+            Tensor::zeros([2], DType::F32, kiln_tensor::Device::Cpu).unwrap(),
+        )
+    };
     let params = vec![
         mat("h.0.attn.c_attn.weight"),
         vecp("h.0.attn.c_attn.bias"),
@@ -748,7 +842,11 @@ fn split_decay_separates_biases_and_norm_weights() {
     let names = |g: &ParamGroup| g.params.iter().map(|p| p.name().to_string()).collect::<Vec<_>>();
     assert_eq!(
         names(&groups[0]),
-        ["h.0.attn.c_attn.weight", "kiln_block.linear.weight", "embeddings.word_embeddings.weight"]
+        [
+            "h.0.attn.c_attn.weight",
+            "kiln_block.linear.weight",
+            "embeddings.word_embeddings.weight"
+        ]
     );
     assert_eq!(
         names(&groups[1]),

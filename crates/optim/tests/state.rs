@@ -20,7 +20,10 @@ fn temp_dir(tag: &str) -> PathBuf {
 /// Two parameters (one 2-D) with fixed starting values.
 fn model() -> Vec<Param> {
     vec![
-        Param::new("fc.weight", Tensor::from_vec(vec![0.5f64, -1.0, 0.25, 2.0, 1.5, -0.75], [2, 3]).unwrap()),
+        Param::new(
+            "fc.weight",
+            Tensor::from_vec(vec![0.5f64, -1.0, 0.25, 2.0, 1.5, -0.75], [2, 3]).unwrap(),
+        ),
         Param::new("fc.bias", Tensor::from_vec(vec![0.1f64, -0.2], [2]).unwrap()),
     ]
 }
@@ -45,7 +48,14 @@ fn grads(t: usize, params: &[Param]) -> Gradients {
 fn bits(params: &[Param]) -> Vec<Vec<u64>> {
     params
         .iter()
-        .map(|p| p.value().to_vec::<f64>().unwrap().iter().map(|x| x.to_bits()).collect())
+        .map(|p| {
+            p.value()
+                .to_vec::<f64>()
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect()
+        })
         .collect()
 }
 
@@ -178,7 +188,11 @@ fn save_load_continue_is_bit_identical_to_an_uninterrupted_run() {
         for t in SPLIT..TOTAL {
             opt.step(&grads(t, &params)).unwrap();
         }
-        assert_eq!(bits(&params), want, "{name}: resumed run differs from the uninterrupted one");
+        assert_eq!(
+            bits(&params),
+            want,
+            "{name}: resumed run differs from the uninterrupted one"
+        );
 
         // A fresh optimizer that skipped the state would not match (the test has teeth).
         let params = model();
@@ -293,11 +307,19 @@ fn assert_rejected(bad: &HashMap<String, Tensor>, check: impl Fn(&str)) {
     let params = model();
     let mut opt = Adam::from_params(params.clone(), AdamConfig::default()).unwrap();
     opt.step(&grads(0, &params)).unwrap();
-    let before: Vec<(String, Vec<f64>)> =
-        opt.state_tensors().unwrap().into_iter().map(|(k, t)| (k, t.to_f64_vec())).collect();
+    let before: Vec<(String, Vec<f64>)> = opt
+        .state_tensors()
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| (k, t.to_f64_vec()))
+        .collect();
     check(&state_error(opt.load_state_tensors(bad)));
-    let after: Vec<(String, Vec<f64>)> =
-        opt.state_tensors().unwrap().into_iter().map(|(k, t)| (k, t.to_f64_vec())).collect();
+    let after: Vec<(String, Vec<f64>)> = opt
+        .state_tensors()
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| (k, t.to_f64_vec()))
+        .collect();
     assert_eq!(before, after, "a failed load changed the state");
     assert_eq!(opt.step_count(), 1);
 }
@@ -307,34 +329,52 @@ fn a_missing_key_is_an_error_naming_it() {
     let (_, mut map, _) = trained_adam();
     map.remove("fc.weight.exp_avg_sq");
     assert_rejected(&map, |msg| {
-        assert!(msg.contains("'fc.weight.exp_avg_sq'") && msg.contains("missing"), "{msg}");
+        assert!(
+            msg.contains("'fc.weight.exp_avg_sq'") && msg.contains("missing"),
+            "{msg}"
+        );
         assert!(msg.contains("[2, 3]"), "the expected shape: {msg}");
     });
     let (_, mut map, _) = trained_adam();
     map.remove("__step");
-    assert_rejected(&map, |msg| assert!(msg.contains("'__step'") && msg.contains("missing"), "{msg}"));
+    assert_rejected(&map, |msg| {
+        assert!(msg.contains("'__step'") && msg.contains("missing"), "{msg}")
+    });
     let (_, mut map, _) = trained_adam();
     map.remove("fc.bias.step");
-    assert_rejected(&map, |msg| assert!(msg.contains("'fc.bias.step'") && msg.contains("missing"), "{msg}"));
+    assert_rejected(&map, |msg| {
+        assert!(msg.contains("'fc.bias.step'") && msg.contains("missing"), "{msg}")
+    });
 }
 
 #[test]
 fn a_misshaped_tensor_is_an_error_naming_the_key_and_both_shapes() {
     let (_, mut map, _) = trained_adam();
-    map.insert("fc.bias.exp_avg".into(), Tensor::from_vec(vec![0.0f64; 3], [3]).unwrap());
+    map.insert(
+        "fc.bias.exp_avg".into(),
+        Tensor::from_vec(vec![0.0f64; 3], [3]).unwrap(),
+    );
     assert_rejected(&map, |msg| {
         assert!(msg.contains("'fc.bias.exp_avg'"), "{msg}");
         assert!(msg.contains("expected [2]") && msg.contains("found [3]"), "{msg}");
     });
     let (_, mut map, _) = trained_adam();
-    map.insert("fc.weight.exp_avg".into(), Tensor::from_vec(vec![0.0f64; 6], [3, 2]).unwrap());
+    map.insert(
+        "fc.weight.exp_avg".into(),
+        Tensor::from_vec(vec![0.0f64; 6], [3, 2]).unwrap(),
+    );
     assert_rejected(&map, |msg| {
         assert!(msg.contains("'fc.weight.exp_avg'"), "{msg}");
-        assert!(msg.contains("expected [2, 3]") && msg.contains("found [3, 2]"), "{msg}");
+        assert!(
+            msg.contains("expected [2, 3]") && msg.contains("found [3, 2]"),
+            "{msg}"
+        );
     });
     let (_, mut map, _) = trained_adam();
     map.insert("__step".into(), Tensor::from_vec(vec![1i64, 2], [2]).unwrap());
-    assert_rejected(&map, |msg| assert!(msg.contains("'__step'") && msg.contains("[2]"), "{msg}"));
+    assert_rejected(&map, |msg| {
+        assert!(msg.contains("'__step'") && msg.contains("[2]"), "{msg}")
+    });
 }
 
 #[test]
@@ -346,13 +386,19 @@ fn a_misshaped_state_file_is_rejected_through_load_state() {
     let loaded = io::load_safetensors(&good).unwrap();
     assert_eq!(loaded.len(), map.len());
 
-    map.insert("fc.weight.exp_avg".into(), Tensor::from_vec(vec![0.0f64; 4], [4]).unwrap());
+    map.insert(
+        "fc.weight.exp_avg".into(),
+        Tensor::from_vec(vec![0.0f64; 4], [4]).unwrap(),
+    );
     let bad = dir.join("bad.safetensors");
     io::save_safetensors(&map, &bad).unwrap();
     let params = model();
     let mut fresh = Adam::from_params(params, AdamConfig::default()).unwrap();
     let msg = state_error(fresh.load_state(&bad));
-    assert!(msg.contains("'fc.weight.exp_avg'") && msg.contains("[2, 3]") && msg.contains("[4]"), "{msg}");
+    assert!(
+        msg.contains("'fc.weight.exp_avg'") && msg.contains("[2, 3]") && msg.contains("[4]"),
+        "{msg}"
+    );
     assert_eq!(fresh.step_count(), 0);
     fresh.load_state(&good).unwrap();
     assert_eq!(fresh.step_count(), 3);
@@ -362,8 +408,16 @@ fn a_misshaped_state_file_is_rejected_through_load_state() {
 #[test]
 fn unexpected_keys_and_foreign_optimizers_are_rejected() {
     let (_, mut map, _) = trained_adam();
-    map.insert("fc.other.exp_avg".into(), Tensor::from_vec(vec![0.0f64; 2], [2]).unwrap());
-    assert_rejected(&map, |msg| assert!(msg.contains("'fc.other.exp_avg'") && msg.contains("unexpected"), "{msg}"));
+    map.insert(
+        "fc.other.exp_avg".into(),
+        Tensor::from_vec(vec![0.0f64; 2], [2]).unwrap(),
+    );
+    assert_rejected(&map, |msg| {
+        assert!(
+            msg.contains("'fc.other.exp_avg'") && msg.contains("unexpected"),
+            "{msg}"
+        )
+    });
 
     // SGD state (momentum buffers) into Adam: Adam's keys are missing.
     let params = model();
@@ -376,7 +430,9 @@ fn unexpected_keys_and_foreign_optimizers_are_rejected() {
     )
     .unwrap();
     let map: HashMap<String, Tensor> = sgd.state_tensors().unwrap().into_iter().collect();
-    assert_rejected(&map, |msg| assert!(msg.contains("exp_avg") && msg.contains("missing"), "{msg}"));
+    assert_rejected(&map, |msg| {
+        assert!(msg.contains("exp_avg") && msg.contains("missing"), "{msg}")
+    });
 }
 
 #[test]
@@ -386,7 +442,11 @@ fn loading_converts_float_dtypes_and_restores_frozen_state_when_present() {
     let f32_map: HashMap<String, Tensor> = map
         .iter()
         .map(|(k, t)| {
-            let t = if t.dtype().is_float() { t.to_dtype(kiln_tensor::DType::F32).unwrap() } else { t.clone() };
+            let t = if t.dtype().is_float() {
+                t.to_dtype(kiln_tensor::DType::F32).unwrap()
+            } else {
+                t.clone()
+            };
             (k.clone(), t)
         })
         .collect();
@@ -399,10 +459,17 @@ fn loading_converts_float_dtypes_and_restores_frozen_state_when_present() {
     let params = model();
     params[1].set_requires_grad(false);
     let mut opt = Adam::from_params(params.clone(), AdamConfig::default()).unwrap();
-    let without_bias: HashMap<String, Tensor> =
-        map.iter().filter(|(k, _)| !k.starts_with("fc.bias")).map(|(k, t)| (k.clone(), t.clone())).collect();
+    let without_bias: HashMap<String, Tensor> = map
+        .iter()
+        .filter(|(k, _)| !k.starts_with("fc.bias"))
+        .map(|(k, t)| (k.clone(), t.clone()))
+        .collect();
     opt.load_state_tensors(&without_bias).unwrap();
     assert_eq!(opt.state_tensors().unwrap().len(), 4);
     opt.load_state_tensors(&map).unwrap();
-    assert_eq!(opt.state_tensors().unwrap().len(), 7, "present keys of a frozen parameter are loaded");
+    assert_eq!(
+        opt.state_tensors().unwrap().len(),
+        7,
+        "present keys of a frozen parameter are loaded"
+    );
 }

@@ -4,6 +4,9 @@
 //! Criterion's throughput column reads as GFLOP/s: one "element" is one floating-point operation
 //! (2·n³ per product). Compare with numpy/OpenBLAS via `benches/reference/gemm_numpy.py`.
 
+// criterion_group! generates an undocumented pub fn.
+#![allow(missing_docs)]
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use kiln_tensor::{DType, Device, Tensor, TensorRng};
 use std::time::Duration;

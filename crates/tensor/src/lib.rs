@@ -21,6 +21,8 @@ mod dtype;
 mod error;
 pub mod io;
 mod layout;
+#[cfg(feature = "linalg")]
+pub mod linalg;
 pub mod ops;
 mod random;
 mod shape;

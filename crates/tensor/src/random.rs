@@ -73,7 +73,7 @@ impl Tensor {
         device: Device,
         rng: &mut TensorRng,
     ) -> Result<Tensor> {
-        if !(low <= high) {
+        if low.partial_cmp(&high).is_none_or(|o| o.is_gt()) {
             return Err(Error::invalid(
                 "rand_uniform",
                 format!("low {low} must not exceed high {high}"),
@@ -95,7 +95,7 @@ impl Tensor {
         device: Device,
         rng: &mut TensorRng,
     ) -> Result<Tensor> {
-        if !(std >= 0.0) {
+        if std.is_nan() || std < 0.0 {
             return Err(Error::invalid("randn", format!("std must be >= 0, got {std}")));
         }
         let shape = shape.into();

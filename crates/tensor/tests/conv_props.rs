@@ -221,7 +221,7 @@ fn transpose_params(c: &Case, output_padding: (usize, usize)) -> ConvTranspose2d
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
+    #![proptest_config(ProptestConfig::with_cases(64))]
 
     #[test]
     fn conv2d_matches_direct_loops(c in conv_case()) {
@@ -373,7 +373,7 @@ fn windows(c: &PoolCase) -> (usize, usize, Vec<(Vec<usize>, usize)>) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
+    #![proptest_config(ProptestConfig::with_cases(64))]
 
     #[test]
     fn max_pool_matches_naive_and_backward_is_adjoint(c in pool_case()) {

@@ -44,14 +44,14 @@ impl BinaryOp {
             BinaryOp::Pow => T::from_f64(a.to_f64().powf(b.to_f64())),
             // NaN propagates, as in torch.maximum.
             BinaryOp::Maximum => {
-                if a != a || a >= b {
+                if is_nan(a) || a >= b {
                     a
                 } else {
                     b
                 }
             }
             BinaryOp::Minimum => {
-                if a != a || a <= b {
+                if is_nan(a) || a <= b {
                     a
                 } else {
                     b
@@ -59,6 +59,12 @@ impl BinaryOp {
             }
         }
     }
+}
+
+/// NaN test for any element type (integers are never NaN).
+#[inline(always)]
+pub(crate) fn is_nan<T: PartialOrd>(x: T) -> bool {
+    x.partial_cmp(&x).is_none()
 }
 
 /// A comparison producing a `u8` mask (1 = true).
@@ -302,6 +308,7 @@ fn where_kernel<T: WithDType>(mask: &Tensor, a: &Tensor, b: &Tensor, shape: Shap
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Error;
 
     #[test]
     fn broadcast_add_and_compare() {

@@ -368,9 +368,17 @@ fn conv_transpose2d_geom(op: &'static str, x: &Shape, w: &Shape, p: &ConvTranspo
             ),
         ));
     };
+    let Some(c) = cog.checked_mul(g) else {
+        return Err(mismatch(
+            op,
+            x,
+            w,
+            format!("{cog} x {g} groups output channels overflow"),
+        ));
+    };
     Ok(Geom {
         n,
-        c: cog * g,
+        c,
         h: oh,
         w: ow,
         co: ci,
@@ -1338,7 +1346,7 @@ mod tests {
         let p = Conv2dParams {
             padding: (2, 1),
             dilation: (2, 1),
-            stride: (1, 2),
+            stride: (1, 1),
             groups: 2,
         };
         assert!(conv2d_geom("t", x.shape(), w.shape(), &p).unwrap().scratch_len() >= PARALLEL_ELEMS);

@@ -732,6 +732,8 @@ mod tests {
         // PyTorch's f32 scale: 5 -> 3 picks 0, 1, 3.
         assert_eq!(nearest_sources(5, 3), vec![0, 1, 3]);
         assert_eq!(nearest_sources(3, 7), vec![0, 0, 0, 1, 1, 2, 2]);
+        // The f32 scale, not exact arithmetic, decides: 11 * f32(26 / 22) rounds below 13.
+        assert_eq!(nearest_sources(26, 22)[11], 12);
     }
 
     #[test]

@@ -26,16 +26,13 @@ fn rows_of<T: WithDType>(t: &Tensor, axes: &[usize]) -> Result<(usize, usize, Ve
     perm.extend_from_slice(axes);
     let p = t.permute(&perm)?;
     let inner: usize = axes.iter().map(|&a| t.dims()[a]).product();
-    let outer = if inner == 0 {
-        t.dims()
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !axes.contains(i))
-            .map(|(_, &d)| d)
-            .product()
-    } else {
-        t.elem_count() / inner
-    };
+    let outer = t
+        .dims()
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !axes.contains(i))
+        .map(|(_, &d)| d)
+        .product();
     Ok((outer, inner, p.to_vec::<T>()?))
 }
 
@@ -109,7 +106,7 @@ impl Tensor {
         let axes = dims.to_indices(self.rank(), "max")?;
         check_nonempty(self, axes.len(), "max")?;
         crate::with_dtype!(self.dtype(), T => reduce_with::<T, T>(self, axes, keepdim, "max", |r| {
-            r.iter().copied().fold(r[0], |m, x| if x != x || x > m { x } else { m })
+            r.iter().copied().fold(r[0], |m, x| if super::binary::is_nan(x) || x > m { x } else { m })
         }))
     }
     /// Minimum over `dims`.
@@ -117,7 +114,7 @@ impl Tensor {
         let axes = dims.to_indices(self.rank(), "min")?;
         check_nonempty(self, axes.len(), "min")?;
         crate::with_dtype!(self.dtype(), T => reduce_with::<T, T>(self, axes, keepdim, "min", |r| {
-            r.iter().copied().fold(r[0], |m, x| if x != x || x < m { x } else { m })
+            r.iter().copied().fold(r[0], |m, x| if super::binary::is_nan(x) || x < m { x } else { m })
         }))
     }
     /// Index (i64) of the first maximum along `dim`.

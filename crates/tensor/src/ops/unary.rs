@@ -236,7 +236,10 @@ impl Tensor {
     }
     /// Absolute value.
     pub fn abs(&self) -> Result<Tensor> {
-        crate::with_dtype!(self.dtype(), T => super::map_elements::<T, T>(self, |x| if x < T::ZERO { T::ZERO.sub(x) } else { x }))
+        if matches!(self.dtype(), DType::U8 | DType::U32) {
+            return Ok(self.clone());
+        }
+        crate::with_dtype!(self.dtype(), T => super::map_elements::<T, T>(self, |x| if x.to_f64() < 0.0 { T::ZERO.sub(x) } else { x }))
     }
     /// `x + c` for a scalar.
     pub fn add_scalar(&self, c: f64) -> Result<Tensor> {
