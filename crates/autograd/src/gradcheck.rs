@@ -126,7 +126,7 @@ mod tests {
         };
         let x = Tensor::from_vec(vec![0.7f64, -1.3], [2]).unwrap();
         assert!(matches!(
-            gradcheck(wrong_cube, &[x.clone()], GradcheckOptions::default()),
+            gradcheck(wrong_cube, std::slice::from_ref(&x), GradcheckOptions::default()),
             Err(Error::GradcheckFailed { .. })
         ));
         let right = gradcheck(|v| v[0].powf(3.0), &[x], GradcheckOptions::default()).unwrap();

@@ -118,11 +118,11 @@ fn orthogonal(shape: &Shape, gain: f64, rng: &mut TensorRng) -> Result<Tensor> {
         .map(|_| (0..m).map(|_| rng.next_normal()).collect())
         .collect();
     for i in 0..n {
-        for j in 0..i {
-            let dot: f64 = (0..m).map(|k| q[i][k] * q[j][k]).sum();
-            for k in 0..m {
-                q[i][k] -= dot * q[j][k];
-            }
+        let (done, rest) = q.split_at_mut(i);
+        let qi = &mut rest[0];
+        for qj in done.iter() {
+            let dot: f64 = qi.iter().zip(qj).map(|(a, b)| a * b).sum();
+            qi.iter_mut().zip(qj).for_each(|(a, b)| *a -= dot * b);
         }
         let norm = q[i].iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
         q[i].iter_mut().for_each(|x| *x *= gain / norm);
