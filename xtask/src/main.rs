@@ -1,5 +1,8 @@
 //! `cargo xtask`: kiln's command runner (always built in release through the alias in
-//! `.cargo/config.toml`). Later work adds `train`, `eval`, `generate`, `serve`, ...
+//! `.cargo/config.toml`).
+
+mod bench;
+mod models;
 
 use clap::{Parser, Subcommand};
 
@@ -17,6 +20,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// List the registered models: name, family, task, parameter count.
+    Models(models::ModelsArgs),
+    /// Speed benchmarks: `train-lenet`, `train-mnist-cnn`.
+    Bench(bench::BenchArgs),
     /// Print the kiln crates this build links and the compute devices it can use.
     Info,
 }
@@ -24,6 +31,8 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Models(args) => models::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Info => info(),
     }
 }

@@ -49,15 +49,9 @@ impl Module for Dropout {
         let keep = 1.0 - self.p;
         let n = x.value().elem_count();
         let mut rng = self.rng.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mask: Vec<f32> = (0..n)
-            .map(|_| {
-                if rng.next_f64() < keep {
-                    (1.0 / keep) as f32
-                } else {
-                    0.0
-                }
-            })
-            .collect();
+        // Built in f64 so every dtype gets the correctly rounded 1/keep.
+        let scale = 1.0 / keep;
+        let mask: Vec<f64> = (0..n).map(|_| if rng.next_f64() < keep { scale } else { 0.0 }).collect();
         drop(rng);
         let mask = Tensor::from_vec(mask, x.shape().clone())?.to_dtype(x.dtype())?;
         Ok(x.mul(&Var::constant(mask))?)

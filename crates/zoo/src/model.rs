@@ -1,0 +1,78 @@
+//! The [`Model`] trait every zoo plugin implements, and the kinds of [`Task`].
+
+use kiln_autograd::{Param, Var};
+use kiln_tensor::Tensor;
+
+use crate::Result;
+
+/// What a model does; decides which datasets fit it and which metrics apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Task {
+    /// Images `[N, C, H, W]` → class logits `[N, classes]`.
+    ImageClassification,
+    /// Sequences → one class per sequence.
+    SequenceClassification,
+    /// Token ids → next-token logits.
+    CausalLm,
+    /// Token ids with masks → logits at masked positions.
+    MaskedLm,
+    /// Token ids → one vector per sequence.
+    Embedding,
+}
+
+impl Task {
+    /// The kebab-case name (`image-classification`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Task::ImageClassification => "image-classification",
+            Task::SequenceClassification => "sequence-classification",
+            Task::CausalLm => "causal-lm",
+            Task::MaskedLm => "masked-lm",
+            Task::Embedding => "embedding",
+        }
+    }
+}
+
+impl std::fmt::Display for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One batch for a model: inputs (images, token ids) and optional targets (class indices, next tokens).
+#[derive(Clone, Debug)]
+pub struct Batch {
+    /// Model inputs.
+    pub inputs: Tensor,
+    /// Targets, when the batch is for training or evaluation.
+    pub targets: Option<Tensor>,
+}
+
+/// What a forward pass returns.
+pub struct Output {
+    /// The model's raw outputs (class or token logits).
+    pub logits: Var,
+    /// The task's training loss, present when the batch had targets.
+    pub loss: Option<Var>,
+}
+
+/// A model of the zoo: a forward pass over batches plus access to its parameters.
+pub trait Model: Send + Sync {
+    /// The registered name of the architecture.
+    fn name(&self) -> &str;
+    /// The task the model solves.
+    fn task(&self) -> Task;
+    /// Forward a batch; computes the task loss when the batch has targets.
+    fn forward(&self, batch: &Batch) -> Result<Output>;
+    /// Every parameter and buffer, with full dotted names.
+    fn parameters(&self) -> Vec<Param>;
+    /// Switch training behaviour (dropout, batch statistics).
+    fn set_training(&self, training: bool);
+    /// The configuration the model was built from.
+    fn config(&self) -> serde_json::Value;
+    /// Number of scalar parameters.
+    fn num_parameters(&self) -> usize {
+        self.parameters().iter().map(|p| p.value().elem_count()).sum()
+    }
+}

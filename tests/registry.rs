@@ -1,0 +1,71 @@
+//! Every model crate's plugins are in the registry, built from their default configs.
+
+use kiln::nn::Scope;
+use kiln::tensor::{DType, Device, Tensor};
+use kiln::zoo::{Batch, Task};
+
+/// The models each plugin crate registers. A new model crate adds its names here.
+const EXPECTED: &[(&str, &[&str])] = &[("kiln-lenet", &["lenet5", "mnist-cnn"])];
+
+#[test]
+fn every_model_crate_is_registered() {
+    let names: Vec<&str> = kiln::models().unwrap().iter().map(|e| e.name).collect();
+    for (krate, models) in EXPECTED {
+        for m in *models {
+            assert!(
+                names.contains(m),
+                "{krate}'s model {m} is missing from the registry {names:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn unknown_model_lists_the_known_ones() {
+    let e = kiln::find_model("lenet6").err().unwrap().to_string();
+    assert!(
+        e.contains("lenet6") && e.contains("lenet5") && e.contains("mnist-cnn"),
+        "{e}"
+    );
+}
+
+#[test]
+fn image_classifiers_build_and_run_with_default_configs() {
+    for entry in kiln::models()
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.task == Task::ImageClassification)
+    {
+        let cfg = (entry.default_config)();
+        let model = (entry.build)(&cfg, Scope::init(0, DType::F32, Device::Cpu)).unwrap();
+        let images = Tensor::zeros([2, 1, 28, 28], DType::F32, Device::Cpu).unwrap();
+        let targets = Tensor::from_vec(vec![3i64, 7], [2]).unwrap();
+        let out = model
+            .forward(&Batch {
+                inputs: images,
+                targets: Some(targets),
+            })
+            .unwrap();
+        assert_eq!(out.logits.dims(), &[2, 10], "{}", entry.name);
+        let loss = out.loss.unwrap().value().to_scalar::<f32>().unwrap();
+        assert!(loss.is_finite());
+        // A wrongly shaped batch is an error, not a panic.
+        let bad = Batch {
+            inputs: Tensor::zeros([2, 28, 28], DType::F32, Device::Cpu).unwrap(),
+            targets: None,
+        };
+        assert!(model.forward(&bad).is_err());
+    }
+}
+
+#[test]
+fn parameter_counts_match_the_architectures() {
+    let count = |name: &str| {
+        let e = kiln::find_model(name).unwrap();
+        (e.build)(&(e.default_config)(), Scope::init(0, DType::F32, Device::Cpu))
+            .unwrap()
+            .num_parameters()
+    };
+    assert_eq!(count("lenet5"), 61_706);
+    assert_eq!(count("mnist-cnn"), 93_322);
+}

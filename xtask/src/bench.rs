@@ -1,0 +1,78 @@
+//! `cargo xtask bench <name>`: end-to-end speed measurements (release build), reported as medians.
+//! The PyTorch scripts they are compared with live in `benches/reference/`.
+
+use std::time::Instant;
+
+use kiln::autograd::Var;
+use kiln::nn::Scope;
+use kiln::optim::{Adam, AdamConfig, Optimizer};
+use kiln::tensor::{DType, Device, Tensor, TensorRng};
+use kiln::zoo::Batch;
+
+/// Options of `cargo xtask bench`.
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Which benchmark: `train-lenet` (LeNet-5 training step, Adam, batch 64).
+    name: String,
+    /// Measured iterations (after warm-up).
+    #[arg(long, default_value_t = 50)]
+    iters: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.name.as_str() {
+        "train-lenet" => train_step("lenet5", &args),
+        "train-mnist-cnn" => train_step("mnist-cnn", &args),
+        other => anyhow::bail!("unknown benchmark {other:?}; known: train-lenet, train-mnist-cnn"),
+    }
+}
+
+/// Median wall time of one training step (forward, backward, Adam update) on random MNIST-shaped data.
+fn train_step(model_name: &str, args: &BenchArgs) -> anyhow::Result<()> {
+    let entry = kiln::find_model(model_name)?;
+    let model = (entry.build)(&(entry.default_config)(), Scope::init(0, DType::F32, Device::Cpu))?;
+    let mut opt = Adam::from_params(
+        model.parameters(),
+        AdamConfig {
+            lr: 1e-3,
+            ..Default::default()
+        },
+    )?;
+    let mut rng = TensorRng::new(0);
+    let b = args.batch_size;
+    let inputs = Tensor::randn([b, 1, 28, 28], 0.0, 1.0, DType::F32, Device::Cpu, &mut rng)?;
+    let targets = Tensor::from_vec((0..b).map(|i| (i % 10) as i64).collect::<Vec<_>>(), [b])?;
+    let batch = Batch {
+        inputs,
+        targets: Some(targets),
+    };
+    let mut step = || -> anyhow::Result<f64> {
+        let t = Instant::now();
+        let out = model.forward(&batch)?;
+        let loss: Var = out.loss.expect("batch has targets");
+        let grads = loss.backward()?;
+        opt.step(&grads)?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    for _ in 0..5 {
+        step()?;
+    }
+    let mut times: Vec<f64> = (0..args.iters).map(|_| step()).collect::<anyhow::Result<_>>()?;
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    println!(
+        "{model_name} training step, batch {b}: median {:.2} ms, {:.0} images/s ({} iterations, {} threads)",
+        median * 1e3,
+        b as f64 / median,
+        args.iters,
+        rayon_threads()
+    );
+    Ok(())
+}
+
+fn rayon_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
