@@ -188,6 +188,9 @@ fn check_dims(op: &'static str, t: &Tensor, expected: &[usize], what: &str) -> R
 
 /// Max over each window of one plane; `idx` (empty when not wanted) receives the flat argmax.
 fn max_plane<F: FloatDType>(src: &[F], dst: &mut [F], idx: &mut [i64], g: &PoolGeom) {
+    if (g.kh, g.kw, g.sh, g.sw, g.ph, g.pw) == (2, 2, 2, 2, 0, 0) {
+        return max_plane_2x2(src, dst, idx, g);
+    }
     for oy in 0..g.oh {
         for ox in 0..g.ow {
             let (y0, y1, x0, x1, _) = g.window(oy, ox);
@@ -206,6 +209,41 @@ fn max_plane<F: FloatDType>(src: &[F], dst: &mut [F], idx: &mut [i64], g: &PoolG
             dst[o] = best;
             if let Some(slot) = idx.get_mut(o) {
                 *slot = best_i as i64;
+            }
+        }
+    }
+}
+
+/// The common 2×2, stride-2, unpadded window (LeNet, VGG, ...) without any per-window bounds
+/// arithmetic. Same tie and NaN rules as the general loop: the first maximum in row-major order wins.
+fn max_plane_2x2<F: FloatDType>(src: &[F], dst: &mut [F], idx: &mut [i64], g: &PoolGeom) {
+    let w = g.w;
+    for oy in 0..g.oh {
+        let (r0, r1) = (
+            &src[2 * oy * w..2 * oy * w + w],
+            &src[(2 * oy + 1) * w..(2 * oy + 2) * w],
+        );
+        for ox in 0..g.ow {
+            let x = 2 * ox;
+            let cands = [
+                (r0[x], 2 * oy * w + x),
+                (r0[x + 1], 2 * oy * w + x + 1),
+                (r1[x], (2 * oy + 1) * w + x),
+                (r1[x + 1], (2 * oy + 1) * w + x + 1),
+            ];
+            let mut best = cands[0];
+            for &c in &cands[1..] {
+                if best.0.is_nan() {
+                    break;
+                }
+                if c.0 > best.0 || c.0.is_nan() {
+                    best = c;
+                }
+            }
+            let o = oy * g.ow + ox;
+            dst[o] = best.0;
+            if let Some(slot) = idx.get_mut(o) {
+                *slot = best.1 as i64;
             }
         }
     }

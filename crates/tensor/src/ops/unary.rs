@@ -131,12 +131,30 @@ fn sigmoid<F: FloatDType>(x: F) -> F {
     }
 }
 
+/// Run `op` over every element with the `match` hoisted out of the loop, so each op gets its own
+/// tight (vectorisable) loop instead of a branch per element.
+fn unary_kernel<F: FloatDType>(t: &Tensor, op: UnaryOp) -> Result<Tensor> {
+    // The cheap, hot ops get a dedicated loop; the rest share one (their math dominates the branch).
+    match op {
+        UnaryOp::Relu => super::map_elements::<F, F>(t, |x| if x > F::ZERO { x } else { F::ZERO }),
+        UnaryOp::Affine { mul, add } => {
+            let (m, a) = (F::from_f64(mul), F::from_f64(add));
+            super::map_elements::<F, F>(t, move |x| x * m + a)
+        }
+        UnaryOp::Sqr => super::map_elements::<F, F>(t, |x| x * x),
+        UnaryOp::Sqrt => super::map_elements::<F, F>(t, |x| x.sqrt()),
+        UnaryOp::Exp => super::map_elements::<F, F>(t, |x| x.exp()),
+        UnaryOp::Recip => super::map_elements::<F, F>(t, |x| x.recip()),
+        _ => super::map_elements::<F, F>(t, move |x| op.eval(x)),
+    }
+}
+
 impl Tensor {
     /// Apply a float [`UnaryOp`] element-wise.
     pub fn unary(&self, op: UnaryOp) -> Result<Tensor> {
         match self.dtype() {
-            DType::F32 => super::map_elements::<f32, f32>(self, |x| op.eval(x)),
-            DType::F64 => super::map_elements::<f64, f64>(self, |x| op.eval(x)),
+            DType::F32 => unary_kernel::<f32>(self, op),
+            DType::F64 => unary_kernel::<f64>(self, op),
             DType::F16 | DType::BF16 => self.to_dtype(DType::F32)?.unary(op)?.to_dtype(self.dtype()),
             dtype => Err(Error::UnsupportedDType {
                 op: op.name(),
