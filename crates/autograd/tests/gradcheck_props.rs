@@ -66,14 +66,14 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
     #[test]
-    fn unary_smooth(shape in shape_strategy(3), seed in 0u64..10_000, op in 0usize..12) {
+    fn unary_smooth(shape in shape_strategy(3), seed in 0u64..10_000, op in 0usize..13) {
         let x = randn(&shape, seed);
         check(|v| {
             let x = &v[0];
             match op {
                 0 => x.exp(), 1 => x.sin(), 2 => x.cos(), 3 => x.tanh(), 4 => x.sigmoid(),
                 5 => x.gelu(), 6 => x.gelu_tanh(), 7 => x.silu(), 8 => x.sqr(),
-                9 => x.affine(-1.5, 0.25), 10 => x.neg(), _ => x.mul_scalar(3.0)?.add_scalar(1.0),
+                9 => x.affine(-1.5, 0.25), 10 => x.neg(), 11 => x.erf(), _ => x.mul_scalar(3.0)?.add_scalar(1.0),
             }
         }, &[x])?;
     }
@@ -174,7 +174,7 @@ proptest! {
                 0 => x.reshape([d2, d0 * d1])?.mul(&y.reshape([d2, d0 * d1])?),
                 1 => x.permute(&[2, 0, 1])?.exp()?.contiguous(),
                 2 => x.transpose(0, 2)?.reshape([d2 * d1 * d0]),
-                3 => x.unsqueeze(1)?.squeeze(1)?.mul(y),
+                3 => x.unsqueeze(1)?.squeeze(1)?.mul(y)?.unsqueeze(0)?.squeeze_all(),
                 4 => x.narrow(2, d2 - 1, 1)?.sqr(),
                 5 => x.flatten(0, 1)?.sin(),
                 6 => x.narrow(0, 0, 1)?.broadcast_to([2, d0, d1, d2])?.mul(&y.unsqueeze(0)?),

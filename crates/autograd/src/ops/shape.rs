@@ -54,6 +54,14 @@ impl Var {
             Ok(vec![Some(g.unsqueeze(d)?)])
         }))
     }
+    /// Remove every size-1 dimension.
+    pub fn squeeze_all(&self) -> Result<Var> {
+        let y = self.value().squeeze_all()?;
+        let s = self.shape().clone();
+        Ok(Var::from_op("squeeze_all", y, &[self], move |g| {
+            Ok(vec![Some(g.reshape(s.clone())?)])
+        }))
+    }
     /// Insert a size-1 dimension.
     pub fn unsqueeze(&self, dim: impl Dim) -> Result<Var> {
         let d = dim.to_index_plus_one(self.rank(), "unsqueeze")?;

@@ -77,6 +77,16 @@ impl Var {
                 .to_dtype(x.dtype())
         }))
     }
+    /// The error function (derivative `2/√π · exp(-x²)`).
+    pub fn erf(&self) -> Result<Var> {
+        let y = self.value().erf()?;
+        Ok(self.unary_with("erf", y, |x, _| {
+            x.sqr()?
+                .neg()?
+                .exp()?
+                .mul_scalar(std::f64::consts::FRAC_2_SQRT_PI)
+        }))
+    }
     /// Exact GELU.
     pub fn gelu(&self) -> Result<Var> {
         let y = self.value().gelu()?;
