@@ -3,6 +3,7 @@
 
 mod bench;
 mod models;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -20,6 +21,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train a model (default: LeNet-5 on MNIST, 5 epochs) and report its test metrics.
+    Train(Box<train::TrainArgs>),
+    /// Evaluate a run or checkpoint on its dataset's test split.
+    Eval(train::EvalArgs),
     /// List the registered models: name, family, task, parameter count.
     Models(models::ModelsArgs),
     /// Speed benchmarks: `train-lenet`, `train-mnist-cnn`.
@@ -31,6 +36,8 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Train(args) => train::train(*args),
+        Command::Eval(args) => train::eval(args),
         Command::Models(args) => models::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Info => info(),

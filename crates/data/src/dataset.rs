@@ -133,7 +133,10 @@ impl TensorDataset {
                 "inputs need a first (example) dimension; got a scalar",
             ));
         }
-        Ok(TensorDataset { inputs, targets: None })
+        Ok(TensorDataset {
+            inputs,
+            targets: None,
+        })
     }
 
     /// All inputs.
@@ -150,7 +153,11 @@ impl TensorDataset {
     pub fn slice(&self, start: usize, len: usize) -> Result<TensorDataset> {
         Ok(TensorDataset {
             inputs: self.inputs.narrow(0, start, len)?,
-            targets: self.targets.as_ref().map(|t| t.narrow(0, start, len)).transpose()?,
+            targets: self
+                .targets
+                .as_ref()
+                .map(|t| t.narrow(0, start, len))
+                .transpose()?,
         })
     }
 }
@@ -172,7 +179,11 @@ impl Dataset for TensorDataset {
         let idx = Tensor::from_vec(idx, [indices.len()])?;
         Ok(Batch {
             inputs: self.inputs.index_select(0, &idx)?,
-            targets: self.targets.as_ref().map(|t| t.index_select(0, &idx)).transpose()?,
+            targets: self
+                .targets
+                .as_ref()
+                .map(|t| t.index_select(0, &idx))
+                .transpose()?,
         })
     }
 }
@@ -237,7 +248,8 @@ mod tests {
         // Through a reference and an Arc.
         let arc: Arc<dyn Dataset> = Arc::new(d.clone());
         assert_eq!(arc.get_batch(&[1]).unwrap().len(), 1);
-        assert_eq!((&d).len(), 5);
+        let by_ref: &dyn Dataset = &&d;
+        assert_eq!(by_ref.len(), 5);
     }
 
     #[test]
@@ -254,7 +266,15 @@ mod tests {
     fn unlabeled_and_slices() {
         let d = toy(6).slice(2, 3).unwrap();
         assert_eq!(d.len(), 3);
-        assert_eq!(d.get_batch(&[0]).unwrap().targets.unwrap().to_vec::<i64>().unwrap(), vec![2]);
+        assert_eq!(
+            d.get_batch(&[0])
+                .unwrap()
+                .targets
+                .unwrap()
+                .to_vec::<i64>()
+                .unwrap(),
+            vec![2]
+        );
         let u = TensorDataset::unlabeled(d.inputs().clone()).unwrap();
         assert!(u.get_batch(&[2, 1]).unwrap().targets.is_none());
     }

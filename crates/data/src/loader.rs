@@ -489,7 +489,14 @@ mod tests {
         assert!(b.iter().all(|x| x.len() == 10));
         // Smaller than one batch: nothing with drop_last, one batch without.
         let tiny = toy(3);
-        assert_eq!(DataLoader::new(&tiny, 10).unwrap().drop_last(true).iter_epoch(0).count(), 0);
+        assert_eq!(
+            DataLoader::new(&tiny, 10)
+                .unwrap()
+                .drop_last(true)
+                .iter_epoch(0)
+                .count(),
+            0
+        );
         assert_eq!(DataLoader::new(&tiny, 10).unwrap().iter_epoch(0).count(), 1);
     }
 
@@ -522,7 +529,14 @@ mod tests {
     fn shards_partition_the_epoch() {
         let d = toy(21);
         let parts: Vec<Vec<usize>> = (0..4)
-            .map(|r| DataLoader::new(&d, 2).unwrap().shuffle(3).shard(r, 4).unwrap().epoch_order(1))
+            .map(|r| {
+                DataLoader::new(&d, 2)
+                    .unwrap()
+                    .shuffle(3)
+                    .shard(r, 4)
+                    .unwrap()
+                    .epoch_order(1)
+            })
             .collect();
         assert!(parts.iter().all(|p| p.len() == 5));
         let all: HashSet<usize> = parts.concat().into_iter().collect();
@@ -546,7 +560,11 @@ mod tests {
                     return Err(invalid("no five"));
                 }
                 Ok(Batch {
-                    inputs: Tensor::zeros([indices.len()], kiln_tensor::DType::F32, kiln_tensor::Device::Cpu)?,
+                    inputs: Tensor::zeros(
+                        [indices.len()],
+                        kiln_tensor::DType::F32,
+                        kiln_tensor::Device::Cpu,
+                    )?,
                     targets: None,
                 })
             }

@@ -24,16 +24,30 @@ fn weights(pairs: &[(&str, Tensor)]) -> HashMap<String, Tensor> {
 
 #[test]
 fn linear_loads_by_name_and_computes_x_wt_plus_b() {
-    let w = weights(&[("fc.weight", t(&[1., 2., 3., 4., 5., 6.], &[2, 3])), ("fc.bias", t(&[0.5, -1.], &[2]))]);
+    let w = weights(&[
+        ("fc.weight", t(&[1., 2., 3., 4., 5., 6.], &[2, 3])),
+        ("fc.bias", t(&[0.5, -1.], &[2])),
+    ]);
     let scope = Scope::from_tensors(w, true, 0, DType::F64, Device::Cpu);
     let fc = Linear::new(scope.sub("fc"), 3, 2).unwrap();
     scope.check_all_used().unwrap();
     let y = fc.forward(&Var::constant(t(&[1., 0., -1.], &[1, 3]))).unwrap();
-    close(&y.value().to_vec::<f64>().unwrap(), &[1. - 3. + 0.5, 4. - 6. - 1.], 0.0);
+    close(
+        &y.value().to_vec::<f64>().unwrap(),
+        &[1. - 3. + 0.5, 4. - 6. - 1.],
+        0.0,
+    );
     // Leading dimensions fold into rows.
-    let y3 = fc.forward(&Var::constant(Tensor::ones([2, 4, 3], DType::F64, Device::Cpu).unwrap())).unwrap();
+    let y3 = fc
+        .forward(&Var::constant(
+            Tensor::ones([2, 4, 3], DType::F64, Device::Cpu).unwrap(),
+        ))
+        .unwrap();
     assert_eq!(y3.dims(), &[2, 4, 2]);
-    assert!(matches!(fc.forward(&Var::constant(t(&[1., 2.], &[1, 2]))), Err(Error::Invalid { .. })));
+    assert!(matches!(
+        fc.forward(&Var::constant(t(&[1., 2.], &[1, 2]))),
+        Err(Error::Invalid { .. })
+    ));
 }
 
 #[test]
@@ -43,7 +57,10 @@ fn strict_loading_names_missing_and_misshaped_keys() {
     match Linear::new(s.sub("fc"), 3, 1) {
         Err(e @ Error::ShapeMismatch { .. }) => {
             let m = e.to_string();
-            assert!(m.contains("fc.weight") && m.contains("[1, 3]") && m.contains("[1, 2]"), "{m}");
+            assert!(
+                m.contains("fc.weight") && m.contains("[1, 3]") && m.contains("[1, 2]"),
+                "{m}"
+            );
         }
         other => panic!("expected a shape mismatch, got {:?}", other.err()),
     }
@@ -52,7 +69,13 @@ fn strict_loading_names_missing_and_misshaped_keys() {
         Err(Error::MissingKey { name, .. }) => assert_eq!(name, "fc.bias"),
         other => panic!("expected a missing key, got {:?}", other.err()),
     }
-    let s = Scope::from_tensors(weights(&[("extra", t(&[1.], &[1]))]), false, 0, DType::F32, Device::Cpu);
+    let s = Scope::from_tensors(
+        weights(&[("extra", t(&[1.], &[1]))]),
+        false,
+        0,
+        DType::F32,
+        Device::Cpu,
+    );
     Linear::new(s.sub("fc"), 2, 1).unwrap();
     assert_eq!(s.unused_weights(), vec!["extra".to_string()]);
     assert!(matches!(s.check_all_used(), Err(Error::UnexpectedKeys(_))));
@@ -77,15 +100,29 @@ fn state_dict_round_trip_is_exact_and_bad_loads_change_nothing() {
     let report = kiln_nn::load_state_dict_file(&mlp2.parameters(), &path, true).unwrap();
     assert!(report.missing.is_empty() && report.unexpected.is_empty());
     for (a, b) in mlp.parameters().iter().zip(mlp2.parameters()) {
-        assert_eq!(a.value().to_vec::<f32>().unwrap(), b.value().to_vec::<f32>().unwrap());
+        assert_eq!(
+            a.value().to_vec::<f32>().unwrap(),
+            b.value().to_vec::<f32>().unwrap()
+        );
     }
     // A misshaped key is an error naming it and both shapes, and nothing was changed.
     let before = mlp2.parameters()[0].value().to_vec::<f32>().unwrap();
     let mut bad = kiln_tensor::io::load_safetensors(&path).unwrap();
-    bad.insert("2.bias".into(), Tensor::zeros([4], DType::F32, Device::Cpu).unwrap());
-    bad.insert("0.weight".into(), Tensor::zeros([4, 5], DType::F32, Device::Cpu).unwrap());
-    let e = load_state_dict(&mlp2.parameters(), &bad, true).unwrap_err().to_string();
-    assert!(e.contains("2.bias") && e.contains("[3]") && e.contains("[4]"), "{e}");
+    bad.insert(
+        "2.bias".into(),
+        Tensor::zeros([4], DType::F32, Device::Cpu).unwrap(),
+    );
+    bad.insert(
+        "0.weight".into(),
+        Tensor::zeros([4, 5], DType::F32, Device::Cpu).unwrap(),
+    );
+    let e = load_state_dict(&mlp2.parameters(), &bad, true)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("2.bias") && e.contains("[3]") && e.contains("[4]"),
+        "{e}"
+    );
     assert_eq!(mlp2.parameters()[0].value().to_vec::<f32>().unwrap(), before);
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -94,7 +131,10 @@ fn state_dict_round_trip_is_exact_and_bad_loads_change_nothing() {
 fn tied_weights_are_one_parameter() {
     let scope = Scope::init(0, DType::F32, Device::Cpu);
     let emb = Embedding::new(scope.sub("wte"), 10, 4, None).unwrap();
-    let head = scope.sub("wte").param("weight", [10, 4], kiln_nn::Init::Zeros).unwrap();
+    let head = scope
+        .sub("wte")
+        .param("weight", [10, 4], kiln_nn::Init::Zeros)
+        .unwrap();
     assert!(head.same_as(emb.weight()));
     assert_eq!(scope.all_params().len(), 1);
 }
@@ -124,7 +164,10 @@ fn dropout_scales_kept_elements_and_is_identity_in_eval() {
     assert!((kept - 0.75).abs() < 0.02, "{kept}");
     assert!(v.iter().all(|&e| e == 0.0 || (e - 1.0 / 0.75).abs() < 1e-12));
     d.set_training(false);
-    assert_eq!(d.forward(&x).unwrap().value().to_vec::<f64>().unwrap(), vec![1.0; 10000]);
+    assert_eq!(
+        d.forward(&x).unwrap().value().to_vec::<f64>().unwrap(),
+        vec![1.0; 10000]
+    );
     assert!(Dropout::new(1.0, 0).is_err());
 }
 
@@ -135,10 +178,18 @@ fn norms_match_their_formulas() {
     // mean 2.5, var 1.25
     let ln = LayerNorm::new(s.sub("ln"), 4, 0.0).unwrap();
     let sd = 1.25f64.sqrt();
-    close(&ln.forward(&x).unwrap().value().to_vec::<f64>().unwrap(), &[-1.5 / sd, -0.5 / sd, 0.5 / sd, 1.5 / sd], 1e-12);
+    close(
+        &ln.forward(&x).unwrap().value().to_vec::<f64>().unwrap(),
+        &[-1.5 / sd, -0.5 / sd, 0.5 / sd, 1.5 / sd],
+        1e-12,
+    );
     let rms = RmsNorm::new(s.sub("rms"), 4, 0.0).unwrap();
     let r = (30.0f64 / 4.0).sqrt();
-    close(&rms.forward(&x).unwrap().value().to_vec::<f64>().unwrap(), &[1. / r, 2. / r, 3. / r, 4. / r], 1e-12);
+    close(
+        &rms.forward(&x).unwrap().value().to_vec::<f64>().unwrap(),
+        &[1. / r, 2. / r, 3. / r, 4. / r],
+        1e-12,
+    );
 }
 
 #[test]
@@ -147,18 +198,48 @@ fn cross_entropy_variants_match_pytorch_formulas() {
     let lp = logits.log_softmax(1).unwrap().to_vec2::<f64>().unwrap();
     let x = Var::parameter(logits.clone());
     let tgt = Tensor::from_vec(vec![0i64, 2], [2]).unwrap();
-    let ce = |o: CrossEntropyOptions| loss::cross_entropy(&x, &Target::Indices(tgt.clone()), &o).unwrap().value().to_vec::<f64>().unwrap();
+    let ce = |o: CrossEntropyOptions| {
+        loss::cross_entropy(&x, &Target::Indices(tgt.clone()), &o)
+            .unwrap()
+            .value()
+            .to_vec::<f64>()
+            .unwrap()
+    };
     // plain mean
     close(&ce(Default::default()), &[-(lp[0][0] + lp[1][2]) / 2.0], 1e-12);
     // sum and none
-    close(&ce(CrossEntropyOptions { reduction: Reduction::Sum, ..Default::default() }), &[-(lp[0][0] + lp[1][2])], 1e-12);
-    close(&ce(CrossEntropyOptions { reduction: Reduction::None, ..Default::default() }), &[-lp[0][0], -lp[1][2]], 1e-12);
+    close(
+        &ce(CrossEntropyOptions {
+            reduction: Reduction::Sum,
+            ..Default::default()
+        }),
+        &[-(lp[0][0] + lp[1][2])],
+        1e-12,
+    );
+    close(
+        &ce(CrossEntropyOptions {
+            reduction: Reduction::None,
+            ..Default::default()
+        }),
+        &[-lp[0][0], -lp[1][2]],
+        1e-12,
+    );
     // ignore_index drops sample 1
-    close(&ce(CrossEntropyOptions { ignore_index: Some(2), ..Default::default() }), &[-lp[0][0]], 1e-12);
+    close(
+        &ce(CrossEntropyOptions {
+            ignore_index: Some(2),
+            ..Default::default()
+        }),
+        &[-lp[0][0]],
+        1e-12,
+    );
     // class weights: weighted mean divides by the weights of the targets
     let w = t(&[2.0, 1.0, 0.5], &[3]);
     close(
-        &ce(CrossEntropyOptions { weight: Some(w), ..Default::default() }),
+        &ce(CrossEntropyOptions {
+            weight: Some(w),
+            ..Default::default()
+        }),
         &[-(2.0 * lp[0][0] + 0.5 * lp[1][2]) / 2.5],
         1e-12,
     );
@@ -166,14 +247,38 @@ fn cross_entropy_variants_match_pytorch_formulas() {
     let eps = 0.1;
     let smooth = |i: usize| -lp[i].iter().sum::<f64>() / 3.0;
     let want = ((1.0 - eps) * -lp[0][0] + eps * smooth(0) + (1.0 - eps) * -lp[1][2] + eps * smooth(1)) / 2.0;
-    close(&ce(CrossEntropyOptions { label_smoothing: eps, ..Default::default() }), &[want], 1e-12);
+    close(
+        &ce(CrossEntropyOptions {
+            label_smoothing: eps,
+            ..Default::default()
+        }),
+        &[want],
+        1e-12,
+    );
     // probability targets
     let p = t(&[0.5, 0.5, 0.0, 0.0, 0.0, 1.0], &[2, 3]);
-    let got = loss::cross_entropy(&x, &Target::Probs(p), &Default::default()).unwrap().value().to_vec::<f64>().unwrap();
-    close(&got, &[-(0.5 * lp[0][0] + 0.5 * lp[0][1] + lp[1][2]) / 2.0], 1e-12);
+    let got = loss::cross_entropy(&x, &Target::Probs(p), &Default::default())
+        .unwrap()
+        .value()
+        .to_vec::<f64>()
+        .unwrap();
+    close(
+        &got,
+        &[-(0.5 * lp[0][0] + 0.5 * lp[0][1] + lp[1][2]) / 2.0],
+        1e-12,
+    );
     // nll on log-probs equals cross entropy on logits
-    let nll = loss::nll_loss(&Var::constant(logits.log_softmax(1).unwrap()), &tgt, &Default::default()).unwrap();
-    close(&nll.value().to_vec::<f64>().unwrap(), &ce(Default::default()), 1e-12);
+    let nll = loss::nll_loss(
+        &Var::constant(logits.log_softmax(1).unwrap()),
+        &tgt,
+        &Default::default(),
+    )
+    .unwrap();
+    close(
+        &nll.value().to_vec::<f64>().unwrap(),
+        &ce(Default::default()),
+        1e-12,
+    );
     // a bad target is an error
     let bad = Tensor::from_vec(vec![0i64, 3], [2]).unwrap();
     assert!(loss::cross_entropy(&x, &Target::Indices(bad), &Default::default()).is_err());
@@ -184,14 +289,26 @@ fn regression_losses_match_hand_values() {
     let x = Var::parameter(t(&[0.0, 2.0, -3.0], &[3]));
     let y = t(&[0.5, 0.0, -3.0], &[3]);
     let v = |r: kiln_nn::Result<Var>| r.unwrap().value().to_vec::<f64>().unwrap();
-    close(&v(loss::mse_loss(&x, &y, Reduction::Mean)), &[(0.25 + 4.0) / 3.0], 1e-12);
+    close(
+        &v(loss::mse_loss(&x, &y, Reduction::Mean)),
+        &[(0.25 + 4.0) / 3.0],
+        1e-12,
+    );
     close(&v(loss::l1_loss(&x, &y, Reduction::Sum)), &[2.5], 1e-12);
     // smooth L1 beta 1: |d|=0.5 → 0.125, |d|=2 → 1.5, 0 → 0
-    close(&v(loss::smooth_l1_loss(&x, &y, 1.0, Reduction::None)), &[0.125, 1.5, 0.0], 1e-12);
+    close(
+        &v(loss::smooth_l1_loss(&x, &y, 1.0, Reduction::None)),
+        &[0.125, 1.5, 0.0],
+        1e-12,
+    );
     // BCE with logits: x=0,y=1 → ln 2; x=2,y=0 → softplus(2); x=-3,y=1 → softplus(3)
     let yb = t(&[1.0, 0.0, 1.0], &[3]);
     let sp = |z: f64| (1.0 + z.exp()).ln();
-    close(&v(loss::binary_cross_entropy_with_logits(&x, &yb, Reduction::None)), &[2f64.ln(), sp(2.0), sp(3.0)], 1e-12);
+    close(
+        &v(loss::binary_cross_entropy_with_logits(&x, &yb, Reduction::None)),
+        &[2f64.ln(), sp(2.0), sp(3.0)],
+        1e-12,
+    );
     // KL(p || q) with input = log q
     let p = t(&[0.5, 0.5, 0.0], &[1, 3]);
     let q = [0.25f64, 0.25, 0.5];

@@ -51,7 +51,9 @@ impl Module for Dropout {
         let mut rng = self.rng.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         // Built in f64 so every dtype gets the correctly rounded 1/keep.
         let scale = 1.0 / keep;
-        let mask: Vec<f64> = (0..n).map(|_| if rng.next_f64() < keep { scale } else { 0.0 }).collect();
+        let mask: Vec<f64> = (0..n)
+            .map(|_| if rng.next_f64() < keep { scale } else { 0.0 })
+            .collect();
         drop(rng);
         let mask = Tensor::from_vec(mask, x.shape().clone())?.to_dtype(x.dtype())?;
         Ok(x.mul(&Var::constant(mask))?)

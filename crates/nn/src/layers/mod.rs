@@ -25,7 +25,9 @@ pub use groupnorm::GroupNorm;
 pub use linear::Linear;
 pub use norm::{LayerNorm, RmsNorm};
 pub use pool::{AdaptiveAvgPool2d, AvgPool2d, MaxPool2d};
-pub use position::{sinusoidal_table, LearnedPositionalEmbedding, RotaryEmbedding, SinusoidalPositionalEncoding};
+pub use position::{
+    sinusoidal_table, LearnedPositionalEmbedding, RotaryEmbedding, SinusoidalPositionalEncoding,
+};
 pub use recurrent::{gru_recurrence, lstm_recurrence, Gru, GruCell, Lstm, LstmCell, RnnConfig};
 pub use sequential::Sequential;
 pub use transformer::{DecoderMasks, TransformerConfig, TransformerDecoderLayer, TransformerEncoderLayer};

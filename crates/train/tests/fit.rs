@@ -1,0 +1,401 @@
+//! fit / evaluate / predict, callbacks, logs, configuration errors and data parallelism.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use kiln_data::TensorDataset;
+use kiln_optim::{Schedule, Sgd, SgdConfig};
+use kiln_train::tensorboard::{read_events, FILE_VERSION};
+use kiln_train::{
+    Callback, CallbackContext, Collective, EarlyStopping, LocalCollective, LrLogger, ModelCheckpoint,
+    Monitor, OptimizerConfig, StepEnd, TrainConfig, Trainer, CURVES_FILE, HISTORY_FILE, METRICS_FILE,
+};
+use kiln_zoo::Model;
+
+#[test]
+fn fit_learns_and_records_history_logs_events_and_curves() {
+    let dir = scratch("logs");
+    let (train, val) = (blobs(150, 1), blobs(60, 2));
+    let mut t = trainer(
+        1,
+        TrainConfig {
+            epochs: Some(4),
+            out_dir: Some(dir.clone()),
+            log_every_steps: 3,
+            ..quiet()
+        },
+    );
+    let h = t.fit(&train, Some(&val)).unwrap();
+    // 150 examples / 16 = 10 batches (the last one of 6) per epoch.
+    assert_eq!(h.epochs.len(), 4);
+    assert_eq!(
+        h.epochs.iter().map(|e| e.step).collect::<Vec<_>>(),
+        vec![10, 20, 30, 40]
+    );
+    assert!(h
+        .epochs
+        .iter()
+        .all(|e| e.train.samples == 150 && e.val.as_ref().unwrap().samples == 60));
+    assert_eq!(h.steps.len(), 13, "logged every 3 steps");
+    assert!(h.stopped_early.is_none());
+    let last = h.last().unwrap();
+    assert!(last.train.loss < h.epochs[0].train.loss);
+    assert!(last.val.as_ref().unwrap().accuracy.unwrap() > 0.9, "{last:?}");
+    assert_eq!(h.metric("val_accuracy").len(), 4);
+
+    // metrics.jsonl: one line per logged step and per epoch.
+    let text = std::fs::read_to_string(dir.join(METRICS_FILE)).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.iter().filter(|l| l["type"] == "step").count(), 13);
+    assert_eq!(lines.iter().filter(|l| l["type"] == "epoch").count(), 4);
+    let e = lines.iter().find(|l| l["type"] == "epoch").unwrap();
+    assert_eq!(e["step"], 10);
+    assert!(e["val_accuracy"].as_f64().is_some() && e["loss"].as_f64().is_some());
+
+    // The TensorBoard event file decodes, CRCs check, and holds the logged values.
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("events.out.tfevents.")
+        })
+        .collect();
+    assert_eq!(files.len(), 1);
+    let events = read_events(&files[0]).unwrap();
+    assert_eq!(events[0].file_version.as_deref(), Some(FILE_VERSION));
+    let losses: Vec<(i64, f32)> = events
+        .iter()
+        .flat_map(|e| {
+            e.scalars
+                .iter()
+                .filter(|(tag, _)| tag == "train/loss")
+                .map(move |(_, v)| (e.step, *v))
+        })
+        .collect();
+    assert_eq!(losses.len(), 13);
+    assert_eq!(losses[0].0, 3);
+    assert_eq!(losses[0].1, h.steps[0].loss as f32);
+    let val_acc: Vec<(i64, f32)> = events
+        .iter()
+        .flat_map(|e| {
+            e.scalars
+                .iter()
+                .filter(|(tag, _)| tag == "val/accuracy")
+                .map(move |(_, v)| (e.step, *v))
+        })
+        .collect();
+    assert_eq!(val_acc.len(), 4);
+    assert_eq!(
+        val_acc[3],
+        (40, last.val.as_ref().unwrap().accuracy.unwrap() as f32)
+    );
+
+    // The curves PNG and the history JSON.
+    let png = std::fs::read(dir.join(CURVES_FILE)).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let back: kiln_train::History =
+        serde_json::from_slice(&std::fs::read(dir.join(HISTORY_FILE)).unwrap()).unwrap();
+    assert_eq!(back, h);
+    // One checkpoint per epoch, the last 3 kept.
+    assert!(dir.join("checkpoints/step-00000040").is_dir());
+    assert!(!dir.join("checkpoints/step-00000010").exists());
+}
+
+#[test]
+fn evaluate_and_predict() {
+    let (train, val) = (blobs(150, 1), blobs(60, 2));
+    let mut t = trainer(
+        1,
+        TrainConfig {
+            epochs: Some(3),
+            eval_batch_size: Some(25),
+            ..quiet()
+        },
+    );
+    t.fit(&train, None).unwrap();
+    let m = t.evaluate(&val).unwrap();
+    assert_eq!(m.samples, 60);
+    assert!(m.accuracy.unwrap() > 0.9);
+    assert_eq!(m.top5, None, "3 classes: top-5 does not apply");
+    assert!(m.loss > 0.0 && m.loss.is_finite());
+    let unlabeled = TensorDataset::unlabeled(val.inputs().clone()).unwrap();
+    let logits = t.predict(&unlabeled).unwrap();
+    assert_eq!(logits.dims(), &[60, 3]);
+    // Predictions agree with evaluate's accuracy.
+    let acc = kiln_train::metrics::accuracy(&logits, val.targets().unwrap()).unwrap();
+    assert_eq!(acc, m.accuracy.unwrap());
+    // No graph was recorded and evaluation needs targets.
+    assert!(t
+        .evaluate(&unlabeled)
+        .unwrap_err()
+        .to_string()
+        .contains("no targets"));
+}
+
+#[test]
+fn early_stopping_stops() {
+    let (train, val) = (blobs(60, 1), blobs(30, 2));
+    let model = Mlp::new(5);
+    // Learning rate 0: the validation loss never improves after the first epoch.
+    let opt = Box::new(
+        Sgd::from_params(
+            model.parameters(),
+            SgdConfig {
+                lr: 0.0,
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    );
+    let es = EarlyStopping::new(Monitor::ValLoss, 2, 0.0).unwrap();
+    let stopped = es.stopped_epoch();
+    let mut t = Trainer::new(
+        Box::new(model) as Box<dyn Model>,
+        opt,
+        TrainConfig {
+            epochs: Some(20),
+            ..quiet()
+        },
+    )
+    .unwrap()
+    .with_callback(es);
+    let h = t.fit(&train, Some(&val)).unwrap();
+    assert_eq!(
+        h.epochs.len(),
+        3,
+        "best at epoch 1, then 2 epochs without improvement"
+    );
+    assert!(h.stopped_early.as_deref().unwrap().contains("val_loss"), "{h:?}");
+    assert_eq!(*stopped.lock().unwrap(), Some(2));
+
+    // Monitoring validation metrics without a validation set is a clear error.
+    let mut t = trainer(5, quiet()).with_callback(EarlyStopping::new(Monitor::ValAccuracy, 1, 0.0).unwrap());
+    let e = t.fit(&train, None).unwrap_err().to_string();
+    assert!(e.contains("val_accuracy") && e.contains("validation"), "{e}");
+}
+
+/// Records every hook call.
+struct Recorder(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Callback for Recorder {
+    fn name(&self) -> &str {
+        "recorder"
+    }
+    fn on_train_begin(&mut self, _ctx: &mut CallbackContext<'_>) -> kiln_train::Result<()> {
+        self.0.lock().unwrap().push("train_begin".into());
+        Ok(())
+    }
+    fn on_epoch_begin(&mut self, epoch: usize, _ctx: &mut CallbackContext<'_>) -> kiln_train::Result<()> {
+        self.0.lock().unwrap().push(format!("epoch_begin {epoch}"));
+        Ok(())
+    }
+    fn on_batch_begin(&mut self, batch: usize, _ctx: &mut CallbackContext<'_>) -> kiln_train::Result<()> {
+        self.0.lock().unwrap().push(format!("batch_begin {batch}"));
+        Ok(())
+    }
+    fn on_batch_end(&mut self, logs: &StepEnd, ctx: &mut CallbackContext<'_>) -> kiln_train::Result<()> {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("batch_end {} {}", logs.step, logs.samples));
+        if logs.step == 5 {
+            ctx.request_stop("enough");
+        }
+        Ok(())
+    }
+    fn on_epoch_end(
+        &mut self,
+        m: &kiln_train::EpochMetrics,
+        _ctx: &mut CallbackContext<'_>,
+    ) -> kiln_train::Result<()> {
+        self.0.lock().unwrap().push(format!("epoch_end {}", m.epoch));
+        Ok(())
+    }
+    fn on_train_end(
+        &mut self,
+        _h: &kiln_train::History,
+        _ctx: &mut CallbackContext<'_>,
+    ) -> kiln_train::Result<()> {
+        self.0.lock().unwrap().push("train_end".into());
+        Ok(())
+    }
+}
+
+#[test]
+fn callbacks_see_every_hook_and_can_stop() {
+    let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+    // 40 examples, batch 16, accumulation 2: batches of 16, 16, 8 → steps of 32 and 8 examples.
+    let mut t = trainer(
+        2,
+        TrainConfig {
+            epochs: Some(10),
+            grad_accum_steps: 2,
+            ..quiet()
+        },
+    )
+    .with_callback(Recorder(calls.clone()));
+    let h = t.fit(&blobs(40, 1), None).unwrap();
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(
+        calls[..8],
+        [
+            "train_begin",
+            "epoch_begin 0",
+            "batch_begin 0",
+            "batch_end 1 32",
+            "batch_begin 2",
+            "batch_end 2 8",
+            "epoch_end 0",
+            "epoch_begin 1"
+        ]
+    );
+    assert_eq!(calls.last().unwrap(), "train_end");
+    assert_eq!(t.step(), 5);
+    assert_eq!(h.stopped_early.as_deref(), Some("enough"));
+    assert_eq!(h.epochs.len(), 2, "stopped in the middle of the third epoch");
+}
+
+#[test]
+fn lr_logger_follows_the_schedule_and_best_weights_are_saved() {
+    let dir = scratch("lr");
+    let schedule = Schedule::Step {
+        lr: 0.1,
+        step_size: 3,
+        gamma: 0.5,
+    };
+    let lr = LrLogger::new(1).unwrap();
+    let records = lr.records();
+    let mut t = trainer(
+        4,
+        TrainConfig {
+            epochs: Some(2),
+            schedule: Some(schedule.clone()),
+            out_dir: Some(dir.clone()),
+            checkpoint_every_epoch: false,
+            ..quiet()
+        },
+    )
+    .with_callback(lr)
+    .with_callback(ModelCheckpoint::best(
+        Monitor::ValAccuracy,
+        "best/model.safetensors",
+    ))
+    .with_callback(ModelCheckpoint::every_epochs(2).unwrap());
+    t.fit(&blobs(64, 1), Some(&blobs(30, 2))).unwrap();
+    let r = records.lock().unwrap().clone();
+    assert_eq!(r.len(), 8);
+    for (step, lr) in r {
+        use kiln_optim::LrSchedule;
+        assert_eq!(lr, schedule.lr(step - 1), "step {step}");
+    }
+    assert!(dir.join("best/model.safetensors").is_file());
+    t.load_weights(dir.join("best/model.safetensors")).unwrap();
+    // ModelCheckpoint::every_epochs(2) asked for the checkpoint at the end of epoch 2.
+    assert!(dir.join("checkpoints/step-00000008").is_dir());
+}
+
+#[test]
+fn bad_configs_and_data_are_clear_errors() {
+    let model = Mlp::new(1);
+    let e = OptimizerConfig::by_name("adam", -0.5)
+        .unwrap()
+        .build(model.parameters())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("lr = -0.5") && e.contains(">= 0"), "{e}");
+    let opt = adam(&model, 0.01);
+    let e = Trainer::new(
+        Box::new(model) as Box<dyn Model>,
+        opt,
+        TrainConfig {
+            batch_size: 0,
+            ..quiet()
+        },
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("batch_size = 0") && e.contains("> 0"), "{e}");
+
+    let mut t = trainer(1, quiet());
+    let unlabeled = TensorDataset::unlabeled(blobs(20, 1).inputs().clone()).unwrap();
+    assert!(t
+        .fit(&unlabeled, None)
+        .unwrap_err()
+        .to_string()
+        .contains("no targets"));
+    let empty = blobs(20, 1).slice(0, 0).unwrap();
+    assert!(t.fit(&empty, None).unwrap_err().to_string().contains("empty"));
+    let mut t = trainer(
+        1,
+        TrainConfig {
+            batch_size: 32,
+            drop_last: true,
+            ..quiet()
+        },
+    );
+    let e = t.fit(&blobs(20, 1), None).unwrap_err().to_string();
+    assert!(e.contains("no batch of 32"), "{e}");
+
+    // An out_dir that cannot be created.
+    let file = scratch("not-a-dir").join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let mut t = trainer(
+        1,
+        TrainConfig {
+            out_dir: Some(file.join("run")),
+            ..quiet()
+        },
+    );
+    let e = t.fit(&blobs(20, 1), None).unwrap_err().to_string();
+    assert!(e.contains("file/run"), "{e}");
+
+    // Labels out of range for the model's classes.
+    let bad = TensorDataset::new(
+        blobs(20, 1).inputs().clone(),
+        kiln_tensor::Tensor::from_vec(vec![7i64; 20], [20]).unwrap(),
+    )
+    .unwrap();
+    assert!(trainer(1, quiet()).fit(&bad, None).is_err());
+}
+
+#[test]
+fn data_parallel_replicas_stay_identical() {
+    let data = blobs(96, 1);
+    let handles = LocalCollective::new(2).unwrap();
+    let results: Vec<(Bits, usize)> = std::thread::scope(|s| {
+        let joins: Vec<_> = handles
+            .into_iter()
+            .map(|c| {
+                let data = data.clone();
+                s.spawn(move || {
+                    let rank = c.rank();
+                    // Different initial weights per replica: rank 0's are broadcast.
+                    let mut t = trainer(
+                        10 + rank as u64,
+                        TrainConfig {
+                            epochs: Some(2),
+                            ..quiet()
+                        },
+                    )
+                    .with_collective(Arc::new(c));
+                    let h = t.fit(&data, None).unwrap();
+                    (param_bits(&t), h.epochs[0].train.samples)
+                })
+            })
+            .collect();
+        joins.into_iter().map(|j| j.join().unwrap()).collect()
+    });
+    assert_eq!(results[0].0, results[1].0, "replicas diverged");
+    // Each replica read half of the data.
+    assert_eq!(results[0].1, 48);
+    assert_eq!(results[1].1, 48);
+    // And they trained: not rank 0's initial weights.
+    assert_ne!(results[0].0, param_bits(&trainer(10, quiet())));
+}
