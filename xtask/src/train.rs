@@ -104,6 +104,14 @@ fn load_dataset(name: &str, data_dir: &Path) -> anyhow::Result<(TensorDataset, T
     Ok((train.to_dataset(true)?, test.to_dataset(true)?))
 }
 
+/// Error unless a dataset serves the model's task.
+fn check_fits(dataset: &str, data_task: Task, model: &str, model_task: Task) -> anyhow::Result<()> {
+    if data_task != model_task {
+        bail!("dataset {dataset} is for {data_task}, but model {model} is a {model_task} model");
+    }
+    Ok(())
+}
+
 fn read_spec(path: &Path) -> anyhow::Result<RunSpec> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
@@ -169,6 +177,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         .or(train_cfg.out_dir.clone())
         .unwrap_or_else(|| PathBuf::from("runs").join(format!("{model_name}-{dataset}")));
     train_cfg.out_dir = Some(out.clone());
+    train_cfg.validate()?;
 
     let entry = kiln::find_model(&model_name)?;
     let Some((_, data_task, _)) = DATASETS.iter().find(|d| d.0 == dataset) else {
@@ -178,12 +187,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             known.join(", ")
         );
     };
-    if *data_task != entry.task {
-        bail!(
-            "dataset {dataset} is for {data_task}, but model {model_name} is a {} model",
-            entry.task
-        );
-    }
+    check_fits(&dataset, *data_task, &model_name, entry.task)?;
     let model_cfg = kiln::zoo::merge_config(entry, spec.model_config.as_ref())?;
     let model = (entry.build)(&model_cfg, Scope::init(train_cfg.seed, DType::F32, device))?;
     let optimizer = OptimizerConfig::by_name(spec.optimizer.as_deref().unwrap_or("adam"), lr)?
@@ -315,4 +319,27 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dataset_must_fit_the_models_task() {
+        let e = check_fits("mnist", Task::ImageClassification, "gpt2", Task::CausalLm)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("mnist") && e.contains("image-classification") && e.contains("causal-lm"),
+            "{e}"
+        );
+        assert!(check_fits(
+            "mnist",
+            Task::ImageClassification,
+            "lenet5",
+            Task::ImageClassification
+        )
+        .is_ok());
+    }
 }
