@@ -39,7 +39,7 @@ pub struct TrainArgs {
     /// Seed of initialisation and data order (default 0).
     #[arg(long)]
     seed: Option<u64>,
-    /// Run directory for logs and checkpoints (default runs/<model>-<dataset>).
+    /// Run directory for logs and checkpoints (default runs/MODEL-DATASET).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Continue the run in this directory from its newest complete checkpoint.

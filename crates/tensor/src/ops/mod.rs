@@ -1,5 +1,5 @@
-//! The operations on [`Tensor`](crate::Tensor), one family per file. Every op validates its
-//! arguments and returns an [`Error`](crate::Error) naming itself and the shapes involved.
+//! The operations on [`crate::Tensor`], one family per file. Every op validates its
+//! arguments and returns an [`crate::Error`] naming itself and the shapes involved.
 
 pub mod binary;
 mod cast;
