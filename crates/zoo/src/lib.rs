@@ -6,7 +6,7 @@
 //!
 //! A plugin registers itself at its crate root:
 //!
-//! ```ignore
+//! ```text
 //! inventory::submit! {
 //!     kiln_zoo::ModelEntry { name: "lenet5", family: "lenet", task: kiln_zoo::Task::ImageClassification,
 //!         description: "LeNet-5", default_config, build }
