@@ -26,7 +26,11 @@ inventory::collect!(ModelEntry);
 
 /// Every registered entry sorted by name; two entries with one name are an error.
 pub fn entries() -> Result<Vec<&'static ModelEntry>> {
-    let mut all: Vec<&'static ModelEntry> = inventory::iter::<ModelEntry>.into_iter().collect();
+    sorted_unique(inventory::iter::<ModelEntry>.into_iter().collect())
+}
+
+/// Sort entries by name; a name registered twice is an error rather than a silent overwrite.
+fn sorted_unique(mut all: Vec<&ModelEntry>) -> Result<Vec<&ModelEntry>> {
     all.sort_by_key(|e| e.name);
     if let Some(w) = all.windows(2).find(|w| w[0].name == w[1].name) {
         return Err(Error::DuplicateModel(w[0].name.to_string()));
@@ -76,4 +80,44 @@ pub fn parse_config<T: serde::de::DeserializeOwned>(model: &str, cfg: &serde_jso
         model: model.into(),
         reason: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &'static str) -> ModelEntry {
+        ModelEntry {
+            name,
+            family: "test",
+            task: Task::ImageClassification,
+            description: "",
+            default_config: || serde_json::json!({"width": 4}),
+            build: |_, _| {
+                Err(Error::Config {
+                    model: "test".into(),
+                    reason: "not buildable".into(),
+                })
+            },
+        }
+    }
+
+    #[test]
+    fn duplicate_names_are_an_error() {
+        let (a, b, c) = (entry("b"), entry("a"), entry("b"));
+        let sorted = sorted_unique(vec![&a, &b]).unwrap();
+        assert_eq!(sorted.iter().map(|e| e.name).collect::<Vec<_>>(), ["a", "b"]);
+        assert!(matches!(sorted_unique(vec![&a, &b, &c]), Err(Error::DuplicateModel(n)) if n == "b"));
+    }
+
+    #[test]
+    fn config_overrides_replace_known_keys_only() {
+        let e = entry("m");
+        let merged = merge_config(&e, Some(&serde_json::json!({"width": 8}))).unwrap();
+        assert_eq!(merged["width"], 8);
+        let err = merge_config(&e, Some(&serde_json::json!({"widht": 8})))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("widht") && err.contains("width"), "{err}");
+    }
 }
