@@ -3,13 +3,13 @@
 use kiln_autograd::{Param, Var};
 use kiln_nn::layers::{Conv2d, Linear, MaxPool2d};
 use kiln_nn::{Module, Scope};
-use kiln_zoo::{Batch, Model, Output, Result, Task};
+use kiln_zoo::{Model, Result};
 
-use crate::config::{classification_loss, ImageClassifierConfig};
+use crate::classifier::{Backbone, ImageClassifier};
+use crate::config::ImageClassifierConfig;
 
 /// `Conv2D 32 3×3 → MaxPool → Conv2D 64 3×3 → MaxPool → Conv2D 64 3×3 → Flatten → Dense 64 → Dense 10`.
 pub struct MnistCnn {
-    cfg: ImageClassifierConfig,
     conv1: Conv2d,
     conv2: Conv2d,
     conv3: Conv2d,
@@ -20,7 +20,7 @@ pub struct MnistCnn {
 
 impl MnistCnn {
     /// Build with parameters from `scope`.
-    pub fn new(cfg: ImageClassifierConfig, scope: Scope) -> Result<MnistCnn> {
+    pub fn new(cfg: &ImageClassifierConfig, scope: Scope) -> Result<MnistCnn> {
         // 28 → 26 → 13 → 11 → 5 → 3
         let side = ((cfg.image_size - 2) / 2 - 2) / 2 - 2;
         Ok(MnistCnn {
@@ -30,32 +30,18 @@ impl MnistCnn {
             pool: MaxPool2d::new((2, 2))?,
             fc1: Linear::new(scope.sub("fc1"), 64 * side * side, 64)?,
             fc2: Linear::new(scope.sub("fc2"), 64, cfg.num_classes)?,
-            cfg,
         })
     }
+}
 
-    /// Logits for images `[N, C, H, W]`.
-    pub fn logits(&self, x: &Var) -> Result<Var> {
-        self.cfg.check_images("mnist-cnn", x.value())?;
+impl Backbone for MnistCnn {
+    const NAME: &'static str = "mnist-cnn";
+    fn logits(&self, x: &Var) -> Result<Var> {
         let h = self.pool.forward(&self.conv1.forward(x)?.relu()?)?;
         let h = self.pool.forward(&self.conv2.forward(&h)?.relu()?)?;
         let h = self.conv3.forward(&h)?.relu()?.flatten(1, -1)?;
         let h = self.fc1.forward(&h)?.relu()?;
         Ok(self.fc2.forward(&h)?)
-    }
-}
-
-impl Model for MnistCnn {
-    fn name(&self) -> &str {
-        "mnist-cnn"
-    }
-    fn task(&self) -> Task {
-        Task::ImageClassification
-    }
-    fn forward(&self, batch: &Batch) -> Result<Output> {
-        let logits = self.logits(&Var::constant(batch.inputs.clone()))?;
-        let loss = classification_loss(&logits, batch.targets.as_ref())?;
-        Ok(Output { logits, loss })
     }
     fn parameters(&self) -> Vec<Param> {
         [
@@ -69,15 +55,11 @@ impl Model for MnistCnn {
         .flat_map(|m| m.parameters())
         .collect()
     }
-    fn set_training(&self, _training: bool) {}
-    fn config(&self) -> serde_json::Value {
-        serde_json::to_value(&self.cfg).unwrap_or_default()
-    }
 }
 
 pub(crate) fn build(cfg: &serde_json::Value, scope: Scope) -> Result<Box<dyn Model>> {
-    Ok(Box::new(MnistCnn::new(
-        ImageClassifierConfig::parse("mnist-cnn", cfg, 22)?,
-        scope,
-    )?))
+    // Three valid 3×3 convs and two poolings need at least 22×22 inputs.
+    let cfg = ImageClassifierConfig::parse("mnist-cnn", cfg, 22)?;
+    let net = MnistCnn::new(&cfg, scope)?;
+    Ok(Box::new(ImageClassifier { cfg, net }))
 }

@@ -62,17 +62,3 @@ impl ImageClassifierConfig {
 pub(crate) fn default_json() -> serde_json::Value {
     serde_json::to_value(ImageClassifierConfig::default()).expect("a plain struct serialises")
 }
-
-/// Cross-entropy of logits against integer labels, when the batch has them.
-pub(crate) fn classification_loss(
-    logits: &kiln_autograd::Var,
-    targets: Option<&kiln_tensor::Tensor>,
-) -> Result<Option<kiln_autograd::Var>> {
-    let Some(t) = targets else { return Ok(None) };
-    let loss = kiln_nn::loss::cross_entropy(
-        logits,
-        &kiln_nn::loss::Target::Indices(t.clone()),
-        &Default::default(),
-    )?;
-    Ok(Some(loss))
-}

@@ -3,13 +3,13 @@
 use kiln_autograd::{Param, Var};
 use kiln_nn::layers::{Conv2d, Conv2dConfig, Linear, MaxPool2d};
 use kiln_nn::{Module, Scope};
-use kiln_zoo::{Batch, Model, Output, Result, Task};
+use kiln_zoo::{Model, Result};
 
-use crate::config::{classification_loss, ImageClassifierConfig};
+use crate::classifier::{Backbone, ImageClassifier};
+use crate::config::ImageClassifierConfig;
 
 /// LeNet-5 with ReLU and max pooling.
 pub struct LeNet5 {
-    cfg: ImageClassifierConfig,
     conv1: Conv2d,
     conv2: Conv2d,
     pool: MaxPool2d,
@@ -20,49 +20,32 @@ pub struct LeNet5 {
 
 impl LeNet5 {
     /// Build with parameters from `scope`.
-    pub fn new(cfg: ImageClassifierConfig, scope: Scope) -> Result<LeNet5> {
+    pub fn new(cfg: &ImageClassifierConfig, scope: Scope) -> Result<LeNet5> {
         let pad2 = Conv2dConfig {
             padding: (2, 2),
             ..Default::default()
         };
-        let conv1 = Conv2d::with_config(scope.sub("conv1"), cfg.in_channels, 6, (5, 5), pad2)?;
-        let conv2 = Conv2d::new(scope.sub("conv2"), 6, 16, (5, 5))?;
         // 28 → (pad 2, 5×5) 28 → pool 14 → 5×5 10 → pool 5
-        let side = ((cfg.image_size) / 2 - 4) / 2;
+        let side = (cfg.image_size / 2 - 4) / 2;
         Ok(LeNet5 {
-            conv1,
-            conv2,
+            conv1: Conv2d::with_config(scope.sub("conv1"), cfg.in_channels, 6, (5, 5), pad2)?,
+            conv2: Conv2d::new(scope.sub("conv2"), 6, 16, (5, 5))?,
             pool: MaxPool2d::new((2, 2))?,
             fc1: Linear::new(scope.sub("fc1"), 16 * side * side, 120)?,
             fc2: Linear::new(scope.sub("fc2"), 120, 84)?,
             fc3: Linear::new(scope.sub("fc3"), 84, cfg.num_classes)?,
-            cfg,
         })
-    }
-
-    /// Logits for images `[N, C, H, W]`.
-    pub fn logits(&self, x: &Var) -> Result<Var> {
-        self.cfg.check_images("lenet5", x.value())?;
-        let h = self.pool.forward(&self.conv1.forward(x)?.relu()?)?;
-        let h = self.pool.forward(&self.conv2.forward(&h)?.relu()?)?;
-        let h = h.flatten(1, -1)?;
-        let h = self.fc1.forward(&h)?.relu()?;
-        let h = self.fc2.forward(&h)?.relu()?;
-        Ok(self.fc3.forward(&h)?)
     }
 }
 
-impl Model for LeNet5 {
-    fn name(&self) -> &str {
-        "lenet5"
-    }
-    fn task(&self) -> Task {
-        Task::ImageClassification
-    }
-    fn forward(&self, batch: &Batch) -> Result<Output> {
-        let logits = self.logits(&Var::constant(batch.inputs.clone()))?;
-        let loss = classification_loss(&logits, batch.targets.as_ref())?;
-        Ok(Output { logits, loss })
+impl Backbone for LeNet5 {
+    const NAME: &'static str = "lenet5";
+    fn logits(&self, x: &Var) -> Result<Var> {
+        let h = self.pool.forward(&self.conv1.forward(x)?.relu()?)?;
+        let h = self.pool.forward(&self.conv2.forward(&h)?.relu()?)?;
+        let h = self.fc1.forward(&h.flatten(1, -1)?)?.relu()?;
+        let h = self.fc2.forward(&h)?.relu()?;
+        Ok(self.fc3.forward(&h)?)
     }
     fn parameters(&self) -> Vec<Param> {
         [
@@ -76,16 +59,11 @@ impl Model for LeNet5 {
         .flat_map(|m| m.parameters())
         .collect()
     }
-    fn set_training(&self, _training: bool) {}
-    fn config(&self) -> serde_json::Value {
-        serde_json::to_value(&self.cfg).unwrap_or_default()
-    }
 }
 
 pub(crate) fn build(cfg: &serde_json::Value, scope: Scope) -> Result<Box<dyn Model>> {
     // Two 5×5 convs and two poolings need at least 12×12 inputs.
-    Ok(Box::new(LeNet5::new(
-        ImageClassifierConfig::parse("lenet5", cfg, 12)?,
-        scope,
-    )?))
+    let cfg = ImageClassifierConfig::parse("lenet5", cfg, 12)?;
+    let net = LeNet5::new(&cfg, scope)?;
+    Ok(Box::new(ImageClassifier { cfg, net }))
 }

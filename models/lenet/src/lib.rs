@@ -7,10 +7,12 @@
 //! - `mnist-cnn`: the Keras example `Conv2D 32 3×3 → MaxPool → Conv2D 64 → MaxPool → Conv2D 64 →
 //!   Flatten → Dense 64 → Dense 10` (`conv1..3`, `fc1`, `fc2`).
 
+mod classifier;
 mod cnn;
 mod config;
 mod lenet5;
 
+pub use classifier::{Backbone, ImageClassifier};
 pub use cnn::MnistCnn;
 pub use config::ImageClassifierConfig;
 pub use lenet5::LeNet5;
