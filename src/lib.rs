@@ -24,6 +24,7 @@ pub use kiln_zoo as zoo;
 /// The model plugin crates.
 pub mod model_crates {
     pub use kiln_lenet as lenet;
+    pub use kiln_resnet as resnet;
 }
 
 /// The kiln crates this facade re-exports, for `cargo xtask info`.
@@ -35,12 +36,14 @@ pub const CRATES: &[&str] = &[
     "kiln-data",
     "kiln-zoo",
     "kiln-lenet",
+    "kiln-resnet",
 ];
 
 /// Reference one item of every model crate so the linker keeps their `inventory` registrations
 /// (a plugin in a crate nothing references is silently dropped).
 fn link_model_crates() {
     std::hint::black_box(kiln_lenet::LeNet5::new as fn(_, _) -> _);
+    std::hint::black_box(kiln_resnet::ResNet::<kiln_resnet::BasicBlock>::new as fn(_, _, _, _) -> _);
 }
 
 /// Every registered model, sorted by name (an error if two plugins share a name).

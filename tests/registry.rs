@@ -5,7 +5,13 @@ use kiln::tensor::{DType, Device, Tensor};
 use kiln::zoo::{Batch, Task};
 
 /// The models each plugin crate registers. A new model crate adds its names here.
-const EXPECTED: &[(&str, &[&str])] = &[("kiln-lenet", &["lenet5", "mnist-cnn"])];
+const EXPECTED: &[(&str, &[&str])] = &[
+    ("kiln-lenet", &["lenet5", "mnist-cnn"]),
+    (
+        "kiln-resnet",
+        &["resnet18", "resnet34", "resnet50", "resnet101", "resnet20", "resnet32", "resnet56"],
+    ),
+];
 
 #[test]
 fn every_model_crate_is_registered() {
@@ -36,9 +42,14 @@ fn image_classifiers_build_and_run_with_default_configs() {
         .into_iter()
         .filter(|e| e.task == Task::ImageClassification)
     {
-        let cfg = (entry.default_config)();
+        // The smallest geometry every architecture takes keeps ResNet-101 cheap.
+        let mut cfg = (entry.default_config)();
+        let side = cfg["image_size"].as_u64().unwrap().min(32) as usize;
+        cfg["image_size"] = side.into();
+        let channels = cfg["in_channels"].as_u64().unwrap() as usize;
+        let classes = cfg["num_classes"].as_u64().unwrap() as usize;
         let model = (entry.build)(&cfg, Scope::init(0, DType::F32, Device::Cpu)).unwrap();
-        let images = Tensor::zeros([2, 1, 28, 28], DType::F32, Device::Cpu).unwrap();
+        let images = Tensor::zeros([2, channels, side, side], DType::F32, Device::Cpu).unwrap();
         let targets = Tensor::from_vec(vec![3i64, 7], [2]).unwrap();
         let out = model
             .forward(&Batch {
@@ -46,12 +57,12 @@ fn image_classifiers_build_and_run_with_default_configs() {
                 targets: Some(targets),
             })
             .unwrap();
-        assert_eq!(out.logits.dims(), &[2, 10], "{}", entry.name);
+        assert_eq!(out.logits.dims(), &[2, classes], "{}", entry.name);
         let loss = out.loss.unwrap().value().to_scalar::<f32>().unwrap();
         assert!(loss.is_finite());
         // A wrongly shaped batch is an error, not a panic.
         let bad = Batch {
-            inputs: Tensor::zeros([2, 28, 28], DType::F32, Device::Cpu).unwrap(),
+            inputs: Tensor::zeros([2, side, side], DType::F32, Device::Cpu).unwrap(),
             targets: None,
         };
         assert!(model.forward(&bad).is_err());

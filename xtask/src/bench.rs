@@ -12,7 +12,8 @@ use kiln::zoo::Batch;
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Which benchmark: `train-lenet` (LeNet-5 training step, Adam, batch 64).
+    /// Which benchmark: `train-lenet`, `train-mnist-cnn`, `train-resnet20` (a training step: forward,
+    /// backward, Adam update).
     name: String,
     /// Measured iterations (after warm-up).
     #[arg(long, default_value_t = 50)]
@@ -20,20 +21,31 @@ pub struct BenchArgs {
     /// Batch size.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
+    /// Channels of the random input images.
+    #[arg(long, default_value_t = 1)]
+    in_channels: usize,
+    /// Side of the random input images.
+    #[arg(long, default_value_t = 28)]
+    image_size: usize,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.name.as_str() {
         "train-lenet" => train_step("lenet5", &args),
         "train-mnist-cnn" => train_step("mnist-cnn", &args),
-        other => anyhow::bail!("unknown benchmark {other:?}; known: train-lenet, train-mnist-cnn"),
+        "train-resnet20" => train_step("resnet20", &args),
+        other => anyhow::bail!("unknown benchmark {other:?}; known: train-lenet, train-mnist-cnn, train-resnet20"),
     }
 }
 
-/// Median wall time of one training step (forward, backward, Adam update) on random MNIST-shaped data.
+/// Median wall time of one training step (forward, backward, Adam update) on random images of the
+/// chosen geometry, 10 classes.
 fn train_step(model_name: &str, args: &BenchArgs) -> anyhow::Result<()> {
     let entry = kiln::find_model(model_name)?;
-    let model = (entry.build)(&(entry.default_config)(), Scope::init(0, DType::F32, Device::Cpu))?;
+    let (c, side) = (args.in_channels, args.image_size);
+    let geometry = serde_json::json!({"in_channels": c, "image_size": side, "num_classes": 10});
+    let cfg = kiln::zoo::merge_config(entry, Some(&geometry))?;
+    let model = (entry.build)(&cfg, Scope::init(0, DType::F32, Device::Cpu))?;
     let mut opt = Adam::from_params(
         model.parameters(),
         AdamConfig {
@@ -43,7 +55,7 @@ fn train_step(model_name: &str, args: &BenchArgs) -> anyhow::Result<()> {
     )?;
     let mut rng = TensorRng::new(0);
     let b = args.batch_size;
-    let inputs = Tensor::randn([b, 1, 28, 28], 0.0, 1.0, DType::F32, Device::Cpu, &mut rng)?;
+    let inputs = Tensor::randn([b, c, side, side], 0.0, 1.0, DType::F32, Device::Cpu, &mut rng)?;
     let targets = Tensor::from_vec((0..b).map(|i| (i % 10) as i64).collect::<Vec<_>>(), [b])?;
     let batch = Batch {
         inputs,
@@ -64,7 +76,7 @@ fn train_step(model_name: &str, args: &BenchArgs) -> anyhow::Result<()> {
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     println!(
-        "{model_name} training step, batch {b}: median {:.2} ms, {:.0} images/s ({} iterations, {} threads)",
+        "{model_name} training step, batch {b} of {c}x{side}x{side}: median {:.2} ms, {:.0} images/s ({} iterations, {} threads)",
         median * 1e3,
         b as f64 / median,
         args.iters,

@@ -196,6 +196,30 @@ proptest! {
     }
 
     #[test]
+    fn fused_batch_norm(n in 2usize..4, c in 1usize..4, rest in prop::collection::vec(1usize..4, 0..3),
+                        affine in any::<bool>(), seed in 0u64..10_000) {
+        let mut dims = vec![n, c];
+        dims.extend(&rest);
+        let x = randn(&dims, seed).mul_scalar(2.0).unwrap().add_scalar(1.5).unwrap();
+        let w = randn(&[c], seed + 1);
+        let b = randn(&[c], seed + 2);
+        if affine {
+            check(|v| Ok(v[0].batch_norm_train(Some((&v[1], &v[2])), 1e-5)?.0), &[x.clone(), w, b])?;
+        } else {
+            check(|v| Ok(v[0].batch_norm_train(None, 1e-5)?.0), std::slice::from_ref(&x))?;
+        }
+        // Fused equals the composed definition: (x - mean) / sqrt(biased var + eps).
+        let axes: Vec<usize> = (0..dims.len()).filter(|&d| d != 1).collect();
+        let mean = x.mean(axes.clone(), true).unwrap();
+        let var = x.var(axes, 0, true).unwrap();
+        let composed = x.sub(&mean).unwrap().mul(&var.add_scalar(1e-5).unwrap().rsqrt().unwrap()).unwrap();
+        let fused = Var::constant(x.clone()).batch_norm_train(None, 1e-5).unwrap().0.value().clone();
+        for (a, b) in fused.to_vec::<f64>().unwrap().iter().zip(composed.to_vec::<f64>().unwrap()) {
+            prop_assert!((a - b).abs() < 1e-9, "{a} vs {b}");
+        }
+    }
+
+    #[test]
     fn fused_log_softmax_nll(n in 1usize..5, c in 2usize..6, seed in 0u64..10_000) {
         let x = randn(&[n, c], seed);
         let mut r = TensorRng::new(seed);

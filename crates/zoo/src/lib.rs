@@ -19,6 +19,7 @@
 mod error;
 mod model;
 mod registry;
+pub mod vision;
 
 pub use error::{Error, Result};
 pub use inventory;

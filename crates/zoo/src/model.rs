@@ -71,8 +71,13 @@ pub trait Model: Send + Sync {
     fn set_training(&self, training: bool);
     /// The configuration the model was built from.
     fn config(&self) -> serde_json::Value;
-    /// Number of scalar parameters.
+    /// Number of trainable scalar parameters (buffers such as batch-norm running statistics are
+    /// not counted, as in PyTorch's `sum(p.numel() for p in model.parameters())`).
     fn num_parameters(&self) -> usize {
-        self.parameters().iter().map(|p| p.value().elem_count()).sum()
+        self.parameters()
+            .iter()
+            .filter(|p| p.requires_grad())
+            .map(|p| p.value().elem_count())
+            .sum()
     }
 }

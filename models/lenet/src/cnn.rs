@@ -5,8 +5,7 @@ use kiln_nn::layers::{Conv2d, Linear, MaxPool2d};
 use kiln_nn::{Module, Scope};
 use kiln_zoo::{Model, Result};
 
-use crate::classifier::{Backbone, ImageClassifier};
-use crate::config::ImageClassifierConfig;
+use kiln_zoo::vision::{ImageClassifier, ImageClassifierConfig};
 
 /// `Conv2D 32 3×3 → MaxPool → Conv2D 64 3×3 → MaxPool → Conv2D 64 3×3 → Flatten → Dense 64 → Dense 10`.
 pub struct MnistCnn {
@@ -34,14 +33,13 @@ impl MnistCnn {
     }
 }
 
-impl Backbone for MnistCnn {
-    const NAME: &'static str = "mnist-cnn";
-    fn logits(&self, x: &Var) -> Result<Var> {
+impl Module for MnistCnn {
+    fn forward(&self, x: &Var) -> kiln_nn::Result<Var> {
         let h = self.pool.forward(&self.conv1.forward(x)?.relu()?)?;
         let h = self.pool.forward(&self.conv2.forward(&h)?.relu()?)?;
         let h = self.conv3.forward(&h)?.relu()?.flatten(1, -1)?;
         let h = self.fc1.forward(&h)?.relu()?;
-        Ok(self.fc2.forward(&h)?)
+        self.fc2.forward(&h)
     }
     fn parameters(&self) -> Vec<Param> {
         [
@@ -61,5 +59,5 @@ pub(crate) fn build(cfg: &serde_json::Value, scope: Scope) -> Result<Box<dyn Mod
     // Three valid 3×3 convs and two poolings need at least 22×22 inputs.
     let cfg = ImageClassifierConfig::parse("mnist-cnn", cfg, 22)?;
     let net = MnistCnn::new(&cfg, scope)?;
-    Ok(Box::new(ImageClassifier { cfg, net }))
+    Ok(Box::new(ImageClassifier::new("mnist-cnn", cfg, net)))
 }

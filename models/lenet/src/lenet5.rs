@@ -5,8 +5,7 @@ use kiln_nn::layers::{Conv2d, Conv2dConfig, Linear, MaxPool2d};
 use kiln_nn::{Module, Scope};
 use kiln_zoo::{Model, Result};
 
-use crate::classifier::{Backbone, ImageClassifier};
-use crate::config::ImageClassifierConfig;
+use kiln_zoo::vision::{ImageClassifier, ImageClassifierConfig};
 
 /// LeNet-5 with ReLU and max pooling.
 pub struct LeNet5 {
@@ -38,14 +37,13 @@ impl LeNet5 {
     }
 }
 
-impl Backbone for LeNet5 {
-    const NAME: &'static str = "lenet5";
-    fn logits(&self, x: &Var) -> Result<Var> {
+impl Module for LeNet5 {
+    fn forward(&self, x: &Var) -> kiln_nn::Result<Var> {
         let h = self.pool.forward(&self.conv1.forward(x)?.relu()?)?;
         let h = self.pool.forward(&self.conv2.forward(&h)?.relu()?)?;
         let h = self.fc1.forward(&h.flatten(1, -1)?)?.relu()?;
         let h = self.fc2.forward(&h)?.relu()?;
-        Ok(self.fc3.forward(&h)?)
+        self.fc3.forward(&h)
     }
     fn parameters(&self) -> Vec<Param> {
         [
@@ -65,5 +63,5 @@ pub(crate) fn build(cfg: &serde_json::Value, scope: Scope) -> Result<Box<dyn Mod
     // Two 5×5 convs and two poolings need at least 12×12 inputs.
     let cfg = ImageClassifierConfig::parse("lenet5", cfg, 12)?;
     let net = LeNet5::new(&cfg, scope)?;
-    Ok(Box::new(ImageClassifier { cfg, net }))
+    Ok(Box::new(ImageClassifier::new("lenet5", cfg, net)))
 }

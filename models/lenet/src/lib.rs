@@ -7,16 +7,13 @@
 //! - `mnist-cnn`: the Keras example `Conv2D 32 3×3 → MaxPool → Conv2D 64 → MaxPool → Conv2D 64 →
 //!   Flatten → Dense 64 → Dense 10` (`conv1..3`, `fc1`, `fc2`).
 
-mod classifier;
 mod cnn;
-mod config;
 mod lenet5;
 
-pub use classifier::{Backbone, ImageClassifier};
 pub use cnn::MnistCnn;
-pub use config::ImageClassifierConfig;
 pub use lenet5::LeNet5;
 
+use kiln_zoo::vision::ImageClassifierConfig;
 use kiln_zoo::{ModelEntry, Task};
 
 inventory::submit! {
@@ -25,7 +22,7 @@ inventory::submit! {
         family: "lenet",
         task: Task::ImageClassification,
         description: "LeNet-5 (ReLU, max pooling) for 28x28 grey images, 61.7k parameters",
-        default_config: config::default_json,
+        default_config: ImageClassifierConfig::default_json,
         build: lenet5::build,
     }
 }
@@ -36,7 +33,7 @@ inventory::submit! {
         family: "lenet",
         task: Task::ImageClassification,
         description: "The Keras MNIST CNN: 3 conv layers (32/64/64) + dense 64, 93.3k parameters",
-        default_config: config::default_json,
+        default_config: ImageClassifierConfig::default_json,
         build: cnn::build,
     }
 }

@@ -76,4 +76,42 @@ impl Var {
             Ok(vec![Some(dx), Some(dw), Some(db)])
         }))
     }
+
+    /// Training-mode batch normalisation of a `[N, C, ...]` input (channels on dimension 1) with the
+    /// batch's own statistics, as `torch.nn.functional.batch_norm(x, None, None, weight, bias,
+    /// training=True, eps=eps)`, in one node: `y = (x - mean) / sqrt(var + eps) * weight + bias`.
+    /// `weight` and `bias` (`[C]`) are both given or both absent. Also returns the batch mean and
+    /// biased variance (`[C]`, no gradient) for the running statistics.
+    pub fn batch_norm_train(
+        &self,
+        affine: Option<(&Var, &Var)>,
+        eps: f64,
+    ) -> Result<(Var, Tensor, Tensor)> {
+        let x = self.value().clone();
+        let (mean, var) = x.batch_norm_stats()?;
+        let inv_std = var.add_scalar(eps)?.rsqrt()?;
+        let (scale, shift) = match affine {
+            Some((w, b)) => {
+                let scale = inv_std.mul(w.value())?;
+                (scale.clone(), b.value().sub(&mean.mul(&scale)?)?)
+            }
+            None => (inv_std.clone(), mean.mul(&inv_std)?.neg()?),
+        };
+        let y = x.channel_affine(&scale, &shift)?;
+        let weight = affine.map(|(w, _)| w.value().clone());
+        let (m, r) = (mean.clone(), inv_std);
+        let backward = move |g: &Tensor| {
+            let (dx, dw, db) = Tensor::batch_norm_backward(&x, g, &m, &r, weight.as_ref())?;
+            Ok(if weight.is_some() {
+                vec![Some(dx), Some(dw), Some(db)]
+            } else {
+                vec![Some(dx)]
+            })
+        };
+        let out = match affine {
+            Some((w, b)) => Var::from_op("batch_norm", y, &[self, w, b], backward),
+            None => Var::from_op("batch_norm", y, &[self], backward),
+        };
+        Ok((out, mean, var))
+    }
 }

@@ -141,12 +141,17 @@ impl BatchNorm {
                         ),
                     ));
                 }
-                let mean = x.mean(axes.clone(), true)?;
-                let var = x.var(axes.clone(), 0, true)?;
+                // Batch statistics: one fused node for normalisation and the affine map.
+                let affine = match (&self.weight, &self.bias) {
+                    (Some(w), Some(b)) => Some((w.var(), b.var())),
+                    _ => None,
+                };
+                let (y, mean, var) =
+                    x.batch_norm_train(affine.as_ref().map(|(w, b)| (w, b)), self.cfg.eps)?;
                 if let (Some(s), true) = (stats, training) {
-                    self.update_running(s, mean.value(), var.value(), n)?;
+                    self.update_running(s, &mean, &var, n)?;
                 }
-                x.sub(&mean)?.mul(&var.add_scalar(self.cfg.eps)?.rsqrt()?)?
+                return Ok(y);
             }
         };
         match (&self.weight, &self.bias) {

@@ -7,6 +7,7 @@ pub mod conv;
 mod display;
 mod index;
 mod matmul;
+mod norm;
 pub mod pool;
 mod reduce;
 mod shape_ops;

@@ -1,0 +1,240 @@
+//! Batch normalisation kernels over `[N, C, ...]` tensors (channels on dimension 1): per-channel
+//! statistics, the per-channel affine map, and the training-mode backward pass. Autograd's fused
+//! `batch_norm` node is built from them; one pass per step instead of the dozen broadcasting
+//! element-wise ops the composed formula costs.
+//!
+//! The data is seen as `N * C` planes of `S` contiguous elements (`S` = product of the dimensions after
+//! the channels, 1 for `[N, C]`); plane `i` belongs to channel `i % C`. Statistics accumulate in f64.
+//! f32 and f64 run natively; f16 and bf16 compute in f32.
+
+use rayon::prelude::*;
+
+use crate::{DType, Error, FloatDType, Result, Tensor, WithDType};
+
+/// Elements above which the work is split across threads.
+const PARALLEL_ELEMS: usize = 1 << 15;
+
+/// `(N, C, S)` of an input with channels on dimension 1.
+fn planes(op: &'static str, x: &Tensor) -> Result<(usize, usize, usize)> {
+    let d = x.dims();
+    if d.len() < 2 || d[1] == 0 {
+        return Err(Error::InvalidArgument {
+            op,
+            reason: format!("expected a [N, C, ...] tensor with C > 0, got shape {:?}", x.shape()),
+        });
+    }
+    Ok((d[0], d[1], d[2..].iter().product()))
+}
+
+fn check_channel_vec(op: &'static str, what: &str, t: &Tensor, c: usize) -> Result<()> {
+    if t.dims() != [c] {
+        return Err(Error::InvalidArgument {
+            op,
+            reason: format!("{what} must have shape [{c}] (one value per channel), got {:?}", t.shape()),
+        });
+    }
+    Ok(())
+}
+
+/// Apply `f(channel)` to every channel, in parallel when the tensor is large.
+fn per_channel<R: Send>(c: usize, elems: usize, f: impl Fn(usize) -> R + Sync + Send) -> Vec<R> {
+    if elems < PARALLEL_ELEMS || c < 2 {
+        (0..c).map(f).collect()
+    } else {
+        (0..c).into_par_iter().map(f).collect()
+    }
+}
+
+/// Fill every `s`-element plane of `out` with `f(plane_index, plane)`, in parallel when large.
+fn per_plane<F: Send>(out: &mut [F], s: usize, f: impl Fn(usize, &mut [F]) + Sync + Send) {
+    if s == 0 {
+        return;
+    }
+    if out.len() < PARALLEL_ELEMS {
+        out.chunks_exact_mut(s).enumerate().for_each(|(i, p)| f(i, p));
+    } else {
+        let min = (PARALLEL_ELEMS / s).max(1);
+        out.par_chunks_exact_mut(s).with_min_len(min).enumerate().for_each(|(i, p)| f(i, p));
+    }
+}
+
+fn stats_impl<F: FloatDType>(x: &Tensor, (n, c, s): (usize, usize, usize)) -> Result<(Tensor, Tensor)> {
+    let src = x.contiguous_slice::<F>()?;
+    let count = (n * s) as f64;
+    let stats = per_channel(c, src.len(), |ch| {
+        // Shifted sums (by the channel's first value) keep the one-pass variance accurate.
+        let shift = WithDType::to_f64(src[ch * s]);
+        let (mut sum, mut sq) = (0.0f64, 0.0f64);
+        for img in 0..n {
+            let plane = &src[(img * c + ch) * s..(img * c + ch + 1) * s];
+            let (mut ps, mut pq) = (0.0f64, 0.0f64);
+            for v in plane {
+                let d = WithDType::to_f64(*v) - shift;
+                ps += d;
+                pq += d * d;
+            }
+            sum += ps;
+            sq += pq;
+        }
+        let mean_shifted = sum / count;
+        (shift + mean_shifted, (sq / count - mean_shifted * mean_shifted).max(0.0))
+    });
+    let mean: Vec<F> = stats.iter().map(|s| <F as WithDType>::from_f64(s.0)).collect();
+    let var: Vec<F> = stats.iter().map(|s| <F as WithDType>::from_f64(s.1)).collect();
+    Ok((Tensor::from_vec(mean, [c])?, Tensor::from_vec(var, [c])?))
+}
+
+fn affine_impl<F: FloatDType>(x: &Tensor, scale: &Tensor, shift: &Tensor, c: usize) -> Result<Tensor> {
+    let src = x.contiguous_slice::<F>()?;
+    let (scale, shift) = (scale.to_vec::<F>()?, shift.to_vec::<F>()?);
+    let s = x.dims()[2..].iter().product::<usize>();
+    let mut out = vec![F::zero(); src.len()];
+    per_plane(&mut out, s, |i, o| {
+        let (a, b) = (scale[i % c], shift[i % c]);
+        for (o, &v) in o.iter_mut().zip(&src[i * s..(i + 1) * s]) {
+            *o = v * a + b;
+        }
+    });
+    Tensor::from_vec(out, x.shape().clone())
+}
+
+/// The gradients of training-mode batch norm; see [`Tensor::batch_norm_backward`].
+fn backward_impl<F: FloatDType>(
+    x: &Tensor,
+    dy: &Tensor,
+    mean: &Tensor,
+    inv_std: &Tensor,
+    weight: Option<&Tensor>,
+    (n, c, s): (usize, usize, usize),
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let xs = x.contiguous_slice::<F>()?;
+    let gs = dy.contiguous_slice::<F>()?;
+    let mean: Vec<f64> = mean.to_dtype(DType::F64)?.to_vec()?;
+    let inv_std: Vec<f64> = inv_std.to_dtype(DType::F64)?.to_vec()?;
+    let w: Vec<f64> = match weight {
+        Some(w) => w.to_dtype(DType::F64)?.to_vec()?,
+        None => vec![1.0; c],
+    };
+    // Σ dy and Σ dy·x̂ per channel.
+    let sums = per_channel(c, xs.len(), |ch| {
+        let (m, r) = (mean[ch], inv_std[ch]);
+        let (mut sdy, mut sdyx) = (0.0f64, 0.0f64);
+        for img in 0..n {
+            let at = (img * c + ch) * s;
+            for (g, v) in gs[at..at + s].iter().zip(&xs[at..at + s]) {
+                let g = WithDType::to_f64(*g);
+                sdy += g;
+                sdyx += g * (WithDType::to_f64(*v) - m) * r;
+            }
+        }
+        (sdy, sdyx)
+    });
+    let count = (n * s) as f64;
+    // dx = k·dy + a·x + b per channel, with k = w·r, a = -k·r·Σdy·x̂/N, b = -k·Σdy/N - a·mean.
+    let coef: Vec<(F, F, F)> = (0..c)
+        .map(|ch| {
+            let (sdy, sdyx) = sums[ch];
+            let k = w[ch] * inv_std[ch];
+            let a = -k * inv_std[ch] * sdyx / count;
+            let b = -k * sdy / count - a * mean[ch];
+            let f = <F as WithDType>::from_f64;
+            (f(k), f(a), f(b))
+        })
+        .collect();
+    let mut dx = vec![F::zero(); xs.len()];
+    per_plane(&mut dx, s, |i, o| {
+        let (k, a, b) = coef[i % c];
+        let at = i * s;
+        for ((o, &g), &v) in o.iter_mut().zip(&gs[at..at + s]).zip(&xs[at..at + s]) {
+            *o = k * g + a * v + b;
+        }
+    });
+    let to = |v: Vec<f64>| -> Result<Tensor> {
+        Tensor::from_vec(v.into_iter().map(<F as WithDType>::from_f64).collect::<Vec<F>>(), [c])
+    };
+    Ok((
+        Tensor::from_vec(dx, x.shape().clone())?,
+        to(sums.iter().map(|s| s.1).collect())?,
+        to(sums.iter().map(|s| s.0).collect())?,
+    ))
+}
+
+macro_rules! float_only {
+    ($op:expr, $dtype:expr, $F:ident => $native:expr, half => $half:expr) => {
+        match $dtype {
+            DType::F32 => {
+                type $F = f32;
+                $native
+            }
+            DType::F64 => {
+                type $F = f64;
+                $native
+            }
+            DType::F16 | DType::BF16 => $half,
+            dtype => Err(Error::UnsupportedDType {
+                op: $op,
+                dtype,
+                expected: "a float dtype (f16, bf16, f32, f64)",
+            }),
+        }
+    };
+}
+
+impl Tensor {
+    /// Per-channel mean and biased variance of a `[N, C, ...]` tensor (over every dimension but
+    /// dimension 1), each of shape `[C]`, as batch norm computes them in training mode.
+    pub fn batch_norm_stats(&self) -> Result<(Tensor, Tensor)> {
+        const OP: &str = "batch_norm_stats";
+        let p = planes(OP, self)?;
+        float_only!(OP, self.dtype(), F => stats_impl::<F>(self, p), half => {
+            let (m, v) = self.to_dtype(DType::F32)?.batch_norm_stats()?;
+            Ok((m.to_dtype(self.dtype())?, v.to_dtype(self.dtype())?))
+        })
+    }
+
+    /// `x * scale[c] + shift[c]` for a `[N, C, ...]` tensor and `[C]` vectors (batch norm's
+    /// normalisation and affine map folded into one pass).
+    pub fn channel_affine(&self, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
+        const OP: &str = "channel_affine";
+        let (_, c, _) = planes(OP, self)?;
+        check_channel_vec(OP, "scale", scale, c)?;
+        check_channel_vec(OP, "shift", shift, c)?;
+        float_only!(OP, self.dtype(), F => affine_impl::<F>(self, scale, shift, c), half => self
+            .to_dtype(DType::F32)?
+            .channel_affine(&scale.to_dtype(DType::F32)?, &shift.to_dtype(DType::F32)?)?
+            .to_dtype(self.dtype()))
+    }
+
+    /// The backward pass of training-mode batch norm `y = (x - mean) * inv_std * weight + bias`, where
+    /// `mean` and `inv_std` (`[C]`) are the batch's own statistics: returns `(dx, dweight, dbias)`
+    /// for the upstream gradient `dy` (same shape as `x`). Without a weight, the scale is 1.
+    pub fn batch_norm_backward(
+        x: &Tensor,
+        dy: &Tensor,
+        mean: &Tensor,
+        inv_std: &Tensor,
+        weight: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        const OP: &str = "batch_norm_backward";
+        let p = planes(OP, x)?;
+        if dy.dims() != x.dims() {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                reason: format!("dy {:?} must have the shape of x {:?}", dy.shape(), x.shape()),
+            });
+        }
+        check_channel_vec(OP, "mean", mean, p.1)?;
+        check_channel_vec(OP, "inv_std", inv_std, p.1)?;
+        if let Some(w) = weight {
+            check_channel_vec(OP, "weight", w, p.1)?;
+        }
+        let dy = dy.to_dtype(x.dtype())?;
+        float_only!(OP, x.dtype(), F => backward_impl::<F>(x, &dy, mean, inv_std, weight, p), half => {
+            let f = |t: &Tensor| t.to_dtype(DType::F32);
+            let w = weight.map(f).transpose()?;
+            let (dx, dw, db) =
+                Tensor::batch_norm_backward(&f(x)?, &f(&dy)?, &f(mean)?, &f(inv_std)?, w.as_ref())?;
+            Ok((dx.to_dtype(x.dtype())?, dw.to_dtype(x.dtype())?, db.to_dtype(x.dtype())?))
+        })
+    }
+}
