@@ -7,9 +7,18 @@ use kiln::zoo::{Batch, Task};
 /// The models each plugin crate registers. A new model crate adds its names here.
 const EXPECTED: &[(&str, &[&str])] = &[
     ("kiln-lenet", &["lenet5", "mnist-cnn"]),
+    ("kiln-lstm", &["lstm-lm", "lstm-classifier", "textgenrnn"]),
     (
         "kiln-resnet",
-        &["resnet18", "resnet34", "resnet50", "resnet101", "resnet20", "resnet32", "resnet56"],
+        &[
+            "resnet18",
+            "resnet34",
+            "resnet50",
+            "resnet101",
+            "resnet20",
+            "resnet32",
+            "resnet56",
+        ],
     ),
 ];
 

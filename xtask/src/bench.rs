@@ -34,7 +34,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "train-lenet" => train_step("lenet5", &args),
         "train-mnist-cnn" => train_step("mnist-cnn", &args),
         "train-resnet20" => train_step("resnet20", &args),
-        other => anyhow::bail!("unknown benchmark {other:?}; known: train-lenet, train-mnist-cnn, train-resnet20"),
+        other => {
+            anyhow::bail!("unknown benchmark {other:?}; known: train-lenet, train-mnist-cnn, train-resnet20")
+        }
     }
 }
 

@@ -2,7 +2,10 @@
 //! `.cargo/config.toml`).
 
 mod bench;
+mod datasets;
+mod generate;
 mod models;
+mod prepare_data;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +28,10 @@ enum Command {
     Train(Box<train::TrainArgs>),
     /// Evaluate a run or checkpoint on its dataset's test split.
     Eval(train::EvalArgs),
+    /// Continue a prompt with a causal language model (greedy, temperature, top-k, top-p).
+    Generate(Box<generate::GenerateArgs>),
+    /// Tokenize a text corpus into train/validation token shards (gpt2, char or a tokenizer.json).
+    PrepareData(prepare_data::PrepareDataArgs),
     /// List the registered models: name, family, task, parameter count.
     Models(models::ModelsArgs),
     /// Speed benchmarks: `train-lenet`, `train-mnist-cnn`.
@@ -38,6 +45,8 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Train(args) => train::train(*args),
         Command::Eval(args) => train::eval(args),
+        Command::Generate(args) => generate::run(*args),
+        Command::PrepareData(args) => prepare_data::run(args),
         Command::Models(args) => models::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Info => info(),

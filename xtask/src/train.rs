@@ -3,14 +3,13 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use kiln::data::mnist::{Mnist, Split};
-use kiln::data::{Dataset, TensorDataset};
 use kiln::nn::Scope;
 use kiln::optim::Schedule;
 use kiln::tensor::{DType, Device};
 use kiln::train::{OptimizerConfig, TrainConfig, Trainer};
-use kiln::zoo::Task;
 use serde::{Deserialize, Serialize};
+
+use crate::datasets::{self, check_fits, fit_model_to_data};
 
 /// Options of `cargo xtask train`. With no options it trains LeNet-5 on MNIST for 5 epochs.
 #[derive(clap::Args)]
@@ -18,7 +17,7 @@ pub struct TrainArgs {
     /// Registered model (`cargo xtask models` lists them).
     #[arg(long)]
     model: Option<String>,
-    /// Dataset: mnist, fashion-mnist.
+    /// Dataset: mnist, fashion-mnist, mnist-sequential, tinyshakespeare-char.
     #[arg(long)]
     dataset: Option<String>,
     /// Number of epochs (default 5).
@@ -30,6 +29,9 @@ pub struct TrainArgs {
     /// Batch size (default 64).
     #[arg(long)]
     batch_size: Option<usize>,
+    /// Tokens per example of a language-modelling dataset (default 64).
+    #[arg(long)]
+    seq_len: Option<usize>,
     /// Learning rate (default 1e-3).
     #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
@@ -72,6 +74,8 @@ pub struct RunSpec {
     pub model_config: Option<serde_json::Value>,
     /// Trainer settings.
     pub train: Option<serde_json::Value>,
+    /// Tokens per example of a language-modelling dataset.
+    pub seq_len: Option<usize>,
 }
 
 const RUN_FILE: &str = "run.json";
@@ -83,33 +87,6 @@ fn default_data_dir() -> PathBuf {
         return here;
     }
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("data")
-}
-
-/// The datasets `train` knows, with the task they serve.
-const DATASETS: &[(&str, Task, &str)] = &[
-    ("mnist", Task::ImageClassification, "mnist"),
-    ("fashion-mnist", Task::ImageClassification, "fashion-mnist"),
-];
-
-fn load_dataset(name: &str, data_dir: &Path) -> anyhow::Result<(TensorDataset, TensorDataset)> {
-    let (_, _, folder) = DATASETS
-        .iter()
-        .find(|d| d.0 == name)
-        .context("checked by the caller")?;
-    let dir = data_dir.join(folder);
-    let train = Mnist::load(&dir, Split::Train)
-        .with_context(|| format!("loading dataset {name} from {}", dir.display()))?;
-    let test = Mnist::load(&dir, Split::Test)
-        .with_context(|| format!("loading dataset {name} from {}", dir.display()))?;
-    Ok((train.to_dataset(true)?, test.to_dataset(true)?))
-}
-
-/// Error unless a dataset serves the model's task.
-fn check_fits(dataset: &str, data_task: Task, model: &str, model_task: Task) -> anyhow::Result<()> {
-    if data_task != model_task {
-        bail!("dataset {dataset} is for {data_task}, but model {model} is a {model_task} model");
-    }
-    Ok(())
 }
 
 fn read_spec(path: &Path) -> anyhow::Result<RunSpec> {
@@ -150,6 +127,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     flag!(dataset);
     flag!(optimizer);
     flag!(lr);
+    flag!(seq_len);
     let model_name = spec.model.clone().unwrap_or_else(|| "lenet5".into());
     let dataset = spec.dataset.clone().unwrap_or_else(|| "mnist".into());
     let lr = spec.lr.unwrap_or(1e-3);
@@ -180,20 +158,26 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     train_cfg.validate()?;
 
     let entry = kiln::find_model(&model_name)?;
-    let Some((_, data_task, _)) = DATASETS.iter().find(|d| d.0 == dataset) else {
-        let known: Vec<&str> = DATASETS.iter().map(|d| d.0).collect();
-        bail!(
-            "unknown dataset {dataset:?}; known datasets: {}",
-            known.join(", ")
-        );
-    };
-    check_fits(&dataset, *data_task, &model_name, entry.task)?;
-    let model_cfg = kiln::zoo::merge_config(entry, spec.model_config.as_ref())?;
+    let info = datasets::find(&dataset)?;
+    check_fits(&dataset, info.task, &model_name, entry.task)?;
+    let seq_len = spec.seq_len.unwrap_or(datasets::DEFAULT_SEQ_LEN);
+    if seq_len == 0 {
+        bail!("--seq-len must be at least 1");
+    }
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    let data = datasets::load(info, &data_dir, seq_len)?;
+    let model_cfg = kiln::zoo::merge_config(
+        entry,
+        Some(&fit_model_to_data(
+            &(entry.default_config)(),
+            &data.geometry,
+            spec.model_config.as_ref(),
+        )),
+    )?;
     let model = (entry.build)(&model_cfg, Scope::init(train_cfg.seed, DType::F32, device))?;
     let optimizer = OptimizerConfig::by_name(spec.optimizer.as_deref().unwrap_or("adam"), lr)?
         .build(model.parameters())?;
-    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
-    let (train_set, test_set) = load_dataset(&dataset, &data_dir)?;
+    let (train_set, test_set) = (data.train.as_ref(), data.test.as_ref());
     if train_cfg.schedule.is_none() {
         // Without a schedule from the config: cosine decay to 0 over the run, which settles the
         // weights at the end instead of stopping mid-noise at the peak learning rate.
@@ -222,11 +206,16 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         lr: Some(lr),
         model_config: Some(model_cfg),
         train: Some(serde_json::to_value(&train_cfg)?),
+        seq_len: spec.seq_len,
     };
     std::fs::write(out.join(RUN_FILE), serde_json::to_string_pretty(&stored)?)?;
+    if let Some(tokenizer) = &data.tokenizer {
+        // `cargo xtask generate --weights RUN --prompt TEXT` reads it.
+        tokenizer.save(out.join("tokenizer.json"))?;
+    }
 
     println!(
-        "training {model_name} ({} parameters) on {dataset}: {} train / {} test images, run directory {}",
+        "training {model_name} ({} parameters) on {dataset}: {} train / {} test examples, run directory {}",
         model.num_parameters(),
         train_set.len(),
         test_set.len(),
@@ -238,12 +227,12 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         println!("resumed from {} at step {}", ckpt.display(), trainer.step());
     }
     let started = std::time::Instant::now();
-    trainer.fit(&train_set, None)?;
+    trainer.fit(train_set, None)?;
     let train_secs = started.elapsed().as_secs_f64();
-    let test = trainer.evaluate(&test_set)?;
+    let test = trainer.evaluate(test_set)?;
     let acc = test.accuracy.unwrap_or(f64::NAN);
     println!(
-        "test: loss {:.4}, accuracy {:.2}% ({} images); training took {train_secs:.1} s",
+        "test: loss {:.4}, accuracy {:.2}% ({} examples); training took {train_secs:.1} s",
         test.loss,
         100.0 * acc,
         test.samples
@@ -293,7 +282,12 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let cfg = kiln::zoo::merge_config(entry, spec.model_config.as_ref())?;
     let model = (entry.build)(&cfg, Scope::init(0, DType::F32, Device::Cpu))?;
     kiln::nn::load_state_dict_file(&model.parameters(), ckpt.join("model.safetensors"), true)?;
-    let (_, test_set) = load_dataset(&dataset, &args.data_dir.unwrap_or_else(default_data_dir))?;
+    let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
+    let data = datasets::load(
+        datasets::find(&dataset)?,
+        &data_dir,
+        spec.seq_len.unwrap_or(datasets::DEFAULT_SEQ_LEN),
+    )?;
     let optimizer = OptimizerConfig::by_name("sgd", 0.0)?.build(model.parameters())?;
     let trainer = Trainer::new(
         model,
@@ -303,7 +297,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
     )?;
-    let m = trainer.evaluate(&test_set)?;
+    let m = trainer.evaluate(data.test.as_ref())?;
     if args.json {
         println!(
             "{}",
@@ -319,27 +313,4 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_dataset_must_fit_the_models_task() {
-        let e = check_fits("mnist", Task::ImageClassification, "gpt2", Task::CausalLm)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("mnist") && e.contains("image-classification") && e.contains("causal-lm"),
-            "{e}"
-        );
-        assert!(check_fits(
-            "mnist",
-            Task::ImageClassification,
-            "lenet5",
-            Task::ImageClassification
-        )
-        .is_ok());
-    }
 }

@@ -103,3 +103,295 @@ fn models_lists_the_registry_as_json() {
     assert_eq!(lenet["parameters"], 61_706);
     assert_eq!(lenet["task"], "image-classification");
 }
+
+/// The pretrained textgenrnn weights shipped as test fixtures (with the vocabulary beside them).
+const TEXTGENRNN: &str = "models/lstm/tests/fixtures/textgenrnn/textgenrnn_weights.safetensors";
+
+#[test]
+fn generate_greedy_textgenrnn_matches_the_reference_text() {
+    let out = xtask(&[
+        "generate",
+        "--model",
+        "textgenrnn",
+        "--weights",
+        TEXTGENRNN,
+        "--prompt",
+        "hello world",
+        "--max-tokens",
+        "40",
+        "--temperature",
+        "0",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.starts_with(r#"{"prompt_ids":[464,28,14,"#), "{stdout}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    // The reference: "hello world" + 40 greedy characters (textgenrnn_refs.json, case 0).
+    assert_eq!(v["text"], " for the state of the state of the state");
+    assert_eq!(v["output_ids"].as_array().unwrap().len(), 40);
+}
+
+#[test]
+fn generate_sampling_is_seeded() {
+    let run = |seed: &str| {
+        let out = xtask(&[
+            "generate",
+            "--model",
+            "textgenrnn",
+            "--weights",
+            TEXTGENRNN,
+            "--prompt-ids",
+            "464,28,14",
+            "--max-tokens",
+            "30",
+            "--top-k",
+            "20",
+            "--top-p",
+            "0.95",
+            "--seed",
+            seed,
+            "--json",
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["output_ids"].clone()
+    };
+    assert_eq!(run("5"), run("5"));
+    assert_ne!(run("5"), run("6"));
+}
+
+#[test]
+fn generate_rejects_bad_requests() {
+    let base = ["generate", "--model", "textgenrnn", "--weights", TEXTGENRNN];
+    let with = |extra: &[&'static str]| -> Vec<&'static str> { base.iter().chain(extra).copied().collect() };
+    fails_with(
+        &[
+            "generate",
+            "--model",
+            "gpt9",
+            "--weights",
+            TEXTGENRNN,
+            "--prompt",
+            "a",
+        ],
+        &["gpt9", "textgenrnn", "lstm-lm"],
+    );
+    fails_with(
+        &[
+            "generate",
+            "--model",
+            "lenet5",
+            "--weights",
+            TEXTGENRNN,
+            "--prompt",
+            "a",
+        ],
+        &["lenet5", "image-classification", "causal-lm"],
+    );
+    fails_with(
+        &[
+            "generate",
+            "--model",
+            "textgenrnn",
+            "--weights",
+            "/nonexistent/w.safetensors",
+            "--prompt",
+            "a",
+        ],
+        &["/nonexistent/w.safetensors", "not found"],
+    );
+    fails_with(
+        &with(&["--prompt-ids", "1,2,999"]),
+        &["999", "position 2", "vocabulary size 465"],
+    );
+    fails_with(
+        &with(&["--prompt", "a", "--temperature", "-1"]),
+        &["temperature", "-1"],
+    );
+    fails_with(&with(&["--prompt", "a", "--top-p", "1.5"]), &["top_p", "1.5"]);
+    fails_with(&with(&["--prompt", "a", "--top-k", "0"]), &["top_k"]);
+    // Weights of another architecture: the first mismatching tensor is named.
+    fails_with(
+        &[
+            "generate",
+            "--model",
+            "lstm-lm",
+            "--weights",
+            TEXTGENRNN,
+            "--prompt-ids",
+            "1",
+        ],
+        &["textgenrnn_weights.safetensors", "lstm-lm", "embedding.weight"],
+    );
+}
+
+/// A kiln run directory of a small `lstm-lm` (run.json, one checkpoint, a char tokenizer):
+/// `generate` loads the checkpoint with the run's config and decodes with the tokenizer, giving
+/// what the library gives in-process.
+#[test]
+fn generate_from_a_run_directory_with_a_char_tokenizer() {
+    use kiln::nn::Scope;
+    use kiln::tensor::{DType, Device};
+    use kiln::zoo::generate::{generate_all, SamplingParams};
+
+    let run = std::env::temp_dir().join(format!("kiln-generate-run-{}", std::process::id()));
+    let ckpt = run.join("checkpoints").join("step-00000001");
+    std::fs::create_dir_all(&ckpt).unwrap();
+    let tok = kiln::data::text::CharTokenizer::from_text("abcdefgh ");
+    tok.save(run.join("tokenizer.json")).unwrap();
+    let cfg = serde_json::json!({"vocab_size": 9, "embedding_dim": 8, "hidden_size": 8, "num_layers": 2,
+        "dropout": 0.0, "tie_embeddings": true});
+    let spec = serde_json::json!({"model": "lstm-lm", "dataset": "text", "model_config": cfg});
+    std::fs::write(run.join("run.json"), spec.to_string()).unwrap();
+    let entry = kiln::find_model("lstm-lm").unwrap();
+    let full = kiln::zoo::merge_config(entry, Some(&cfg)).unwrap();
+    let model = (entry.build)(&full, Scope::init(42, DType::F32, Device::Cpu)).unwrap();
+    kiln::nn::save_state_dict(&model.parameters(), ckpt.join("model.safetensors")).unwrap();
+    let prompt = tok.encode("bad cab").unwrap();
+    let want = generate_all(
+        model.as_causal_lm().unwrap(),
+        &prompt,
+        &SamplingParams::greedy(12),
+    )
+    .unwrap();
+
+    let out = xtask(&[
+        "generate",
+        "--model",
+        "lstm-lm",
+        "--weights",
+        ckpt.to_str().unwrap(),
+        "--prompt",
+        "bad cab",
+        "--max-tokens",
+        "12",
+        "--temperature",
+        "0",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<u32> = serde_json::from_value(v["output_ids"].clone()).unwrap();
+    assert_eq!(ids, want);
+    assert_eq!(v["text"], tok.decode(&want).unwrap());
+    // Streaming prints the same text.
+    let out = xtask(&[
+        "generate",
+        "--model",
+        "lstm-lm",
+        "--weights",
+        ckpt.to_str().unwrap(),
+        "--prompt",
+        "bad cab",
+        "--max-tokens",
+        "12",
+        "--temperature",
+        "0",
+    ]);
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!("{}\n", tok.decode(&want).unwrap())
+    );
+    // The run is of lstm-lm, not textgenrnn; a character outside the tokenizer is named.
+    fails_with(
+        &[
+            "generate",
+            "--model",
+            "textgenrnn",
+            "--weights",
+            ckpt.to_str().unwrap(),
+            "--prompt",
+            "a",
+        ],
+        &["lstm-lm", "textgenrnn"],
+    );
+    fails_with(
+        &[
+            "generate",
+            "--model",
+            "lstm-lm",
+            "--weights",
+            ckpt.to_str().unwrap(),
+            "--prompt",
+            "xyz",
+        ],
+        &["'x'"],
+    );
+    std::fs::remove_dir_all(&run).unwrap();
+}
+
+#[test]
+fn mnist_sequential_is_for_sequence_models() {
+    fails_with(
+        &["train", "--model", "lenet5", "--dataset", "mnist-sequential"],
+        &[
+            "mnist-sequential",
+            "sequence-classification",
+            "image-classification",
+        ],
+    );
+}
+
+#[test]
+fn prepare_data_missing_corpus_names_the_file() {
+    fails_with(
+        &[
+            "prepare-data",
+            "--corpus",
+            "no/such/corpus.txt",
+            "--tokenizer",
+            "char",
+            "--out",
+            "target/never-written",
+        ],
+        &["no/such/corpus.txt"],
+    );
+    fails_with(
+        &[
+            "prepare-data",
+            "--corpus",
+            "data/text/tinyshakespeare.txt",
+            "--tokenizer",
+            "char",
+            "--out",
+            "target/never-written",
+            "--val-fraction",
+            "1.5",
+        ],
+        &["--val-fraction", "1.5"],
+    );
+}
+
+#[test]
+fn prepare_data_with_the_char_tokenizer_writes_shards_and_meta() {
+    let dir = std::env::temp_dir().join(format!("kiln-prepare-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let corpus = dir.join("corpus.txt");
+    std::fs::write(&corpus, "to be or not to be\n".repeat(50)).unwrap();
+    let out = xtask(&[
+        "prepare-data",
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--tokenizer",
+        "char",
+        "--out",
+        dir.join("out").to_str().unwrap(),
+        "--val-fraction",
+        "0.2",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("out/meta.json")).unwrap()).unwrap();
+    assert_eq!(meta["tokenizer"], "char");
+    assert_eq!(meta["vocab_size"], 8); // "\n", " ", b, e, n, o, r, t
+    assert_eq!(meta["total_tokens"], 950);
+    assert_eq!(meta["val_tokens"], 190);
+    // 32-byte header + u16 tokens.
+    assert_eq!(
+        std::fs::metadata(dir.join("out/train.bin")).unwrap().len(),
+        32 + 2 * 760
+    );
+    assert!(dir.join("out/char_tokenizer.json").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

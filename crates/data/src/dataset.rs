@@ -1,4 +1,5 @@
-//! The [`Dataset`] trait, [`Batch`], the in-memory [`TensorDataset`], and MNIST as a dataset.
+//! The [`Dataset`] trait, [`Batch`] and [`Example`], the in-memory [`TensorDataset`], and MNIST as a
+//! dataset.
 //!
 //! A dataset hands out whole batches (`get_batch(&[indices])`) rather than single examples, so an
 //! in-memory dataset answers with one gather per tensor instead of stacking many small tensors.
@@ -33,6 +34,39 @@ impl Batch {
     /// Whether the batch holds no example.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// One example: a model input and, for labelled data, its target. The element type of the
+/// vision sources and of pipelines that end in [`collate::stack_examples`](crate::pipeline::collate::stack_examples),
+/// which turns a `Vec<Example>` into a [`Batch`].
+#[derive(Clone, Debug)]
+pub struct Example {
+    /// The input (an image `[C, H, W]`, a feature vector, a token sequence, ...).
+    pub input: Tensor,
+    /// The target (a scalar class index, a vector, ...), when the data is labelled.
+    pub target: Option<Tensor>,
+}
+
+impl Example {
+    /// A labelled example.
+    pub fn new(input: Tensor, target: Tensor) -> Example {
+        Example {
+            input,
+            target: Some(target),
+        }
+    }
+
+    /// The example with its input replaced by `f(input)` (which may fail with a kiln-data or a
+    /// kiln-tensor error).
+    pub fn map_input<E: Into<Error>>(
+        self,
+        f: impl FnOnce(Tensor) -> std::result::Result<Tensor, E>,
+    ) -> Result<Example> {
+        Ok(Example {
+            input: f(self.input).map_err(Into::into)?,
+            target: self.target,
+        })
     }
 }
 
@@ -137,6 +171,17 @@ impl TensorDataset {
             inputs,
             targets: None,
         })
+    }
+
+    /// The number of examples (also [`Dataset::len`] and [`Source::len`](crate::Source::len);
+    /// inherent so that having both traits in scope is not ambiguous).
+    pub fn len(&self) -> usize {
+        self.inputs.dims()[0]
+    }
+
+    /// Whether there is no example.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// All inputs.

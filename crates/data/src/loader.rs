@@ -3,7 +3,10 @@
 //!
 //! The order of an epoch is a pure function of `(seed, epoch)` ([`epoch_permutation`]), so a run
 //! resumed from a checkpoint that recorded `(epoch, batch offset)` continues with exactly the
-//! batches the uninterrupted run would have seen ([`DataLoader::iter_from`]).
+//! batches the uninterrupted run would have seen ([`DataLoader::iter_from`]). The same position
+//! as a serialisable [`PipelineState`] (with a fingerprint of the loader's settings, checked on
+//! restore) comes from [`Batches::state`] / [`DataLoader::state`] and goes back in through
+//! [`DataLoader::iter_from_state`].
 //!
 //! ```
 //! use kiln_data::{DataLoader, Dataset, TensorDataset};
@@ -27,7 +30,7 @@ use std::thread::{JoinHandle, Scope};
 
 use kiln_tensor::TensorRng;
 
-use crate::{Batch, Dataset, Error, Result};
+use crate::{Batch, Dataset, Error, PipelineState, Result};
 
 /// SplitMix64's finaliser: a bijective scrambling of 64 bits.
 fn splitmix64(mut z: u64) -> u64 {
@@ -222,6 +225,56 @@ impl<'d> DataLoader<'d> {
         Ok(self.start(epoch, batch_offset, Some(scope)))
     }
 
+    /// The loader's settings that decide the batches (dataset length, batch size, shuffle seed,
+    /// `drop_last`, number of replicas), as recorded in a [`PipelineState`]. Prefetching is not
+    /// part of it, nor the replica's rank: data-parallel replicas move in lockstep, so one saved
+    /// position restores every replica, each into its own shard.
+    pub fn fingerprint(&self) -> String {
+        format!(
+            "DataLoader(examples={}, batch_size={}, shuffle={}, drop_last={}, replicas={})",
+            self.dataset().len(),
+            self.batch_size,
+            self.shuffle
+                .map_or_else(|| "none".to_string(), |s| format!("seed {s}")),
+            self.drop_last,
+            self.world_size
+        )
+    }
+
+    /// The position "batch `batch_offset` of epoch `epoch`" as a [`PipelineState`].
+    pub fn state(&self, epoch: usize, batch_offset: usize) -> PipelineState {
+        PipelineState {
+            epoch: epoch as u64,
+            offset: batch_offset as u64,
+            fingerprint: self.fingerprint(),
+        }
+    }
+
+    /// The epoch and batch offset of a saved position, checked against this loader: a
+    /// fingerprint of other settings (a different dataset length, batch size, seed, ...) or an
+    /// offset past the epoch is an error. An empty fingerprint is not checked.
+    pub fn position_of(&self, state: &PipelineState) -> Result<(usize, usize)> {
+        let fingerprint = self.fingerprint();
+        if !state.fingerprint.is_empty() && state.fingerprint != fingerprint {
+            return Err(invalid(format!(
+                "the saved position belongs to {}, this loader is {fingerprint}",
+                state.fingerprint
+            )));
+        }
+        let epoch = usize::try_from(state.epoch)
+            .map_err(|_| invalid(format!("epoch {} does not fit in usize", state.epoch)))?;
+        let offset = usize::try_from(state.offset).unwrap_or(usize::MAX);
+        self.check_offset(offset)?;
+        Ok((epoch, offset))
+    }
+
+    /// Continue from a saved position ([`DataLoader::position_of`], then
+    /// [`DataLoader::iter_from`]).
+    pub fn iter_from_state(&self, state: &PipelineState) -> Result<Batches<'_>> {
+        let (epoch, offset) = self.position_of(state)?;
+        self.iter_from(epoch, offset)
+    }
+
     fn check_offset(&self, batch_offset: usize) -> Result<()> {
         if batch_offset > self.num_batches() {
             return Err(invalid(format!(
@@ -258,6 +311,8 @@ impl<'d> DataLoader<'d> {
                 },
                 position: batch_offset,
                 end,
+                epoch,
+                fingerprint: self.fingerprint(),
             };
         }
         let (tx, rx) = sync_channel(self.prefetch);
@@ -295,6 +350,8 @@ impl<'d> DataLoader<'d> {
             inner,
             position: batch_offset,
             end,
+            epoch,
+            fingerprint: self.fingerprint(),
         }
     }
 }
@@ -359,6 +416,8 @@ pub struct Batches<'a> {
     inner: Inner<'a>,
     position: usize,
     end: usize,
+    epoch: usize,
+    fingerprint: String,
 }
 
 impl Batches<'_> {
@@ -371,6 +430,16 @@ impl Batches<'_> {
     /// The number of batches in the whole epoch.
     pub fn epoch_len(&self) -> usize {
         self.end
+    }
+
+    /// The position as a [`PipelineState`]: [`DataLoader::iter_from_state`] continues with the
+    /// batch this iterator would return next.
+    pub fn state(&self) -> PipelineState {
+        PipelineState {
+            epoch: self.epoch as u64,
+            offset: self.position as u64,
+            fingerprint: self.fingerprint.clone(),
+        }
     }
 }
 

@@ -14,6 +14,20 @@ use kiln_tensor::{DType, Tensor};
 
 use crate::{Error, Result};
 
+/// The Fashion-MNIST class names, by label (the files and format are MNIST's).
+pub const FASHION_MNIST_CLASSES: [&str; 10] = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+];
+
 /// Magic number of an IDX file of unsigned bytes with three dimensions (images).
 pub const IMAGES_MAGIC: u32 = 0x0000_0803;
 /// Magic number of an IDX file of unsigned bytes with one dimension (labels).
@@ -38,7 +52,16 @@ fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     flate2::read::MultiGzDecoder::new(raw.as_slice())
         .read_to_end(&mut out)
-        .map_err(|e| format_err(path, format!("corrupt or truncated gzip data: {e}")))?;
+        .map_err(|e| {
+            format_err(
+                path,
+                format!(
+                    "corrupt or truncated gzip data: {e} (after {} decompressed bytes, reading {} compressed bytes)",
+                    out.len(),
+                    raw.len()
+                ),
+            )
+        })?;
     Ok(out)
 }
 
@@ -98,7 +121,9 @@ fn parse_idx<'a>(path: &Path, bytes: &'a [u8], expected: u32, what: &str) -> Res
         Some(n) if n > data.len() => Err(format_err(
             path,
             format!(
-                "truncated: the header announces dimensions {dims:?} ({n} bytes of data), the file has {}",
+                "truncated: the header announces dimensions {dims:?} ({n} bytes of data, {} bytes in all), but the contents end at byte {} ({} bytes of data)",
+                header_len + n,
+                header_len + data.len(),
                 data.len()
             ),
         )),
@@ -232,6 +257,27 @@ impl Mnist {
             .to_dtype(DType::F32)?
             .mul_scalar(1.0 / 255.0)?
             .reshape([n, r * c])?)
+    }
+}
+
+/// Element `i`: the `u8` image `[1, rows, columns]` (a view, channels first like the other vision
+/// sources) and its label as an `i64` scalar.
+impl crate::pipeline::Source<crate::Example> for Mnist {
+    fn len(&self) -> usize {
+        Mnist::len(self)
+    }
+    fn get(&self, index: usize) -> Result<crate::Example> {
+        let n = Mnist::len(self);
+        if index >= n || self.images.rank() != 3 {
+            return Err(crate::pipeline::source_out_of_range("MNIST", index, n));
+        }
+        Ok(crate::Example::new(
+            self.images.narrow(0, index, 1)?,
+            crate::pipeline::row(&self.labels, index)?,
+        ))
+    }
+    fn name(&self) -> String {
+        "mnist".to_string()
     }
 }
 

@@ -133,6 +133,13 @@ pub struct TrainerState {
     pub epoch: usize,
     /// Batches of `epoch` already consumed.
     pub batch_offset: usize,
+    /// The same position in the training data as kiln-data's serialisable
+    /// [`PipelineState`](kiln_data::PipelineState): epoch, batch offset and the fingerprint of the
+    /// loader's settings (dataset length, batch size, shuffle seed, `drop_last`, replicas),
+    /// which a run continuing mid-epoch checks. Absent from checkpoints written before it existed; those resume from
+    /// `epoch` and `batch_offset`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<kiln_data::PipelineState>,
     /// The trainer's generator.
     pub rng: RngState,
     /// The configuration of the run that wrote the checkpoint.

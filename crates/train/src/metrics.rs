@@ -299,6 +299,26 @@ mod tests {
     }
 
     #[test]
+    fn sequence_logits_give_token_level_accuracy() {
+        // A causal LM's logits [B, T, V] against next-token targets [B, T]: every position counts.
+        let logits = Tensor::from_vec(
+            vec![
+                1.0f32, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, // sequence 0 predicts 0, 1, 2
+                1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, // sequence 1 predicts 0, 0, 1
+            ],
+            [2, 3, 3],
+        )
+        .unwrap();
+        let t = Tensor::from_vec(vec![0i64, 1, 0, 0, 2, -100], [2, 3]).unwrap();
+        assert!(is_classification(&logits, &t));
+        let (c, n) = correct_at_k(&logits, &t, &[1]).unwrap();
+        assert_eq!((c[0], n), (3, 5));
+        let mut acc = MetricAccumulator::new();
+        acc.add(0.5, 2, Some(&logits), Some(&t), false).unwrap();
+        assert_eq!((acc.metrics().accuracy, acc.metrics().samples), (Some(0.6), 2));
+    }
+
+    #[test]
     fn accumulator_means() {
         let mut acc = MetricAccumulator::new();
         let l = Tensor::from_vec(vec![1.0f32, 0.0, 0.0, 1.0], [2, 2]).unwrap();

@@ -35,6 +35,9 @@ struct RunState {
     step: usize,
     epoch: usize,
     batch_offset: usize,
+    /// The fingerprint of the data loader's settings ([`DataLoader::fingerprint`]): set by
+    /// `fit`, restored from a checkpoint, checked when `fit` continues.
+    data_fingerprint: String,
     history: History,
     epoch_metrics: MetricAccumulator,
     window_metrics: MetricAccumulator,
@@ -265,6 +268,18 @@ impl Trainer {
                 if world > 1 { ", per replica" } else { "" }
             )));
         }
+        let fingerprint = loader.fingerprint();
+        // Mid-epoch, the position only means something for the same data order; at an epoch
+        // boundary any data can follow.
+        let mid_epoch = self.state.batch_offset > 0;
+        if mid_epoch && !self.state.data_fingerprint.is_empty() && self.state.data_fingerprint != fingerprint
+        {
+            return Err(Error::Data(format!(
+                "fit: the run's data position belongs to {}, but this run reads {fingerprint} (a different dataset or data settings than before the checkpoint?)",
+                self.state.data_fingerprint
+            )));
+        }
+        self.state.data_fingerprint = fingerprint;
         if self.state.batch_offset > num_batches {
             return Err(Error::Data(format!(
                 "fit: the run stands at batch {} of epoch {}, but the training data has only {num_batches} batches per epoch (a different dataset than before the checkpoint?)",
@@ -638,6 +653,11 @@ impl Trainer {
             step: self.state.step,
             epoch: self.state.epoch,
             batch_offset: self.state.batch_offset,
+            data: Some(kiln_data::PipelineState {
+                epoch: self.state.epoch as u64,
+                offset: self.state.batch_offset as u64,
+                fingerprint: self.state.data_fingerprint.clone(),
+            }),
             rng: RngState::of(&self.rng),
             config: self.config.clone(),
             model: ModelInfo {
@@ -774,6 +794,16 @@ impl Trainer {
             }
         }
         let rng = st.rng.to_rng().map_err(|e| bad(format!("{STATE_FILE}: {e}")))?;
+        let data_fingerprint = match &st.data {
+            Some(d) if (d.epoch, d.offset) != (st.epoch as u64, st.batch_offset as u64) => {
+                return Err(bad(format!(
+                    "{STATE_FILE}: the data position (epoch {}, offset {}) disagrees with epoch {} and batch_offset {}",
+                    d.epoch, d.offset, st.epoch, st.batch_offset
+                )))
+            }
+            Some(d) => d.fingerprint.clone(),
+            None => String::new(),
+        };
         let optimizer_step = ck
             .optimizer
             .get(kiln_optim::STEP_KEY)
@@ -815,6 +845,7 @@ impl Trainer {
             step: st.step,
             epoch: st.epoch,
             batch_offset: st.batch_offset,
+            data_fingerprint,
             history: st.history.clone(),
             epoch_metrics: st.epoch_metrics.clone(),
             window_metrics: st.window_metrics.clone(),

@@ -30,6 +30,10 @@ pub enum Error {
         /// What was wrong and what was expected.
         reason: String,
     },
+    /// Generation was asked for something impossible (bad sampling parameters, a prompt token
+    /// outside the vocabulary, logits of the wrong length).
+    #[error("generation: {0}")]
+    Generation(String),
     /// Building or running a layer failed.
     #[error(transparent)]
     Nn(#[from] kiln_nn::Error),

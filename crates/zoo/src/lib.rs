@@ -17,11 +17,13 @@
 //! model crate and a test asserts each one is in the registry.
 
 mod error;
+pub mod generate;
 mod model;
 mod registry;
 pub mod vision;
 
 pub use error::{Error, Result};
+pub use generate::{CausalLm, DecodeState, SamplingParams};
 pub use inventory;
 pub use model::{Batch, Model, Output, Task};
 pub use registry::{entries, find, merge_config, parse_config, ModelEntry};

@@ -71,6 +71,11 @@ pub trait Model: Send + Sync {
     fn set_training(&self, training: bool);
     /// The configuration the model was built from.
     fn config(&self) -> serde_json::Value;
+    /// The model as a [`CausalLm`](crate::generate::CausalLm), when it can generate text
+    /// (causal language models); `None` otherwise.
+    fn as_causal_lm(&self) -> Option<&dyn crate::generate::CausalLm> {
+        None
+    }
     /// Number of trainable scalar parameters (buffers such as batch-norm running statistics are
     /// not counted, as in PyTorch's `sum(p.numel() for p in model.parameters())`).
     fn num_parameters(&self) -> usize {

@@ -15,7 +15,9 @@ fn build(name: &str, overrides: serde_json::Value, seed: u64) -> Box<dyn Model> 
 
 fn images(n: usize, c: usize, side: usize, seed: u64) -> Tensor {
     let mut rng = TensorRng::new(seed);
-    let v: Vec<f32> = (0..n * c * side * side).map(|_| rng.next_normal() as f32).collect();
+    let v: Vec<f32> = (0..n * c * side * side)
+        .map(|_| rng.next_normal() as f32)
+        .collect();
     Tensor::from_vec(v, [n, c, side, side]).unwrap()
 }
 
@@ -28,7 +30,11 @@ fn parameter_counts_equal_torchvision() {
         ("resnet50", 25_557_032),
         ("resnet101", 44_549_160),
     ] {
-        assert_eq!(build(name, serde_json::json!({}), 0).num_parameters(), count, "{name}");
+        assert_eq!(
+            build(name, serde_json::json!({}), 0).num_parameters(),
+            count,
+            "{name}"
+        );
     }
 }
 
@@ -57,13 +63,22 @@ fn resnet50_forward_on_224_images_gives_class_logits() {
         })
         .unwrap();
     assert_eq!(out.logits.dims(), &[1, 1000]);
-    assert!(out.logits.value().to_vec::<f32>().unwrap().iter().all(|v| v.is_finite()));
+    assert!(out
+        .logits
+        .value()
+        .to_vec::<f32>()
+        .unwrap()
+        .iter()
+        .all(|v| v.is_finite()));
 }
 
 /// `benches/reference/resnet_torchvision_fixture.py` output: torchvision's state-dict layouts and
 /// the logits of a formula-filled torchvision resnet18.
 fn torchvision_fixture() -> serde_json::Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/torchvision_resnet.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/torchvision_resnet.json"
+    );
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
@@ -71,7 +86,13 @@ fn layout_of(model: &dyn Model) -> Vec<(String, Vec<usize>, String)> {
     let mut v: Vec<_> = model
         .parameters()
         .iter()
-        .map(|p| (p.name().to_string(), p.value().dims().to_vec(), p.value().dtype().to_string()))
+        .map(|p| {
+            (
+                p.name().to_string(),
+                p.value().dims().to_vec(),
+                p.value().dtype().to_string(),
+            )
+        })
         .collect();
     v.sort();
     v
@@ -105,7 +126,11 @@ fn a_torchvision_state_dict_loads_strictly_and_gives_torchvisions_logits() {
     let fixture = torchvision_fixture();
     let order: Vec<(String, Vec<usize>, String)> =
         serde_json::from_value(fixture["resnet18"].clone()).unwrap();
-    let model = build("resnet18", serde_json::json!({"image_size": 64, "num_classes": 10}), 0);
+    let model = build(
+        "resnet18",
+        serde_json::json!({"image_size": 64, "num_classes": 10}),
+        0,
+    );
     let shapes: std::collections::HashMap<String, Vec<usize>> = layout_of(model.as_ref())
         .into_iter()
         .map(|(n, s, _)| (n, s))
@@ -123,7 +148,11 @@ fn a_torchvision_state_dict_loads_strictly_and_gives_torchvisions_logits() {
                 let v: Vec<f32> = (0..n)
                     .map(|j| {
                         let s = (0.37 * j as f64 + 1.3 * k as f64).sin();
-                        (if name.ends_with("running_var") { 1.0 + 0.5 * s * s } else { 0.05 * s }) as f32
+                        (if name.ends_with("running_var") {
+                            1.0 + 0.5 * s * s
+                        } else {
+                            0.05 * s
+                        }) as f32
                     })
                     .collect();
                 Tensor::from_vec(v, dims).unwrap()
@@ -137,7 +166,9 @@ fn a_torchvision_state_dict_loads_strictly_and_gives_torchvisions_logits() {
     kiln_tensor::io::safetensors::save(tensors, &path).unwrap();
     kiln_nn::load_state_dict_file(&model.parameters(), &path, true).unwrap();
     model.set_training(false);
-    let x: Vec<f32> = (0..2 * 3 * 64 * 64).map(|j| (0.01 * j as f64).sin() as f32).collect();
+    let x: Vec<f32> = (0..2 * 3 * 64 * 64)
+        .map(|j| (0.01 * j as f64).sin() as f32)
+        .collect();
     let logits = model
         .forward(&Batch {
             inputs: Tensor::from_vec(x, [2, 3, 64, 64]).unwrap(),
@@ -154,8 +185,15 @@ fn a_torchvision_state_dict_loads_strictly_and_gives_torchvisions_logits() {
         assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "{g} vs torchvision {w}");
     }
     // Strict loading refuses a state dict of another depth.
-    let other = build("resnet34", serde_json::json!({"image_size": 64, "num_classes": 10}), 0);
-    let e = kiln_nn::load_state_dict_file(&other.parameters(), &path, true).err().unwrap().to_string();
+    let other = build(
+        "resnet34",
+        serde_json::json!({"image_size": 64, "num_classes": 10}),
+        0,
+    );
+    let e = kiln_nn::load_state_dict_file(&other.parameters(), &path, true)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("layer1.2") || e.contains("missing"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -184,12 +222,24 @@ fn one_channel_28px_images_and_batch_norm_modes() {
         .unwrap();
     assert_eq!(tracked.value().to_vec::<i64>().unwrap(), vec![1]);
     model.set_training(false);
-    let all = model.forward(&batch).unwrap().logits.value().to_vec::<f32>().unwrap();
+    let all = model
+        .forward(&batch)
+        .unwrap()
+        .logits
+        .value()
+        .to_vec::<f32>()
+        .unwrap();
     let first = Batch {
         inputs: batch.inputs.narrow(0, 0, 1).unwrap(),
         targets: None,
     };
-    let one = model.forward(&first).unwrap().logits.value().to_vec::<f32>().unwrap();
+    let one = model
+        .forward(&first)
+        .unwrap()
+        .logits
+        .value()
+        .to_vec::<f32>()
+        .unwrap();
     for (x, y) in all[..10].iter().zip(&one) {
         assert!((x - y).abs() < 1e-4, "{x} vs {y}");
     }

@@ -82,11 +82,7 @@ impl Var {
     /// training=True, eps=eps)`, in one node: `y = (x - mean) / sqrt(var + eps) * weight + bias`.
     /// `weight` and `bias` (`[C]`) are both given or both absent. Also returns the batch mean and
     /// biased variance (`[C]`, no gradient) for the running statistics.
-    pub fn batch_norm_train(
-        &self,
-        affine: Option<(&Var, &Var)>,
-        eps: f64,
-    ) -> Result<(Var, Tensor, Tensor)> {
+    pub fn batch_norm_train(&self, affine: Option<(&Var, &Var)>, eps: f64) -> Result<(Var, Tensor, Tensor)> {
         let x = self.value().clone();
         let (mean, var) = x.batch_norm_stats()?;
         let inv_std = var.add_scalar(eps)?.rsqrt()?;

@@ -703,6 +703,11 @@ impl Lstm {
     pub fn config(&self) -> &RnnConfig {
         &self.rnn.cfg
     }
+    /// The dropout between layers (present when `dropout > 0` and `num_layers > 1`), e.g. to
+    /// save and restore its generator for an exact resume.
+    pub fn dropout(&self) -> Option<&Dropout> {
+        self.rnn.dropout.as_ref()
+    }
     /// Run over a sequence, as `nn.LSTM.forward(x, (h_0, c_0))`. `x` is `[T, B, in]`
     /// (`[B, T, in]` when `batch_first`, `[T, in]` unbatched); the states are
     /// `[layers * directions, B, H]` (`[layers * directions, H]` unbatched), zeros when `None`.

@@ -20,7 +20,10 @@ fn planes(op: &'static str, x: &Tensor) -> Result<(usize, usize, usize)> {
     if d.len() < 2 || d[1] == 0 {
         return Err(Error::InvalidArgument {
             op,
-            reason: format!("expected a [N, C, ...] tensor with C > 0, got shape {:?}", x.shape()),
+            reason: format!(
+                "expected a [N, C, ...] tensor with C > 0, got shape {:?}",
+                x.shape()
+            ),
         });
     }
     Ok((d[0], d[1], d[2..].iter().product()))
@@ -30,7 +33,10 @@ fn check_channel_vec(op: &'static str, what: &str, t: &Tensor, c: usize) -> Resu
     if t.dims() != [c] {
         return Err(Error::InvalidArgument {
             op,
-            reason: format!("{what} must have shape [{c}] (one value per channel), got {:?}", t.shape()),
+            reason: format!(
+                "{what} must have shape [{c}] (one value per channel), got {:?}",
+                t.shape()
+            ),
         });
     }
     Ok(())
@@ -54,7 +60,10 @@ fn per_plane<F: Send>(out: &mut [F], s: usize, f: impl Fn(usize, &mut [F]) + Syn
         out.chunks_exact_mut(s).enumerate().for_each(|(i, p)| f(i, p));
     } else {
         let min = (PARALLEL_ELEMS / s).max(1);
-        out.par_chunks_exact_mut(s).with_min_len(min).enumerate().for_each(|(i, p)| f(i, p));
+        out.par_chunks_exact_mut(s)
+            .with_min_len(min)
+            .enumerate()
+            .for_each(|(i, p)| f(i, p));
     }
 }
 
@@ -77,7 +86,10 @@ fn stats_impl<F: FloatDType>(x: &Tensor, (n, c, s): (usize, usize, usize)) -> Re
             sq += pq;
         }
         let mean_shifted = sum / count;
-        (shift + mean_shifted, (sq / count - mean_shifted * mean_shifted).max(0.0))
+        (
+            shift + mean_shifted,
+            (sq / count - mean_shifted * mean_shifted).max(0.0),
+        )
     });
     let mean: Vec<F> = stats.iter().map(|s| <F as WithDType>::from_f64(s.0)).collect();
     let var: Vec<F> = stats.iter().map(|s| <F as WithDType>::from_f64(s.1)).collect();
@@ -150,7 +162,10 @@ fn backward_impl<F: FloatDType>(
         }
     });
     let to = |v: Vec<f64>| -> Result<Tensor> {
-        Tensor::from_vec(v.into_iter().map(<F as WithDType>::from_f64).collect::<Vec<F>>(), [c])
+        Tensor::from_vec(
+            v.into_iter().map(<F as WithDType>::from_f64).collect::<Vec<F>>(),
+            [c],
+        )
     };
     Ok((
         Tensor::from_vec(dx, x.shape().clone())?,

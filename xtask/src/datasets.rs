@@ -1,0 +1,256 @@
+//! The datasets `cargo xtask train` and `eval` know: where their files are, which task they serve,
+//! what they fix about a model (input geometry, vocabulary), and how to load them.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use kiln::data::mnist::{Mnist, Split};
+use kiln::data::text::{CharTokenizer, SequentialBlocks, TokenStream};
+use kiln::data::{Dataset, TensorDataset};
+use kiln::zoo::Task;
+
+/// A dataset `train` knows.
+pub struct DatasetInfo {
+    /// Name on the command line.
+    pub name: &'static str,
+    /// The task it serves.
+    pub task: Task,
+    /// Folder or file under the data directory.
+    pub path: &'static str,
+    /// One line for error messages and help.
+    pub about: &'static str,
+}
+
+/// Every dataset `train` knows.
+pub const DATASETS: &[DatasetInfo] = &[
+    DatasetInfo {
+        name: "mnist",
+        task: Task::ImageClassification,
+        path: "mnist",
+        about: "MNIST digits, 60k/10k 28x28 grey images",
+    },
+    DatasetInfo {
+        name: "fashion-mnist",
+        task: Task::ImageClassification,
+        path: "fashion-mnist",
+        about: "Fashion-MNIST, 60k/10k 28x28 grey images of clothes",
+    },
+    DatasetInfo {
+        name: "mnist-sequential",
+        task: Task::SequenceClassification,
+        path: "mnist",
+        about: "MNIST read row by row: sequences of 28 steps of 28 pixels",
+    },
+    DatasetInfo {
+        name: "tinyshakespeare-char",
+        task: Task::CausalLm,
+        path: "text/tinyshakespeare.txt",
+        about: "tiny-shakespeare as characters (65 ids), last 10% for validation",
+    },
+];
+
+/// The block length of the language-modelling datasets unless `--seq-len` says otherwise.
+pub const DEFAULT_SEQ_LEN: usize = 64;
+
+/// The share of a text corpus held out for validation.
+const TEXT_VAL_FRACTION: f64 = 0.1;
+
+/// A dataset by name; an unknown name is an error listing the known ones.
+pub fn find(name: &str) -> anyhow::Result<&'static DatasetInfo> {
+    DATASETS.iter().find(|d| d.name == name).with_context(|| {
+        let known: Vec<String> = DATASETS
+            .iter()
+            .map(|d| format!("{} ({})", d.name, d.about))
+            .collect();
+        format!("unknown dataset {name:?}; known datasets: {}", known.join("; "))
+    })
+}
+
+/// A loaded dataset: training and evaluation splits, what it fixes about the model, and the
+/// tokenizer of a text dataset (stored in the run directory for `generate`).
+pub struct Loaded {
+    /// Training examples.
+    pub train: Box<dyn Dataset>,
+    /// Test (images) or validation (text) examples.
+    pub test: Box<dyn Dataset>,
+    /// Model config keys the data decides (`in_channels`, `image_size`, `num_classes`, `vocab_size`).
+    pub geometry: serde_json::Value,
+    /// The tokenizer of a text dataset.
+    pub tokenizer: Option<CharTokenizer>,
+}
+
+/// Load `info` from `data_dir`; `seq_len` is the block length of language-modelling datasets.
+pub fn load(info: &DatasetInfo, data_dir: &Path, seq_len: usize) -> anyhow::Result<Loaded> {
+    let path = data_dir.join(info.path);
+    let context = || format!("loading dataset {} from {}", info.name, path.display());
+    match info.name {
+        "tinyshakespeare-char" => load_char_text(&path, seq_len).with_context(context),
+        _ => {
+            let train = Mnist::load(&path, Split::Train)
+                .with_context(context)?
+                .to_dataset(true)?;
+            let test = Mnist::load(&path, Split::Test)
+                .with_context(context)?
+                .to_dataset(true)?;
+            let (train, test) = if info.name == "mnist-sequential" {
+                (as_row_sequences(&train)?, as_row_sequences(&test)?)
+            } else {
+                (train, test)
+            };
+            Ok(Loaded {
+                train: Box::new(train),
+                test: Box::new(test),
+                geometry: serde_json::json!({"in_channels": 1, "image_size": 28, "num_classes": 10}),
+                tokenizer: None,
+            })
+        }
+    }
+}
+
+/// A character corpus: ids by the sorted set of its characters, the last 10% for validation, both
+/// cut into consecutive blocks of `seq_len` tokens (the loader shuffles the training blocks).
+fn load_char_text(path: &Path, seq_len: usize) -> anyhow::Result<Loaded> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let tokenizer = CharTokenizer::from_text(&text);
+    let ids = tokenizer.encode(&text)?;
+    let stream = TokenStream::from_tokens(ids, tokenizer.vocab_size())?;
+    let (train, val) = stream.split_validation(TEXT_VAL_FRACTION)?;
+    Ok(Loaded {
+        train: Box::new(SequentialBlocks::new(train, seq_len)?),
+        test: Box::new(SequentialBlocks::new(val, seq_len)?),
+        geometry: serde_json::json!({"vocab_size": tokenizer.vocab_size()}),
+        tokenizer: Some(tokenizer),
+    })
+}
+
+/// Images `[N, 1, rows, columns]` as sequences `[N, rows, columns]` (one row per time step).
+pub fn as_row_sequences(images: &TensorDataset) -> anyhow::Result<TensorDataset> {
+    let x = images.inputs();
+    let &[n, 1, rows, cols] = x.dims() else {
+        bail!("expected grey images [N, 1, rows, columns], found {:?}", x.dims());
+    };
+    let targets = images.targets().context("the images have no labels")?.clone();
+    Ok(TensorDataset::new(x.reshape([n, rows, cols])?, targets)?)
+}
+
+/// The config overrides for a model trained on data of `geometry`: the data's value for every key
+/// the model's default config has (so `resnet20`, a CIFAR model by default, takes 1×28×28
+/// Fashion-MNIST images, and `lstm-lm` gets the corpus's vocabulary), then the user's own
+/// overrides on top.
+pub fn fit_model_to_data(
+    default: &serde_json::Value,
+    geometry: &serde_json::Value,
+    user: Option<&serde_json::Value>,
+) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    if let (Some(geometry), Some(keys)) = (geometry.as_object(), default.as_object()) {
+        for (k, v) in geometry {
+            if keys.contains_key(k) {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    match user {
+        // Not an object: passed on as is, so merge_config reports it.
+        Some(u) if !u.is_object() => return u.clone(),
+        Some(u) => out.extend(
+            u.as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        ),
+        None => {}
+    }
+    serde_json::Value::Object(out)
+}
+
+/// Error unless a dataset serves the model's task.
+pub fn check_fits(dataset: &str, data_task: Task, model: &str, model_task: Task) -> anyhow::Result<()> {
+    if data_task != model_task {
+        bail!("dataset {dataset} is for {data_task}, but model {model} is a {model_task} model");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_data_sets_the_geometry_and_the_user_has_the_last_word() {
+        let default = serde_json::json!({"in_channels": 3, "image_size": 32, "num_classes": 10});
+        let geometry = serde_json::json!({"in_channels": 1, "image_size": 28, "num_classes": 10});
+        let fitted = fit_model_to_data(&default, &geometry, None);
+        assert_eq!(fitted, geometry);
+        let user = serde_json::json!({"num_classes": 12});
+        let fitted = fit_model_to_data(&default, &geometry, Some(&user));
+        assert_eq!(fitted["num_classes"], 12);
+        // Keys the model does not have are not invented.
+        let fitted = fit_model_to_data(&serde_json::json!({"hidden": 8}), &geometry, None);
+        assert_eq!(fitted, serde_json::json!({}));
+    }
+
+    #[test]
+    fn a_dataset_must_fit_the_models_task() {
+        let e = check_fits("mnist", Task::ImageClassification, "gpt2", Task::CausalLm)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("mnist") && e.contains("image-classification") && e.contains("causal-lm"),
+            "{e}"
+        );
+        assert!(check_fits(
+            "mnist",
+            Task::ImageClassification,
+            "lenet5",
+            Task::ImageClassification
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn unknown_datasets_list_the_known_ones() {
+        let e = find("cifar").err().unwrap().to_string();
+        assert!(
+            e.contains("tinyshakespeare-char") && e.contains("fashion-mnist"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn mnist_sequential_reads_images_row_by_row() {
+        let x: Vec<f32> = (0..24).map(|v| v as f32).collect();
+        let images = TensorDataset::new(
+            kiln::tensor::Tensor::from_vec(x.clone(), [2, 1, 3, 4]).unwrap(),
+            kiln::tensor::Tensor::from_vec(vec![3i64, 8], [2]).unwrap(),
+        )
+        .unwrap();
+        let seq = as_row_sequences(&images).unwrap();
+        assert_eq!(seq.inputs().dims(), &[2, 3, 4]);
+        assert_eq!(seq.inputs().to_vec::<f32>().unwrap(), x);
+    }
+
+    #[test]
+    fn char_text_blocks_predict_the_next_character() {
+        let dir = std::env::temp_dir().join(format!("kiln-xtask-text-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("corpus.txt");
+        std::fs::write(&path, "abc".repeat(20)).unwrap();
+        let loaded = load_char_text(&path, 4).unwrap();
+        assert_eq!(loaded.geometry, serde_json::json!({"vocab_size": 3}));
+        // 60 characters: 54 for training (13 blocks of 4), the last 6 for validation (1 block).
+        assert_eq!((loaded.train.len(), loaded.test.len()), (13, 1));
+        let b = loaded.train.get_batch(&[0, 1]).unwrap();
+        let x = b.inputs.to_vec::<i64>().unwrap();
+        let y = b.targets.unwrap().to_vec::<i64>().unwrap();
+        assert_eq!(x, vec![0, 1, 2, 0, 1, 2, 0, 1]);
+        assert_eq!(y, vec![1, 2, 0, 1, 2, 0, 1, 2]);
+        // Validation starts at character 54 ("a").
+        let v = loaded.test.get_batch(&[0]).unwrap().inputs.to_vec::<i64>().unwrap();
+        assert_eq!(v, vec![0, 1, 2, 0]);
+        // A corpus too short for one block is an error, not a panic.
+        std::fs::write(&path, "ab").unwrap();
+        assert!(load_char_text(&path, 4).is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

@@ -1,0 +1,279 @@
+//! `cargo xtask generate`: continue a prompt with a causal language model of the zoo, through the
+//! shared `kiln::zoo::generate`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use kiln::data::text::{load_tokenizer, TextTokenizer};
+use kiln::model_crates::lstm::TextGenRnnVocab;
+use kiln::nn::Scope;
+use kiln::tensor::{DType, Device};
+use kiln::zoo::generate::{generate, SamplingParams};
+use kiln::zoo::{Model, ModelEntry, Task};
+
+use crate::train::RunSpec;
+
+/// Options of `cargo xtask generate`.
+#[derive(clap::Args)]
+pub struct GenerateArgs {
+    /// Registered causal language model (`cargo xtask models` lists them).
+    #[arg(long)]
+    model: String,
+    /// A kiln run directory (newest complete checkpoint; config from its run.json), one checkpoint
+    /// directory, or the model's own safetensors file (a tokenizer.json or textgenrnn_vocab.json
+    /// beside it is used for text).
+    #[arg(long)]
+    weights: PathBuf,
+    /// Prompt text (needs a tokenizer next to the weights).
+    #[arg(long, required_unless_present = "prompt_ids", conflicts_with = "prompt_ids")]
+    prompt: Option<String>,
+    /// Prompt as comma-separated token ids, e.g. 1,2,3.
+    #[arg(long, value_delimiter = ',')]
+    prompt_ids: Option<Vec<u32>>,
+    /// Most new tokens to generate.
+    #[arg(long, default_value_t = 100)]
+    max_tokens: usize,
+    /// Softmax temperature; 0 = greedy.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    temperature: f64,
+    /// Sample among the k most likely tokens only.
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Sample from the smallest set of tokens whose probability reaches p, in (0, 1].
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    top_p: f64,
+    /// Seed of the sampling generator.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print {"prompt_ids": [...], "output_ids": [...], "text": "..."} (new tokens only) instead
+    /// of streaming the text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Text to ids and back, for one model.
+enum Codec {
+    /// textgenrnn's vocabulary: prompts start with `<s>`, which also ends generation.
+    TextGenRnn(TextGenRnnVocab),
+    /// A kiln tokenizer file (character-level or Hugging Face `tokenizer.json`).
+    Tokenizer(Box<dyn TextTokenizer>),
+}
+
+impl Codec {
+    /// The tokenizer stored beside the weights: `textgenrnn_vocab.json`, then `tokenizer.json`.
+    fn find(dir: &Path) -> anyhow::Result<Option<Codec>> {
+        let vocab = dir.join("textgenrnn_vocab.json");
+        if vocab.is_file() {
+            return Ok(Some(Codec::TextGenRnn(TextGenRnnVocab::load(&vocab)?)));
+        }
+        let tok = dir.join("tokenizer.json");
+        if tok.is_file() {
+            let t = load_tokenizer(&tok).with_context(|| format!("loading tokenizer {}", tok.display()))?;
+            return Ok(Some(Codec::Tokenizer(t)));
+        }
+        Ok(None)
+    }
+    fn encode_prompt(&self, text: &str) -> anyhow::Result<Vec<u32>> {
+        Ok(match self {
+            Codec::TextGenRnn(v) => v.encode_prompt(text),
+            Codec::Tokenizer(t) => t.encode(text)?,
+        })
+    }
+    fn decode(&self, ids: &[u32]) -> anyhow::Result<String> {
+        Ok(match self {
+            Codec::TextGenRnn(v) => v.decode(ids),
+            Codec::Tokenizer(t) => t.decode(ids)?,
+        })
+    }
+    fn stop_tokens(&self) -> Vec<u32> {
+        match self {
+            Codec::TextGenRnn(v) => v.meta_id().into_iter().collect(),
+            Codec::Tokenizer(t) => t.eos_id().into_iter().collect(),
+        }
+    }
+    fn vocab_size(&self) -> usize {
+        match self {
+            Codec::TextGenRnn(v) => v.vocab_size(),
+            Codec::Tokenizer(t) => t.vocab_size(),
+        }
+    }
+}
+
+/// What `--json` prints, in this key order; `text` is null without a tokenizer.
+#[derive(serde::Serialize)]
+struct JsonOutput<'a> {
+    prompt_ids: &'a [u32],
+    output_ids: &'a [u32],
+    text: Option<String>,
+}
+
+/// A model with its weights, and the tokenizer found with them.
+struct Loaded {
+    model: Box<dyn Model>,
+    codec: Option<Codec>,
+    /// Where the tokenizer was looked for (for messages).
+    tokenizer_dir: PathBuf,
+}
+
+/// `path` as a run or checkpoint directory: `(run directory, checkpoint directory)`.
+fn locate_checkpoint(path: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    if path.join("run.json").is_file() {
+        let ckpt = kiln::train::latest_checkpoint(path)?
+            .with_context(|| format!("no complete checkpoint in run directory {}", path.display()))?;
+        return Ok((path.to_path_buf(), ckpt));
+    }
+    let run = path.parent().and_then(Path::parent).map(Path::to_path_buf);
+    match run {
+        Some(run) if path.join("model.safetensors").is_file() && run.join("run.json").is_file() => {
+            Ok((run, path.to_path_buf()))
+        }
+        _ => bail!(
+            "{} is neither a kiln run directory (with run.json) nor a checkpoint directory inside one",
+            path.display()
+        ),
+    }
+}
+
+fn load(entry: &ModelEntry, path: &Path) -> anyhow::Result<Loaded> {
+    if !path.exists() {
+        bail!("weights {} not found", path.display());
+    }
+    if path.is_dir() {
+        let (run_dir, ckpt) = locate_checkpoint(path)?;
+        let run_file = run_dir.join("run.json");
+        let text = std::fs::read_to_string(&run_file)
+            .with_context(|| format!("cannot read {}", run_file.display()))?;
+        let spec: RunSpec = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a valid run config", run_file.display()))?;
+        if spec.model.as_deref() != Some(entry.name) {
+            bail!(
+                "{} holds a run of model {}, not {}",
+                run_dir.display(),
+                spec.model.as_deref().unwrap_or("(none)"),
+                entry.name
+            );
+        }
+        let cfg = kiln::zoo::merge_config(entry, spec.model_config.as_ref())?;
+        let model = (entry.build)(&cfg, Scope::init(0, DType::F32, Device::Cpu))?;
+        let file = ckpt.join("model.safetensors");
+        kiln::nn::load_state_dict_file(&model.parameters(), &file, true)
+            .with_context(|| format!("loading {} into {}", file.display(), entry.name))?;
+        let codec = Codec::find(&run_dir)?;
+        return Ok(Loaded {
+            model,
+            codec,
+            tokenizer_dir: run_dir,
+        });
+    }
+    let scope = Scope::from_safetensors(path, true, DType::F32, Device::Cpu)
+        .with_context(|| format!("loading weights {}", path.display()))?;
+    let model = (entry.build)(&(entry.default_config)(), scope.clone())
+        .with_context(|| format!("weights {} do not fit model {}", path.display(), entry.name))?;
+    scope.check_all_used().with_context(|| {
+        format!(
+            "weights {} hold tensors model {} does not use",
+            path.display(),
+            entry.name
+        )
+    })?;
+    let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let codec = Codec::find(&dir)?;
+    Ok(Loaded {
+        model,
+        codec,
+        tokenizer_dir: dir,
+    })
+}
+
+pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    let entry = kiln::find_model(&args.model)?;
+    if entry.task != Task::CausalLm {
+        bail!(
+            "model {} is a {} model; generate needs a {} model",
+            entry.name,
+            entry.task,
+            Task::CausalLm
+        );
+    }
+    let mut params = SamplingParams {
+        max_new_tokens: args.max_tokens,
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        seed: args.seed,
+        stop_tokens: Vec::new(),
+    };
+    params.validate()?;
+    let Loaded {
+        model,
+        codec,
+        tokenizer_dir,
+    } = load(entry, &args.weights)?;
+    model.set_training(false);
+    let lm = model
+        .as_causal_lm()
+        .with_context(|| format!("model {} does not implement generation", entry.name))?;
+    if let Some(c) = &codec {
+        if c.vocab_size() > lm.vocab_size() {
+            bail!(
+                "the tokenizer in {} has {} ids but model {} only {}",
+                tokenizer_dir.display(),
+                c.vocab_size(),
+                entry.name,
+                lm.vocab_size()
+            );
+        }
+        params.stop_tokens = c.stop_tokens();
+    }
+    let prompt_ids = match (&args.prompt, args.prompt_ids) {
+        (_, Some(ids)) => ids,
+        (Some(text), None) => match &codec {
+            Some(c) => c.encode_prompt(text)?,
+            None => bail!(
+                "--prompt needs a tokenizer (tokenizer.json or textgenrnn_vocab.json) in {}; give --prompt-ids instead",
+                tokenizer_dir.display()
+            ),
+        },
+        (None, None) => bail!("give --prompt or --prompt-ids"),
+    };
+    let mut tokens = generate(lm, &prompt_ids, &params)?;
+    let mut out = Vec::new();
+    if args.json {
+        for t in tokens.by_ref() {
+            out.push(t?);
+        }
+        let text = match &codec {
+            Some(c) => Some(c.decode(&out)?),
+            None => None,
+        };
+        let json = JsonOutput {
+            prompt_ids: &prompt_ids,
+            output_ids: &out,
+            text,
+        };
+        println!("{}", serde_json::to_string(&json)?);
+        return Ok(());
+    }
+    let mut stdout = std::io::stdout().lock();
+    let mut printed = String::new();
+    for t in tokens {
+        let id = t?;
+        out.push(id);
+        match &codec {
+            // Decode everything so far and print what is new, so tokens that only make sense
+            // together (bytes of one character) come out whole.
+            Some(c) => {
+                let text = c.decode(&out)?;
+                if let Some(new) = text.strip_prefix(printed.as_str()) {
+                    write!(stdout, "{new}")?;
+                    printed = text;
+                }
+            }
+            None => write!(stdout, "{}{id}", if out.len() > 1 { " " } else { "" })?,
+        }
+        stdout.flush()?;
+    }
+    writeln!(stdout)?;
+    Ok(())
+}
