@@ -246,7 +246,13 @@ mod tests {
         assert_eq!(x, vec![0, 1, 2, 0, 1, 2, 0, 1]);
         assert_eq!(y, vec![1, 2, 0, 1, 2, 0, 1, 2]);
         // Validation starts at character 54 ("a").
-        let v = loaded.test.get_batch(&[0]).unwrap().inputs.to_vec::<i64>().unwrap();
+        let v = loaded
+            .test
+            .get_batch(&[0])
+            .unwrap()
+            .inputs
+            .to_vec::<i64>()
+            .unwrap();
         assert_eq!(v, vec![0, 1, 2, 0]);
         // A corpus too short for one block is an error, not a panic.
         std::fs::write(&path, "ab").unwrap();

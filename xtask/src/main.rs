@@ -34,7 +34,7 @@ enum Command {
     PrepareData(prepare_data::PrepareDataArgs),
     /// List the registered models: name, family, task, parameter count.
     Models(models::ModelsArgs),
-    /// Speed benchmarks: `train-lenet`, `train-mnist-cnn`.
+    /// Speed benchmarks: `train-lenet`, `train-mnist-cnn`, `train-resnet20`.
     Bench(bench::BenchArgs),
     /// Print the kiln crates this build links and the compute devices it can use.
     Info,

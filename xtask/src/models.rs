@@ -31,13 +31,15 @@ pub fn run(args: ModelsArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(());
     }
+    // The name column is as wide as the longest name.
+    let w = rows.iter().map(|(e, _)| e.name.len()).max().unwrap_or(4).max(4);
     println!(
-        "{:<14} {:<8} {:<22} {:>12}  description",
+        "{:<w$} {:<8} {:<23} {:>12}  description",
         "name", "family", "task", "parameters"
     );
     for (e, n) in rows {
         println!(
-            "{:<14} {:<8} {:<22} {:>12}  {}",
+            "{:<w$} {:<8} {:<23} {:>12}  {}",
             e.name,
             e.family,
             e.task.as_str(),
