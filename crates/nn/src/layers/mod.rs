@@ -8,6 +8,7 @@ mod dropout;
 mod embedding;
 mod groupnorm;
 mod linear;
+mod lstm_cell_math;
 mod norm;
 mod pool;
 mod position;

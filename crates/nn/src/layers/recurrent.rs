@@ -230,10 +230,8 @@ fn time_index(s: usize, t_len: usize, reverse: bool) -> usize {
 
 /// What one LSTM step saves for the backward pass.
 struct LstmStep {
-    i: Tensor,
-    f: Tensor,
-    g: Tensor,
-    o: Tensor,
+    /// The activated gates `σ(i), σ(f), tanh(g), σ(o)`, `[B, 4H]`.
+    act: Tensor,
     tanh_c: Tensor,
     c_prev: Tensor,
     h_prev: Tensor,
@@ -273,20 +271,11 @@ pub fn lstm_recurrence(xp: &Var, w_hh: &Var, h0: &Var, c0: &Var, reverse: bool) 
     for s in 0..t_len {
         let t = time_index(s, t_len, reverse);
         let gates = xpv.narrow(0, t, 1)?.squeeze(0)?.add(&h.matmul(&whh_t)?)?;
-        let i = gates.narrow(1, 0, hid)?.sigmoid()?;
-        let f = gates.narrow(1, hid, hid)?.sigmoid()?;
-        let g = gates.narrow(1, 2 * hid, hid)?.tanh()?;
-        let o = gates.narrow(1, 3 * hid, hid)?.sigmoid()?;
-        let c_new = f.mul(&c)?.add(&i.mul(&g)?)?;
-        let tanh_c = c_new.tanh()?;
-        let h_new = o.mul(&tanh_c)?;
+        let (act, c_new, tanh_c, h_new) = super::lstm_cell_math::forward(&gates, &c)?;
         outs.push(Tensor::cat(&[h_new.clone(), c_new.clone()], 1)?);
         if record {
             steps.push(LstmStep {
-                i,
-                f,
-                g,
-                o,
+                act,
                 tanh_c,
                 c_prev: c,
                 h_prev: h,
@@ -310,17 +299,11 @@ pub fn lstm_recurrence(xp: &Var, w_hh: &Var, h0: &Var, c0: &Var, reverse: bool) 
             let st = &steps[s];
             let g_t = grad.narrow(0, t, 1)?.squeeze(0)?;
             let dh_tot = g_t.narrow(1, 0, hid)?.add(&dh)?;
-            let dc_tot = g_t
-                .narrow(1, hid, hid)?
-                .add(&dc)?
-                .add(&dh_tot.mul(&st.o)?.mul(&dtanh(&st.tanh_c)?)?)?;
-            let di = dc_tot.mul(&st.g)?.mul(&dsigmoid(&st.i)?)?;
-            let df = dc_tot.mul(&st.c_prev)?.mul(&dsigmoid(&st.f)?)?;
-            let dg = dc_tot.mul(&st.i)?.mul(&dtanh(&st.g)?)?;
-            let do_ = dh_tot.mul(&st.tanh_c)?.mul(&dsigmoid(&st.o)?)?;
-            let dgates = Tensor::cat(&[di, df, dg, do_], 1)?;
+            let dc_in = g_t.narrow(1, hid, hid)?.add(&dc)?;
+            let (dgates, dc_prev) =
+                super::lstm_cell_math::backward(&dh_tot, &dc_in, &st.act, &st.tanh_c, &st.c_prev)?;
             dh = dgates.matmul(&whh)?;
-            dc = dc_tot.mul(&st.f)?;
+            dc = dc_prev;
             dgates_proc.push(dgates);
         }
         // dgates_proc runs from the last processing step to the first.
