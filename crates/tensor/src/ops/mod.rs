@@ -1,6 +1,29 @@
 //! The operations on [`crate::Tensor`], one family per file. Every op validates its
 //! arguments and returns an [`crate::Error`] naming itself and the shapes involved.
 
+// Defined before the modules so every op file can use it.
+/// Run `$native` with `$F` bound to f32 or f64, `$half` for f16/bf16, and error on integers.
+macro_rules! float_dispatch {
+    ($op:expr, $dtype:expr, $F:ident => $native:expr, half => $half:expr) => {
+        match $dtype {
+            $crate::DType::F32 => {
+                type $F = f32;
+                $native
+            }
+            $crate::DType::F64 => {
+                type $F = f64;
+                $native
+            }
+            $crate::DType::F16 | $crate::DType::BF16 => $half,
+            dtype => Err($crate::Error::UnsupportedDType {
+                op: $op,
+                dtype,
+                expected: "a float dtype (f16, bf16, f32, f64)",
+            }),
+        }
+    };
+}
+
 pub mod binary;
 mod cast;
 pub mod conv;

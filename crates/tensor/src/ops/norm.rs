@@ -174,34 +174,13 @@ fn backward_impl<F: FloatDType>(
     ))
 }
 
-macro_rules! float_only {
-    ($op:expr, $dtype:expr, $F:ident => $native:expr, half => $half:expr) => {
-        match $dtype {
-            DType::F32 => {
-                type $F = f32;
-                $native
-            }
-            DType::F64 => {
-                type $F = f64;
-                $native
-            }
-            DType::F16 | DType::BF16 => $half,
-            dtype => Err(Error::UnsupportedDType {
-                op: $op,
-                dtype,
-                expected: "a float dtype (f16, bf16, f32, f64)",
-            }),
-        }
-    };
-}
-
 impl Tensor {
     /// Per-channel mean and biased variance of a `[N, C, ...]` tensor (over every dimension but
     /// dimension 1), each of shape `[C]`, as batch norm computes them in training mode.
     pub fn batch_norm_stats(&self) -> Result<(Tensor, Tensor)> {
         const OP: &str = "batch_norm_stats";
         let p = planes(OP, self)?;
-        float_only!(OP, self.dtype(), F => stats_impl::<F>(self, p), half => {
+        float_dispatch!(OP, self.dtype(), F => stats_impl::<F>(self, p), half => {
             let (m, v) = self.to_dtype(DType::F32)?.batch_norm_stats()?;
             Ok((m.to_dtype(self.dtype())?, v.to_dtype(self.dtype())?))
         })
@@ -214,7 +193,7 @@ impl Tensor {
         let (_, c, _) = planes(OP, self)?;
         check_channel_vec(OP, "scale", scale, c)?;
         check_channel_vec(OP, "shift", shift, c)?;
-        float_only!(OP, self.dtype(), F => affine_impl::<F>(self, scale, shift, c), half => self
+        float_dispatch!(OP, self.dtype(), F => affine_impl::<F>(self, scale, shift, c), half => self
             .to_dtype(DType::F32)?
             .channel_affine(&scale.to_dtype(DType::F32)?, &shift.to_dtype(DType::F32)?)?
             .to_dtype(self.dtype()))
@@ -244,7 +223,7 @@ impl Tensor {
             check_channel_vec(OP, "weight", w, p.1)?;
         }
         let dy = dy.to_dtype(x.dtype())?;
-        float_only!(OP, x.dtype(), F => backward_impl::<F>(x, &dy, mean, inv_std, weight, p), half => {
+        float_dispatch!(OP, x.dtype(), F => backward_impl::<F>(x, &dy, mean, inv_std, weight, p), half => {
             let f = |t: &Tensor| t.to_dtype(DType::F32);
             let w = weight.map(f).transpose()?;
             let (dx, dw, db) =

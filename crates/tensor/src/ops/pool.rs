@@ -17,28 +17,6 @@ use rayon::prelude::*;
 
 use crate::{DType, Error, FloatDType, Result, Shape, Tensor};
 
-/// Run `$native` with `$F` bound to f32 or f64, `$half` for f16/bf16, and error on integers.
-macro_rules! float_dispatch {
-    ($op:expr, $dtype:expr, $F:ident => $native:expr, half => $half:expr) => {
-        match $dtype {
-            DType::F32 => {
-                type $F = f32;
-                $native
-            }
-            DType::F64 => {
-                type $F = f64;
-                $native
-            }
-            DType::F16 | DType::BF16 => $half,
-            dtype => Err(Error::UnsupportedDType {
-                op: $op,
-                dtype,
-                expected: "a float dtype (f16, bf16, f32, f64)",
-            }),
-        }
-    };
-}
-
 /// Work (elements touched) above which planes are processed by several threads.
 const PARALLEL_WORK: usize = 1 << 15;
 
