@@ -144,3 +144,144 @@ fn mnist_through_the_pipeline_matches_the_normalised_dataset() {
         );
     }
 }
+
+fn message<T: std::fmt::Debug>(r: kiln_data::Result<T>) -> String {
+    r.expect_err("expected an error").to_string()
+}
+
+#[test]
+fn reads_gzip_and_plain_images_and_labels() {
+    let d = scratch("ok");
+    let pixels: Vec<u8> = (0..2 * 3 * 4).map(|i| i as u8 * 10).collect();
+    let img = idx(IMAGES_MAGIC, &[2, 3, 4], &pixels);
+    std::fs::write(d.join("a.gz"), gz(&img)).unwrap();
+    std::fs::write(d.join("a"), &img).unwrap();
+    for name in ["a.gz", "a"] {
+        let (px, dims) = load_idx_images(d.join(name)).unwrap();
+        assert_eq!(dims, [2, 3, 4]);
+        assert_eq!(px, pixels);
+    }
+    std::fs::write(d.join("l.gz"), gz(&idx(LABELS_MAGIC, &[3], &[7, 0, 9]))).unwrap();
+    assert_eq!(load_idx_labels(d.join("l.gz")).unwrap(), vec![7, 0, 9]);
+}
+
+#[test]
+fn loads_a_split_as_tensors() {
+    let d = scratch("split");
+    let img = idx(IMAGES_MAGIC, &[3, 2, 2], &[0, 255, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    std::fs::write(d.join("t10k-images-idx3-ubyte.gz"), gz(&img)).unwrap();
+    // Uncompressed labels are found too.
+    std::fs::write(
+        d.join("t10k-labels-idx1-ubyte"),
+        idx(LABELS_MAGIC, &[3], &[4, 1, 9]),
+    )
+    .unwrap();
+    let m = Mnist::load(&d, Split::Test).unwrap();
+    assert_eq!(m.len(), 3);
+    assert_eq!(m.images.dims(), &[3, 2, 2]);
+    assert_eq!(m.images.dtype(), kiln_tensor::DType::U8);
+    assert_eq!(m.labels.dtype(), kiln_tensor::DType::I64);
+    assert_eq!(m.labels.to_vec::<i64>().unwrap(), vec![4, 1, 9]);
+    let f = m.images_f32_flat().unwrap();
+    assert_eq!(f.dims(), &[3, 4]);
+    assert_eq!(f.to_vec::<f32>().unwrap()[..2], [0.0, 1.0]);
+    // The train split is absent: an error naming the file.
+    let e = message(Mnist::load(&d, Split::Train));
+    assert!(
+        e.contains("train-images-idx3-ubyte.gz") && e.contains("not found"),
+        "{e}"
+    );
+}
+
+#[test]
+fn count_mismatch_is_an_error() {
+    let d = scratch("mismatch");
+    let img = idx(IMAGES_MAGIC, &[2, 1, 1], &[1, 2]);
+    std::fs::write(d.join("train-images-idx3-ubyte.gz"), gz(&img)).unwrap();
+    std::fs::write(
+        d.join("train-labels-idx1-ubyte.gz"),
+        gz(&idx(LABELS_MAGIC, &[3], &[1, 2, 3])),
+    )
+    .unwrap();
+    let e = message(Mnist::load(&d, Split::Train));
+    assert!(e.contains("2 images") && e.contains("3 labels"), "{e}");
+}
+
+#[test]
+fn bad_files_are_errors_naming_the_file_and_the_problem() {
+    let d = scratch("bad");
+    let img = idx(IMAGES_MAGIC, &[2, 3, 4], &[0; 24]);
+    let lab = idx(LABELS_MAGIC, &[2], &[1, 2]);
+    let cases: Vec<(&str, Vec<u8>, bool, &str)> = vec![
+        // (file, bytes, read as images?, expected text)
+        ("labels-as-images.gz", gz(&lab), true, "IDX label file"),
+        ("images-as-labels.gz", gz(&img), false, "IDX image file"),
+        ("short-data.gz", gz(&img[..img.len() - 5]), true, "truncated"),
+        ("short-header", img[..10].to_vec(), true, "truncated header"),
+        ("tiny", vec![0, 0], true, "too short"),
+        ("empty", vec![], false, "too short"),
+        (
+            "trailing.gz",
+            gz(&[&img[..], &[1, 2, 3]].concat()),
+            true,
+            "3 unexpected bytes",
+        ),
+        (
+            "foreign.txt",
+            b"hello, world, not an idx file".to_vec(),
+            true,
+            "not an IDX file",
+        ),
+        (
+            "other-idx",
+            idx(0x0000_0D02, &[1, 1], &[0; 4]),
+            true,
+            "type 0x0d with 2 dimensions",
+        ),
+    ];
+    for (name, bytes, images, want) in cases {
+        let p = d.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        let e = if images {
+            message(load_idx_images(&p))
+        } else {
+            message(load_idx_labels(&p))
+        };
+        assert!(e.contains(name) && e.contains(want), "{name}: {e}");
+    }
+    // A gzip stream cut short.
+    let full = gz(&img);
+    let p = d.join("cut.gz");
+    std::fs::write(&p, &full[..full.len() / 2]).unwrap();
+    let e = message(load_idx_images(&p));
+    assert!(e.contains("cut.gz") && e.contains("gzip"), "{e}");
+    // A missing file.
+    let e = message(load_idx_labels(d.join("nope.gz")));
+    assert!(e.contains("nope.gz"), "{e}");
+}
+
+#[test]
+fn huge_announced_dimensions_do_not_allocate_or_panic() {
+    let d = scratch("huge");
+    let p = d.join("huge");
+    std::fs::write(&p, idx(IMAGES_MAGIC, &[u32::MAX, u32::MAX, u32::MAX], &[1, 2])).unwrap();
+    let e = message(load_idx_images(&p));
+    assert!(e.contains("huge"), "{e}");
+}
+
+/// The real test labels, when the repository's data/ folder is present.
+#[test]
+fn real_mnist_test_labels_if_present() {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist/t10k-labels-idx1-ubyte.gz");
+    if !p.exists() {
+        eprintln!("skipping: {} not present", p.display());
+        return;
+    }
+    let labels = load_idx_labels(&p).unwrap();
+    assert_eq!(labels.len(), 10_000);
+    assert_eq!(labels[0], 7);
+    assert!(labels.iter().all(|&l| l < 10));
+    let test = Mnist::load(p.parent().unwrap(), Split::Test).unwrap();
+    assert_eq!(test.images.dims(), &[10_000, 28, 28]);
+    assert_eq!(test.labels.to_vec::<i64>().unwrap()[..3], [7, 2, 1]);
+}
