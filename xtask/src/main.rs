@@ -10,6 +10,11 @@ mod train;
 
 use clap::{Parser, Subcommand};
 
+/// Training allocates and frees many multi-megabyte activation buffers per step; mimalloc reuses
+/// them where glibc's malloc returns them to the kernel and page-faults them back in.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// kiln's developer and user commands.
 #[derive(Parser)]
 #[command(

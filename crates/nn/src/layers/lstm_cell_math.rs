@@ -8,23 +8,62 @@ use kiln_tensor::{DType, FloatDType, Tensor};
 
 type TResult<T> = kiln_tensor::Result<T>;
 
-/// `σ(x)`, branching on the sign so `exp` never overflows.
-#[inline(always)]
-fn sigmoid<F: FloatDType>(x: F) -> F {
-    if x >= F::zero() {
-        F::one() / (F::one() + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (F::one() + e)
+/// The exponential the gate activations use: f64 calls libm; f32 uses a branch-free polynomial
+/// (below) that the compiler vectorises, since a scalar `expf` call per gate was the largest
+/// element-wise cost of LSTM training.
+pub(crate) trait GateFloat: FloatDType {
+    /// `e^x`, saturating to a large finite value above `x ≈ 88` (f32), which the activations below
+    /// turn into their exact limits.
+    fn gate_exp(self) -> Self;
+}
+
+impl GateFloat for f64 {
+    #[inline(always)]
+    fn gate_exp(self) -> f64 {
+        self.exp()
     }
 }
 
-/// `tanh(x) = 1 - 2 / (e^{2x} + 1)`: one `exp` instead of libm's slower `tanh`; exact limits ±1
-/// (an infinite `exp` gives 1), absolute error within a few ulps of 1.
+impl GateFloat for f32 {
+    /// Cody–Waite range reduction `x = n ln2 + r` (|r| ≤ ln2/2) and a degree-6 polynomial for
+    /// `e^r` (the Cephes `expf` coefficients), scaled by `2^n` through the exponent bits: within
+    /// 2 ulp of `expf` over `[-87.3, 88.3]`; below, it returns `2^-126`, above `2^127 · e^0.3`.
+    #[inline(always)]
+    fn gate_exp(self) -> f32 {
+        // 1.5 * 2^23: adding it rounds to the nearest integer and leaves that integer in the low
+        // mantissa bits.
+        const ROUND: f32 = 12_582_912.0;
+        const LN2_HI: f32 = 0.693_359_4; // 355 / 512 exactly
+        const LN2_LO: f32 = -2.121_944_4e-4;
+        let x = self.clamp(-87.3, 88.3);
+        let t = x * std::f32::consts::LOG2_E + ROUND;
+        let n = t - ROUND;
+        let r = x - n * LN2_HI - n * LN2_LO;
+        let mut p = 1.987_569_1e-4_f32;
+        p = p * r + 1.398_199_9e-3;
+        p = p * r + 8.333_452e-3;
+        p = p * r + 4.166_579_6e-2;
+        p = p * r + 1.666_666_5e-1;
+        p = p * r + 0.5;
+        let e = p * r * r + r + 1.0;
+        let n_int = t.to_bits() as i32 - ROUND.to_bits() as i32;
+        e * f32::from_bits(((n_int + 127) as u32) << 23)
+    }
+}
+
+/// `σ(x) = 1 / (1 + e^{-x})`; with the saturating exponential it reaches 0 and 1 exactly in the
+/// limits and never produces NaN for finite input.
 #[inline(always)]
-fn tanh<F: FloatDType>(x: F) -> F {
+fn sigmoid<F: GateFloat>(x: F) -> F {
+    F::one() / (F::one() + (-x).gate_exp())
+}
+
+/// `tanh(x) = 1 - 2 / (e^{2x} + 1)`: one exponential instead of libm's slower `tanh`; exact limits
+/// ±1, absolute error within a few ulps of 1.
+#[inline(always)]
+fn tanh<F: GateFloat>(x: F) -> F {
     let two = F::one() + F::one();
-    F::one() - two / ((two * x).exp() + F::one())
+    F::one() - two / ((two * x).gate_exp() + F::one())
 }
 
 /// Native dtype of the kernels: f32 and f64 as they are, anything else through f32.
@@ -56,7 +95,7 @@ pub(crate) fn forward(gates: &Tensor, c_prev: &Tensor) -> TResult<(Tensor, Tenso
     ))
 }
 
-fn forward_impl<F: FloatDType>(gates: &Tensor, c_prev: &Tensor) -> TResult<(Tensor, Tensor, Tensor, Tensor)> {
+fn forward_impl<F: GateFloat>(gates: &Tensor, c_prev: &Tensor) -> TResult<(Tensor, Tensor, Tensor, Tensor)> {
     let [b, h] = c_prev.dims2("lstm_cell")?;
     let gs = gates.contiguous_slice::<F>()?;
     let cs = c_prev.contiguous_slice::<F>()?;
@@ -66,22 +105,35 @@ fn forward_impl<F: FloatDType>(gates: &Tensor, c_prev: &Tensor) -> TResult<(Tens
         vec![F::zero(); b * h],
         vec![F::zero(); b * h],
     );
-    for r in 0..b {
-        let (g_row, a_row) = (
-            &gs[r * 4 * h..(r + 1) * 4 * h],
-            &mut act[r * 4 * h..(r + 1) * 4 * h],
-        );
-        for j in 0..h {
-            let i = sigmoid(g_row[j]);
-            let f = sigmoid(g_row[h + j]);
-            let g = tanh(g_row[2 * h + j]);
-            let o = sigmoid(g_row[3 * h + j]);
-            let c = f * cs[r * h + j] + i * g;
-            let tc = tanh(c);
-            (a_row[j], a_row[h + j], a_row[2 * h + j], a_row[3 * h + j]) = (i, f, g, o);
-            c_new[r * h + j] = c;
-            tanh_c[r * h + j] = tc;
-            h_new[r * h + j] = o * tc;
+    // Simple zipped passes (activations, then the cell update) so the compiler vectorises them.
+    for (g_row, a_row) in gs.chunks_exact(4 * h).zip(act.chunks_exact_mut(4 * h)) {
+        let (g_if, g_go) = g_row.split_at(2 * h);
+        let (a_if, a_go) = a_row.split_at_mut(2 * h);
+        a_if.iter_mut().zip(g_if).for_each(|(a, &x)| *a = sigmoid(x));
+        a_go[..h]
+            .iter_mut()
+            .zip(&g_go[..h])
+            .for_each(|(a, &x)| *a = tanh(x));
+        a_go[h..]
+            .iter_mut()
+            .zip(&g_go[h..])
+            .for_each(|(a, &x)| *a = sigmoid(x));
+    }
+    for (((a_row, c_row), cn_row), (tc_row, h_row)) in act
+        .chunks_exact(4 * h)
+        .zip(cs.chunks_exact(h))
+        .zip(c_new.chunks_exact_mut(h))
+        .zip(tanh_c.chunks_exact_mut(h).zip(h_new.chunks_exact_mut(h)))
+    {
+        let (i, rest) = a_row.split_at(h);
+        let (f, rest) = rest.split_at(h);
+        let (g, o) = rest.split_at(h);
+        for ((cn, &cp), ((&i, &f), &g)) in cn_row.iter_mut().zip(c_row).zip(i.iter().zip(f).zip(g)) {
+            *cn = f * cp + i * g;
+        }
+        for ((tc, hn), (&c, &o)) in tc_row.iter_mut().zip(h_row.iter_mut()).zip(cn_row.iter().zip(o)) {
+            *tc = tanh(c);
+            *hn = o * *tc;
         }
     }
     Ok((
@@ -148,4 +200,43 @@ fn backward_impl<F: FloatDType>(
         Tensor::from_vec(dgates, [b, 4 * h])?,
         Tensor::from_vec(dc_prev, [b, h])?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Distance in units in the last place between two positive finite f32s.
+    fn ulps(a: f32, b: f32) -> u32 {
+        (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs() as u32
+    }
+
+    #[test]
+    fn f32_gate_exp_is_within_two_ulp_of_libm() {
+        let mut worst = 0;
+        let mut x = -87.0f32;
+        while x <= 88.0 {
+            worst = worst.max(ulps(x.gate_exp(), (x as f64).exp() as f32));
+            x += 0.0137;
+        }
+        assert!(worst <= 2, "worst error {worst} ulp");
+        assert_eq!(0f32.gate_exp(), 1.0);
+    }
+
+    #[test]
+    fn activations_reach_their_limits_and_propagate_nan() {
+        for x in [-1e30f32, -500.0, -90.0] {
+            assert!((0.0..1e-37).contains(&sigmoid(x)), "{x}");
+            assert_eq!(tanh(x), -1.0);
+        }
+        for x in [90.0f32, 500.0, 1e30] {
+            assert_eq!(sigmoid(x), 1.0);
+            assert_eq!(tanh(x), 1.0);
+        }
+        assert!(sigmoid(f32::NAN).is_nan() && tanh(f32::NAN).is_nan());
+        for x in [-3.0f32, -0.5, 0.0, 0.25, 2.0] {
+            assert!((sigmoid(x) - 1.0 / (1.0 + (-x).exp())).abs() < 1e-7);
+            assert!((tanh(x) - x.tanh()).abs() < 2e-7, "{x}");
+        }
+    }
 }
