@@ -45,7 +45,18 @@ enum Command {
     Info,
 }
 
+/// `mi_option_purge_delay` in mimalloc 2's `mimalloc.h` (the Rust bindings name no constant for it).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Keep freed memory mapped: by default mimalloc returns it to the kernel after 10 ms, and a
+/// training step (hundreds of ms) then faults its activations back in as fresh zeroed pages.
+fn keep_freed_memory() {
+    // SAFETY: setting an option is a plain store into mimalloc's option table.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+}
+
 fn main() -> anyhow::Result<()> {
+    keep_freed_memory();
     let cli = Cli::parse();
     match cli.command {
         Command::Train(args) => train::train(*args),

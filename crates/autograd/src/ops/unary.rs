@@ -72,9 +72,9 @@ impl Var {
     /// `max(x, 0)` (gradient 0 at 0, as PyTorch).
     pub fn relu(&self) -> Result<Var> {
         let y = self.value().relu()?;
-        Ok(self.unary_with("relu", y, |x, _| {
-            x.cmp_scalar(0.0, kiln_tensor::ops::binary::CmpOp::Gt)?
-                .to_dtype(x.dtype())
+        let x = self.value().clone();
+        Ok(Var::from_op("relu", y, &[self], move |g| {
+            Ok(vec![Some(g.relu_backward(&x)?)])
         }))
     }
     /// The error function (derivative `2/√π · exp(-x²)`).

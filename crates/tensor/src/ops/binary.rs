@@ -141,6 +141,19 @@ pub(crate) fn zip_blocks<const N: usize>(
     }
 }
 
+/// Run `op` with the `match` hoisted out of the element loop, so the common ops get their own
+/// tight (vectorisable) loops instead of a branch per element.
+fn binary_kernel<T: WithDType>(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
+    let name = op.name();
+    match op {
+        BinaryOp::Add => broadcast_map::<T, T>(a, b, name, |x, y| x.add(y)),
+        BinaryOp::Sub => broadcast_map::<T, T>(a, b, name, |x, y| x.sub(y)),
+        BinaryOp::Mul => broadcast_map::<T, T>(a, b, name, |x, y| x.mul(y)),
+        BinaryOp::Div => broadcast_map::<T, T>(a, b, name, |x, y| x.div(y)),
+        _ => broadcast_map::<T, T>(a, b, name, |x, y| op.eval(x, y)),
+    }
+}
+
 /// Broadcast `a` and `b` and apply `f` element-wise, producing a contiguous tensor.
 fn broadcast_map<T: WithDType, U: WithDType>(
     a: &Tensor,
@@ -199,10 +212,17 @@ impl Tensor {
                 .to_dtype(DType::F32)?
                 .binary(&rhs.to_dtype(DType::F32)?, op)?
                 .to_dtype(self.dtype()),
-            dtype => {
-                crate::with_dtype!(dtype, T => broadcast_map::<T, T>(self, rhs, op.name(), |a, b| op.eval(a, b)))
-            }
+            dtype => crate::with_dtype!(dtype, T => binary_kernel::<T>(self, rhs, op)),
         }
+    }
+
+    /// The ReLU backward pass (`torch.ops.aten.threshold_backward` at 0): `self` (the gradient)
+    /// where `input > 0`, else 0, in one pass. Same dtype for both; broadcasting as in [`Tensor::binary`].
+    pub fn relu_backward(&self, input: &Tensor) -> Result<Tensor> {
+        self.check_same_dtype(input, "relu_backward")?;
+        crate::with_dtype!(self.dtype(), T => broadcast_map::<T, T>(self, input, "relu_backward", |g, x| {
+            if x > T::ZERO { g } else { T::ZERO }
+        }))
     }
     /// `self + rhs` with broadcasting.
     pub fn add(&self, rhs: &Tensor) -> Result<Tensor> {
@@ -376,5 +396,20 @@ mod tests {
             m.where_cond(&a, &b).unwrap().to_vec::<i64>().unwrap(),
             vec![1, 0, 3, 4, 0, 6]
         );
+    }
+
+    #[test]
+    fn relu_backward_passes_the_gradient_where_the_input_is_positive() {
+        let g = Tensor::from_vec(vec![1f32, 2., 3., 4., 5.], [5]).unwrap();
+        let x = Tensor::from_vec(vec![-1f32, 0., 0.5, f32::NAN, 7.], [5]).unwrap();
+        assert_eq!(
+            g.relu_backward(&x).unwrap().to_vec::<f32>().unwrap(),
+            vec![0., 0., 3., 0., 5.]
+        );
+        let x64 = x.to_dtype(DType::F64).unwrap();
+        assert!(matches!(
+            g.relu_backward(&x64).unwrap_err(),
+            Error::DTypeMismatch { .. }
+        ));
     }
 }

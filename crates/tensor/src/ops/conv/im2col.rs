@@ -53,6 +53,21 @@ impl Tap {
     }
 }
 
+/// The kernel taps of a geometry in row order `(0, 0), (0, 1), ..` (one im2col row each), computed
+/// once per convolution rather than once per channel and image.
+pub(super) struct Taps(Vec<Option<Tap>>);
+
+impl Taps {
+    /// The taps of `g`.
+    pub(super) fn new(g: &Geom) -> Taps {
+        Taps(
+            (0..g.kh)
+                .flat_map(|ki| (0..g.kw).map(move |kj| Tap::new(g, ki, kj)))
+                .collect(),
+        )
+    }
+}
+
 /// Unit strides and `ow == w`: output row `oy + 1` starts exactly one input row after output row
 /// `oy`, so a tap's valid window is one contiguous run of both the row and the plane.
 fn rows_are_contiguous(g: &Geom) -> bool {
@@ -77,19 +92,19 @@ fn zero_wraparounds<T: GemmDType>(row: &mut [T], g: &Geom, t: &Tap) {
 
 /// Unfold the channels of one image into rows of its im2col matrix: `col` holds, for each channel
 /// of `img` (`img.len() / (h * w)` of them), `kh * kw` rows of `oh * ow` elements.
-pub(super) fn im2col<T: GemmDType>(img: &[T], col: &mut [T], g: &Geom) {
+pub(super) fn im2col<T: GemmDType>(img: &[T], col: &mut [T], g: &Geom, taps: &Taps) {
     let (p, hw) = (g.p(), g.h * g.w);
     let rows_per_channel = g.kh * g.kw * p;
     for (plane, rows) in img.chunks_exact(hw).zip(col.chunks_exact_mut(rows_per_channel)) {
-        im2col_channel(plane, rows, g);
+        im2col_channel(plane, rows, g, taps);
     }
 }
 
 /// [`im2col`] of a single channel: `plane` `[h, w]` into `rows` `[kh * kw, oh * ow]`.
-pub(super) fn im2col_channel<T: GemmDType>(plane: &[T], rows: &mut [T], g: &Geom) {
+pub(super) fn im2col_channel<T: GemmDType>(plane: &[T], rows: &mut [T], g: &Geom, taps: &Taps) {
     let contiguous = rows_are_contiguous(g);
-    for (row, tap) in rows.chunks_exact_mut(g.p()).zip(taps(g)) {
-        let Some(t) = tap else {
+    for (row, tap) in rows.chunks_exact_mut(g.p()).zip(&taps.0) {
+        let Some(t) = *tap else {
             row.fill(T::ZERO);
             continue;
         };
@@ -103,11 +118,6 @@ pub(super) fn im2col_channel<T: GemmDType>(plane: &[T], rows: &mut [T], g: &Geom
             im2col_tap_rowwise(plane, row, g, &t);
         }
     }
-}
-
-/// The kernel taps in row order `(0, 0), (0, 1), ..`: one im2col row each.
-fn taps(g: &Geom) -> impl Iterator<Item = Option<Tap>> + '_ {
-    (0..g.kh).flat_map(move |ki| (0..g.kw).map(move |kj| Tap::new(g, ki, kj)))
 }
 
 /// One tap's row, output row by output row (any strides and widths).
@@ -132,10 +142,10 @@ fn im2col_tap_rowwise<T: GemmDType>(plane: &[T], row: &mut [T], g: &Geom, t: &Ta
 
 /// The adjoint of [`im2col_channel`]: scatter-add the rows of one channel back into its plane.
 /// `rows` is scratch: the contiguous path zeroes its wrap-around elements before adding whole runs.
-pub(super) fn col2im_channel<T: GemmDType>(rows: &mut [T], plane: &mut [T], g: &Geom) {
+pub(super) fn col2im_channel<T: GemmDType>(rows: &mut [T], plane: &mut [T], g: &Geom, taps: &Taps) {
     let contiguous = rows_are_contiguous(g);
-    for (row, tap) in rows.chunks_exact_mut(g.p()).zip(taps(g)) {
-        let Some(t) = tap else { continue };
+    for (row, tap) in rows.chunks_exact_mut(g.p()).zip(&taps.0) {
+        let Some(t) = *tap else { continue };
         if contiguous {
             let (first, last, src) = contiguous_run(g, &t);
             zero_wraparounds(row, g, &t);
@@ -241,10 +251,11 @@ mod tests {
             let plane: Vec<f64> = (0..h * w).map(|_| rng.next_normal()).collect();
             let r: Vec<f64> = (0..g.kh * g.kw * g.p()).map(|_| rng.next_normal()).collect();
             let mut rows = vec![f64::NAN; r.len()];
-            im2col_channel(&plane, &mut rows, &g);
+            let taps = Taps::new(&g);
+            im2col_channel(&plane, &mut rows, &g, &taps);
             prop_assert_eq!(&rows, &im2col_by_definition(&plane, &g));
             let mut back = vec![0.0; h * w];
-            col2im_channel(&mut r.clone(), &mut back, &g);
+            col2im_channel(&mut r.clone(), &mut back, &g, &taps);
             let lhs: f64 = rows.iter().zip(&r).map(|(a, b)| a * b).sum();
             let rhs: f64 = plane.iter().zip(&back).map(|(a, b)| a * b).sum();
             prop_assert!((lhs - rhs).abs() <= 1e-9 * (1.0 + lhs.abs()), "{} vs {}", lhs, rhs);

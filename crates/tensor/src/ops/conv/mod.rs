@@ -20,7 +20,7 @@ use rayon::prelude::*;
 
 mod im2col;
 
-use im2col::{col2im_channel, im2col, im2col_channel};
+use im2col::{col2im_channel, im2col, im2col_channel, Taps};
 
 use super::{gemm_into, GemmDType, MatRef};
 use crate::{DType, Error, Result, Shape, Tensor};
@@ -533,6 +533,7 @@ fn for_each_image<T: GemmDType>(
 
 /// Forward convolution: `x` `[n, c, h, w]`, `w` `[co, c/g, kh, kw]`, optional bias `[co]`.
 fn im2col_gemm<T: GemmDType>(x: &[T], w: &[T], bias: Option<&[T]>, g: &Geom) -> Vec<T> {
+    let taps = Taps::new(g);
     let (p, k, cog, cig) = (g.p(), g.k(), g.cog(), g.cig());
     let mut out = vec![T::ZERO; g.n * g.cols_len()];
     let pointwise = g.is_pointwise();
@@ -556,9 +557,9 @@ fn im2col_gemm<T: GemmDType>(x: &[T], w: &[T], bias: Option<&[T]>, g: &Geom) -> 
                 if threaded && col.len() >= PARALLEL_ELEMS {
                     img.par_chunks_exact(g.h * g.w)
                         .zip(col.par_chunks_exact_mut(per_channel))
-                        .for_each(|(plane, rows)| im2col_channel(plane, rows, g));
+                        .for_each(|(plane, rows)| im2col_channel(plane, rows, g, &taps));
                 } else {
-                    im2col(img, col, g);
+                    im2col(img, col, g, &taps);
                 }
                 (&*col, 0)
             };
@@ -592,6 +593,7 @@ fn im2col_gemm<T: GemmDType>(x: &[T], w: &[T], bias: Option<&[T]>, g: &Geom) -> 
 /// Adjoint of the forward convolution with respect to its input: `cols` `[n, co, oh, ow]`, `w`
 /// `[co, c/g, kh, kw]`, optional bias `[c]` added to the result `[n, c, h, w]`.
 fn gemm_col2im<T: GemmDType>(cols: &[T], w: &[T], bias: Option<&[T]>, g: &Geom) -> Vec<T> {
+    let taps = Taps::new(g);
     let (p, k, cog, cig, hw) = (g.p(), g.k(), g.cog(), g.cig(), g.h * g.w);
     let mut out = vec![T::ZERO; g.n * g.image_len()];
     let pointwise = g.is_pointwise();
@@ -640,10 +642,10 @@ fn gemm_col2im<T: GemmDType>(cols: &[T], w: &[T], bias: Option<&[T]>, g: &Geom) 
                 if threaded && col.len() >= PARALLEL_ELEMS {
                     col.par_chunks_exact_mut(per_channel)
                         .zip(img.par_chunks_exact_mut(hw))
-                        .for_each(|(rows, plane)| col2im_channel(rows, plane, g));
+                        .for_each(|(rows, plane)| col2im_channel(rows, plane, g, &taps));
                 } else {
                     for (rows, plane) in col.chunks_exact_mut(per_channel).zip(img.chunks_exact_mut(hw)) {
-                        col2im_channel(rows, plane, g);
+                        col2im_channel(rows, plane, g, &taps);
                     }
                 }
             }
@@ -655,6 +657,7 @@ fn gemm_col2im<T: GemmDType>(cols: &[T], w: &[T], bias: Option<&[T]>, g: &Geom) 
 /// Adjoint of the forward convolution with respect to its weight: `x` `[n, c, h, w]`, `cols`
 /// `[n, co, oh, ow]` -> `[co, c/g, kh, kw]`, summed over the batch.
 fn grad_weight<T: GemmDType>(x: &[T], cols: &[T], g: &Geom) -> Vec<T> {
+    let taps = Taps::new(g);
     let (p, k, cog, cig) = (g.p(), g.k(), g.cog(), g.cig());
     let wlen = g.co * k;
     let pointwise = g.is_pointwise();
@@ -666,7 +669,7 @@ fn grad_weight<T: GemmDType>(x: &[T], cols: &[T], g: &Geom) -> Vec<T> {
             let (rhs, rhs_base): (&[T], usize) = if pointwise {
                 (x, i * g.image_len())
             } else {
-                im2col(img, &mut col, g);
+                im2col(img, &mut col, g, &taps);
                 (&col, 0)
             };
             for grp in 0..g.groups {
