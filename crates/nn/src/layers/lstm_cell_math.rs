@@ -27,7 +27,7 @@ impl GateFloat for f64 {
 impl GateFloat for f32 {
     /// Cody–Waite range reduction `x = n ln2 + r` (|r| ≤ ln2/2) and a degree-6 polynomial for
     /// `e^r` (the Cephes `expf` coefficients), scaled by `2^n` through the exponent bits: within
-    /// 2 ulp of `expf` over `[-87.3, 88.3]`; below, it returns `2^-126`, above `2^127 · e^0.3`.
+    /// 2 ulp of `expf` over `[-87.3, 88.3]`, and `e^-87.3` / `e^88.3` (both finite) outside it.
     #[inline(always)]
     fn gate_exp(self) -> f32 {
         // 1.5 * 2^23: adding it rounds to the nearest integer and leaves that integer in the low
@@ -51,8 +51,8 @@ impl GateFloat for f32 {
     }
 }
 
-/// `σ(x) = 1 / (1 + e^{-x})`; with the saturating exponential it reaches 0 and 1 exactly in the
-/// limits and never produces NaN for finite input.
+/// `σ(x) = 1 / (1 + e^{-x})`; with the saturating exponential it is exactly 1 for large `x`, below
+/// 1e-37 for very negative `x`, and never NaN for finite input.
 #[inline(always)]
 fn sigmoid<F: GateFloat>(x: F) -> F {
     F::one() / (F::one() + (-x).gate_exp())
