@@ -23,6 +23,7 @@ pub use kiln_zoo as zoo;
 
 /// The model plugin crates.
 pub mod model_crates {
+    pub use kiln_gpt as gpt;
     pub use kiln_lenet as lenet;
     pub use kiln_lstm as lstm;
     pub use kiln_resnet as resnet;
@@ -36,6 +37,7 @@ pub const CRATES: &[&str] = &[
     "kiln-optim",
     "kiln-data",
     "kiln-zoo",
+    "kiln-gpt",
     "kiln-lenet",
     "kiln-lstm",
     "kiln-resnet",
@@ -44,6 +46,7 @@ pub const CRATES: &[&str] = &[
 /// Reference one item of every model crate so the linker keeps their `inventory` registrations
 /// (a plugin in a crate nothing references is silently dropped).
 fn link_model_crates() {
+    std::hint::black_box(kiln_gpt::Gpt::new as fn(_, _, _) -> _);
     std::hint::black_box(kiln_lenet::LeNet5::new as fn(_, _) -> _);
     std::hint::black_box(kiln_lstm::LstmLm::new as fn(_, _) -> _);
     std::hint::black_box(kiln_resnet::ResNet::<kiln_resnet::BasicBlock>::new as fn(_, _, _, _) -> _);

@@ -6,6 +6,7 @@ use kiln::zoo::{Batch, Task};
 
 /// The models each plugin crate registers. A new model crate adds its names here.
 const EXPECTED: &[(&str, &[&str])] = &[
+    ("kiln-gpt", &["gpt2", "gpt2-medium", "gpt-tiny"]),
     ("kiln-lenet", &["lenet5", "mnist-cnn"]),
     ("kiln-lstm", &["lstm-lm", "lstm-classifier", "textgenrnn"]),
     (
@@ -88,4 +89,7 @@ fn parameter_counts_match_the_architectures() {
     };
     assert_eq!(count("lenet5"), 61_706);
     assert_eq!(count("mnist-cnn"), 93_322);
+    // GPT2LMHeadModel's count (the head is tied to wte); nanoGPT's 0.80M plus 8192 positions.
+    assert_eq!(count("gpt2"), 124_439_808);
+    assert_eq!(count("gpt-tiny"), 809_856);
 }

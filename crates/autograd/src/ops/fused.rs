@@ -41,6 +41,17 @@ impl Var {
         }))
     }
 
+    /// Causal multi-head self-attention over packed projections `[B, T, 3D]` (queries, keys,
+    /// values; see [`Tensor::causal_attention`]) in one node: returns `[B, T, D]`. The
+    /// probabilities are kept for the backward pass (`B·H·T²` values).
+    pub fn causal_self_attention(&self, num_heads: usize) -> Result<Var> {
+        let (out, probs) = self.value().causal_attention(num_heads)?;
+        let qkv = self.value().clone();
+        Ok(Var::from_op("causal_self_attention", out, &[self], move |g| {
+            Ok(vec![Some(qkv.causal_attention_backward(&probs, g, num_heads)?)])
+        }))
+    }
+
     /// Layer normalisation over the last dimension with an affine `weight` and `bias` (shape `[D]`),
     /// as `torch.nn.functional.layer_norm(x, (D,), weight, bias, eps)`.
     pub fn layer_norm(&self, weight: &Var, bias: &Var, eps: f64) -> Result<Var> {

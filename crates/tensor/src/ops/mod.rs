@@ -24,6 +24,7 @@ macro_rules! float_dispatch {
     };
 }
 
+pub mod attention;
 pub mod binary;
 mod cast;
 pub mod conv;
@@ -32,6 +33,7 @@ mod index;
 mod matmul;
 mod norm;
 pub mod pool;
+pub mod rowwise;
 mod reduce;
 mod shape_ops;
 pub mod unary;

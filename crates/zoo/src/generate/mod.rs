@@ -11,7 +11,13 @@
 //! - [`Sampler`]: the next-token rule (a softmax in f64, then top-k, then top-p, then one seeded
 //!   ChaCha draw from [`kiln_tensor::TensorRng`]);
 //! - [`generate`]: a streaming [`Generator`] (an iterator of token ids), and [`generate_all`] to
-//!   collect it.
+//!   collect it;
+//! - [`BatchDecoder`]: several independent sequences advanced by one forward pass, joining and
+//!   leaving between steps; every model gets a one-after-another [`SerialDecoder`] for free and
+//!   batching models (GPT) override [`CausalLm::batch_decoder`]. [`BatchGenerator`] runs many
+//!   requests (each with its own prompt and parameters, `n` samples each) on top of it;
+//! - [`StopStrings`] and [`TextStream`]: stop strings matched on the decoded text across token
+//!   boundaries and never emitted.
 //!
 //! ```
 //! use kiln_zoo::generate::{generate_all, CausalLm, DecodeState, SamplingParams};
@@ -35,13 +41,17 @@
 //! # Ok::<(), kiln_zoo::Error>(())
 //! ```
 
+mod batch;
 mod params;
 mod sampler;
+mod stop;
 mod stream;
 
-pub use params::SamplingParams;
-pub use sampler::{next_token_distribution, Sampler};
-pub use stream::{generate, generate_all, Generator};
+pub use batch::{BatchDecoder, BatchGenerator, GenerationEvent, RequestId, SeqId, SerialDecoder};
+pub use params::{SamplingParams, MAX_LOGPROBS};
+pub use sampler::{apply_penalties, logprobs, next_token_distribution, Sampled, Sampler, TokenHistory};
+pub use stop::{Detokenizer, StopStrings, TextStream};
+pub use stream::{check_prompt, generate, generate_all, Generator};
 
 use crate::Result;
 
@@ -53,6 +63,16 @@ pub trait CausalLm: Send + Sync {
     /// A fresh decoding state (recurrent `h`/`c`, a KV cache, a token window...), before any
     /// token.
     fn start(&self) -> Result<Box<dyn DecodeState + '_>>;
+    /// The most tokens (prompt and output) one sequence can hold, when the model has a limit (a
+    /// transformer's context); `None` for recurrent models.
+    fn context_len(&self) -> Option<usize> {
+        None
+    }
+    /// A decoder that advances many sequences at once. The default runs them one after another
+    /// through [`CausalLm::start`] states; models with a batched forward pass override it.
+    fn batch_decoder(&self) -> Result<Box<dyn BatchDecoder + '_>> {
+        Ok(Box::new(SerialDecoder::new(self)))
+    }
 }
 
 /// The incremental state of one generation.

@@ -8,12 +8,18 @@ use crate::{Error, Result};
 ///
 /// The next token is drawn from `softmax(logits / temperature)` restricted to the `top_k` most
 /// likely tokens, then to the smallest set of those whose (renormalised) probability mass reaches
-/// `top_p`. `temperature` 0 means greedy decoding (the arg-max, lowest id on ties; no random draw),
-/// as in the OpenAI API.
+/// `top_p`, then to the tokens at least `min_p` times as likely as the most likely one.
+/// `temperature` 0 means greedy decoding (the arg-max, lowest id on ties; no random draw), as in
+/// the OpenAI API. Before that, penalties reshape the logits: `repetition_penalty` (the CTRL /
+/// Hugging Face rule: a positive logit of a token already in the prompt or output is divided by
+/// it, a negative one multiplied) and the OpenAI `presence_penalty` / `frequency_penalty`
+/// (subtracted once per generated token kind / per occurrence). Field names follow the OpenAI API
+/// where it has one (`max_tokens` is accepted for `max_new_tokens`), vLLM's otherwise.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SamplingParams {
     /// The most tokens to generate (after the prompt). Default 64.
+    #[serde(alias = "max_tokens")]
     pub max_new_tokens: usize,
     /// Softmax temperature, `>= 0` and finite; 0 = greedy. Default 1.
     pub temperature: f64,
@@ -27,7 +33,29 @@ pub struct SamplingParams {
     pub seed: u64,
     /// Generation ends right after one of these tokens is emitted (the stop token itself is
     /// yielded). Default none.
+    #[serde(alias = "stop_token_ids")]
     pub stop_tokens: Vec<u32>,
+    /// Keep only tokens whose probability is at least `min_p` times the largest, in `[0, 1]`;
+    /// 0 keeps all. Default 0.
+    pub min_p: f64,
+    /// Divide positive logits (multiply negative ones) of tokens already in the prompt or the
+    /// output by this, `> 0`; 1 is off, above 1 discourages repetition. Default 1.
+    pub repetition_penalty: f64,
+    /// Subtracted from the logit of every token generated at least once, in `[-2, 2]`. Default 0.
+    pub presence_penalty: f64,
+    /// Subtracted from the logit of a token once per time it was generated, in `[-2, 2]`.
+    /// Default 0.
+    pub frequency_penalty: f64,
+    /// Text that ends generation when the output contains it (matched across token boundaries;
+    /// the stop string and what follows are not returned). Needs a tokenizer. Default none.
+    pub stop: Vec<String>,
+    /// Also return the log-probability of each chosen token and of the `logprobs` most likely
+    /// alternatives (from the model's logits, before penalties and temperature, as vLLM), at most
+    /// 20. Default none.
+    pub logprobs: Option<usize>,
+    /// Independent samples from the prompt (sample `i` draws from seed `seed + i`), at least 1.
+    /// Default 1.
+    pub n: usize,
 }
 
 impl Default for SamplingParams {
@@ -39,9 +67,19 @@ impl Default for SamplingParams {
             top_p: 1.0,
             seed: 0,
             stop_tokens: Vec::new(),
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            stop: Vec::new(),
+            logprobs: None,
+            n: 1,
         }
     }
 }
+
+/// The most alternatives `logprobs` may ask for (as the OpenAI API).
+pub const MAX_LOGPROBS: usize = 20;
 
 impl SamplingParams {
     /// Greedy decoding of up to `max_new_tokens` tokens.
@@ -72,6 +110,34 @@ impl SamplingParams {
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return bad(format!("top_p must be in (0, 1], got {}", self.top_p));
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return bad(format!("min_p must be in [0, 1], got {}", self.min_p));
+        }
+        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
+            return bad(format!(
+                "repetition_penalty must be a finite number > 0 (1 = off), got {}",
+                self.repetition_penalty
+            ));
+        }
+        for (name, v) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if !(-2.0..=2.0).contains(&v) {
+                return bad(format!("{name} must be in [-2, 2], got {v}"));
+            }
+        }
+        if self.stop.iter().any(|s| s.is_empty()) {
+            return bad("a stop string is empty; every stop string needs at least one character".into());
+        }
+        if let Some(k) = self.logprobs {
+            if k > MAX_LOGPROBS {
+                return bad(format!("logprobs must be at most {MAX_LOGPROBS}, got {k}"));
+            }
+        }
+        if self.n == 0 {
+            return bad("n (the number of samples) must be at least 1, got 0".into());
         }
         Ok(())
     }
@@ -128,6 +194,21 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("stop token 9") && e.contains('5'), "{e}");
+        let base = SamplingParams::default();
+        for (p, field) in [
+            (SamplingParams { min_p: 1.5, ..base.clone() }, "min_p"),
+            (SamplingParams { min_p: -0.1, ..base.clone() }, "min_p"),
+            (SamplingParams { repetition_penalty: -1.0, ..base.clone() }, "repetition_penalty"),
+            (SamplingParams { repetition_penalty: 0.0, ..base.clone() }, "repetition_penalty"),
+            (SamplingParams { presence_penalty: 2.5, ..base.clone() }, "presence_penalty"),
+            (SamplingParams { frequency_penalty: -3.0, ..base.clone() }, "frequency_penalty"),
+            (SamplingParams { stop: vec!["ok".into(), String::new()], ..base.clone() }, "stop string"),
+            (SamplingParams { logprobs: Some(21), ..base.clone() }, "logprobs"),
+            (SamplingParams { n: 0, ..base.clone() }, "n (the number"),
+        ] {
+            let e = err(p);
+            assert!(e.contains(field), "{field}: {e}");
+        }
     }
 
     #[test]
@@ -142,5 +223,9 @@ mod tests {
             }
         );
         assert!(serde_json::from_str::<SamplingParams>(r#"{"top_q": 1}"#).is_err());
+        // OpenAI's names.
+        let p: SamplingParams =
+            serde_json::from_str(r#"{"max_tokens": 7, "stop": ["\n\n"], "presence_penalty": 0.5, "n": 2}"#).unwrap();
+        assert_eq!((p.max_new_tokens, p.stop.len(), p.presence_penalty, p.n), (7, 1, 0.5, 2));
     }
 }

@@ -1,4 +1,7 @@
-//! The next-token rule: temperature softmax in f64, top-k, top-p, one seeded draw.
+//! The next-token rule: penalties, temperature softmax in f64, top-k, top-p, min-p, one seeded
+//! draw; and the log-probabilities reported with each token.
+
+use std::collections::{HashMap, HashSet};
 
 use kiln_tensor::TensorRng;
 
@@ -10,13 +13,15 @@ use crate::{Error, Result};
 ///
 /// `temperature` 0 gives the single arg-max. Otherwise the probabilities are
 /// `softmax(logits / temperature)` computed in f64; `top_k` keeps the `k` most likely; then, of
-/// those (renormalised), `top_p` keeps the smallest prefix whose mass is at least `top_p`.
+/// those (renormalised), `top_p` keeps the smallest prefix whose mass is at least `top_p`; then
+/// `min_p` keeps the tokens at least `min_p` times as likely as the first.
 /// Logits may hold `-inf` (a forbidden token) but not NaN or `+inf`, and not only `-inf`.
 pub fn next_token_distribution(
     logits: &[f32],
     temperature: f64,
     top_k: Option<usize>,
     top_p: f64,
+    min_p: f64,
 ) -> Result<Vec<(u32, f64)>> {
     if logits.is_empty() {
         return Err(Error::Generation("the model returned no logits".into()));
@@ -67,7 +72,90 @@ pub fn next_token_distribution(
         probs.truncate(keep.max(1));
         normalise(&mut probs);
     }
+    if min_p > 0.0 {
+        let floor = probs[0].1 * min_p;
+        let keep = probs.iter().take_while(|&&(_, p)| p >= floor).count();
+        probs.truncate(keep.max(1));
+        normalise(&mut probs);
+    }
     Ok(probs)
+}
+
+/// The tokens a sequence has seen, for the penalties: every prompt and output token, and how
+/// often each was generated.
+#[derive(Clone, Debug, Default)]
+pub struct TokenHistory {
+    seen: HashSet<u32>,
+    generated: HashMap<u32, u32>,
+}
+
+impl TokenHistory {
+    /// A history that has seen the prompt.
+    pub fn new(prompt: &[u32]) -> TokenHistory {
+        TokenHistory {
+            seen: prompt.iter().copied().collect(),
+            generated: HashMap::new(),
+        }
+    }
+
+    /// Record a generated token.
+    pub fn push(&mut self, id: u32) {
+        self.seen.insert(id);
+        *self.generated.entry(id).or_insert(0) += 1;
+    }
+}
+
+/// Apply `repetition_penalty`, `presence_penalty` and `frequency_penalty` to `logits` in place
+/// (see [`SamplingParams`]); tokens the history has not seen are untouched.
+pub fn apply_penalties(logits: &mut [f32], params: &SamplingParams, history: &TokenHistory) {
+    let rep = params.repetition_penalty;
+    if rep != 1.0 {
+        for &id in &history.seen {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l = if *l > 0.0 { (*l as f64 / rep) as f32 } else { (*l as f64 * rep) as f32 };
+            }
+        }
+    }
+    let (presence, frequency) = (params.presence_penalty, params.frequency_penalty);
+    if presence != 0.0 || frequency != 0.0 {
+        for (&id, &count) in &history.generated {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l = (*l as f64 - presence - frequency * count as f64) as f32;
+            }
+        }
+    }
+}
+
+/// The log-softmax of `logits` (f64) at `id`, and the `k` most likely tokens with theirs (ties:
+/// lower id first).
+pub fn logprobs(logits: &[f32], id: u32, k: usize) -> (f64, Vec<(u32, f64)>) {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let log_z = max + logits.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+    let lp = |i: u32| logits[i as usize] as f64 - log_z;
+    let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+    let k = k.min(order.len());
+    if k > 0 {
+        order.select_nth_unstable_by(k - 1, |&a, &b| {
+            logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b))
+        });
+        order.truncate(k);
+        order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+    } else {
+        order.clear();
+    }
+    (lp(id), order.into_iter().map(|i| (i, lp(i))).collect())
+}
+
+/// One chosen token, with its log-probability and the most likely alternatives when
+/// [`SamplingParams::logprobs`] asks for them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sampled {
+    /// The token.
+    pub id: u32,
+    /// Its log-probability under the model (before penalties and temperature).
+    pub logprob: Option<f64>,
+    /// The `logprobs` most likely tokens and their log-probabilities, most likely first.
+    pub top_logprobs: Vec<(u32, f64)>,
 }
 
 fn normalise(probs: &mut [(u32, f64)]) {
@@ -100,10 +188,36 @@ impl Sampler {
         &self.params
     }
 
-    /// The next token for these logits.
+    /// The next token for these logits, with the penalties of `history` and the log-probabilities
+    /// the parameters ask for.
+    pub fn sample_with(&mut self, logits: &[f32], history: &TokenHistory) -> Result<Sampled> {
+        let p = &self.params;
+        let penalised = p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0;
+        let id = if penalised {
+            let mut l = logits.to_vec();
+            apply_penalties(&mut l, p, history);
+            self.sample(&l)?
+        } else {
+            self.sample(logits)?
+        };
+        let (logprob, top_logprobs) = match self.params.logprobs {
+            Some(k) => {
+                let (lp, top) = logprobs(logits, id, k);
+                (Some(lp), top)
+            }
+            None => (None, Vec::new()),
+        };
+        Ok(Sampled {
+            id,
+            logprob,
+            top_logprobs,
+        })
+    }
+
+    /// The next token for these logits (no penalties).
     pub fn sample(&mut self, logits: &[f32]) -> Result<u32> {
         let p = &self.params;
-        let dist = next_token_distribution(logits, p.temperature, p.top_k, p.top_p)?;
+        let dist = next_token_distribution(logits, p.temperature, p.top_k, p.top_p, p.min_p)?;
         if let [(only, _)] = dist[..] {
             if p.is_greedy() {
                 return Ok(only);
@@ -136,14 +250,14 @@ mod tests {
 
     #[test]
     fn greedy_is_the_first_argmax() {
-        let d = next_token_distribution(&[0.0, 2.0, -1.0, 2.0], 0.0, None, 1.0).unwrap();
+        let d = next_token_distribution(&[0.0, 2.0, -1.0, 2.0], 0.0, None, 1.0, 0.0).unwrap();
         assert_eq!(d, vec![(1, 1.0)]);
     }
 
     #[test]
     fn temperature_softmax_in_f64() {
         let logits = [1.0f32, 2.0, 3.0];
-        let d = next_token_distribution(&logits, 2.0, None, 1.0).unwrap();
+        let d = next_token_distribution(&logits, 2.0, None, 1.0, 0.0).unwrap();
         let e: Vec<f64> = [0.5f64, 1.0, 1.5].iter().map(|v| v.exp()).collect();
         let s: f64 = e.iter().sum();
         assert_eq!(ids(&d), [2, 1, 0]);
@@ -155,19 +269,60 @@ mod tests {
     #[test]
     fn top_k_then_top_p_keep_the_smallest_set_reaching_p() {
         let logits = ln(&[0.1, 0.4, 0.2, 0.3]);
-        let d = next_token_distribution(&logits, 1.0, Some(3), 1.0).unwrap();
+        let d = next_token_distribution(&logits, 1.0, Some(3), 1.0, 0.0).unwrap();
         assert_eq!(ids(&d), [1, 3, 2]);
         assert!((d[0].1 - 4.0 / 9.0).abs() < 1e-6);
         // Mass 0.4 < 0.6 <= 0.7: tokens 1 and 3.
-        let d = next_token_distribution(&logits, 1.0, None, 0.6).unwrap();
+        let d = next_token_distribution(&logits, 1.0, None, 0.6, 0.0).unwrap();
         assert_eq!(ids(&d), [1, 3]);
         assert!((d[0].1 - 4.0 / 7.0).abs() < 1e-6 && (d[1].1 - 3.0 / 7.0).abs() < 1e-6);
         // top-p applies to the top-k renormalised mass: of {0.4, 0.3, 0.2}/0.9, 0.4/0.9 < 0.5.
-        let d = next_token_distribution(&logits, 1.0, Some(3), 0.5).unwrap();
+        let d = next_token_distribution(&logits, 1.0, Some(3), 0.5, 0.0).unwrap();
         assert_eq!(ids(&d), [1, 3]);
         // A tiny p keeps the most likely token only.
-        let d = next_token_distribution(&logits, 1.0, None, 1e-9).unwrap();
+        let d = next_token_distribution(&logits, 1.0, None, 1e-9, 0.0).unwrap();
         assert_eq!(d, vec![(1, 1.0)]);
+    }
+
+    #[test]
+    fn min_p_keeps_tokens_near_the_most_likely() {
+        let logits = ln(&[0.1, 0.4, 0.2, 0.3]);
+        // Floor 0.5 * 0.4 = 0.2: tokens 1, 3 and 2 stay.
+        let d = next_token_distribution(&logits, 1.0, None, 1.0, 0.5).unwrap();
+        assert_eq!(ids(&d), [1, 3, 2]);
+        assert!((d[0].1 - 4.0 / 9.0).abs() < 1e-6);
+        let d = next_token_distribution(&logits, 1.0, None, 1.0, 1.0).unwrap();
+        assert_eq!(ids(&d), [1]);
+    }
+
+    #[test]
+    fn penalties_follow_hugging_face_and_openai() {
+        let params = SamplingParams {
+            repetition_penalty: 2.0,
+            presence_penalty: 0.5,
+            frequency_penalty: 0.25,
+            ..Default::default()
+        };
+        let mut h = TokenHistory::new(&[0, 1]);
+        h.push(2);
+        h.push(2);
+        let mut l = vec![4.0f32, -4.0, 1.0, 3.0];
+        apply_penalties(&mut l, &params, &h);
+        // 0 and 1 are in the prompt: repetition only; 2 was generated twice: 1/2 - 0.5 - 2 * 0.25.
+        assert_eq!(l, vec![2.0, -8.0, -0.5, 3.0]);
+    }
+
+    #[test]
+    fn logprobs_are_the_log_softmax_with_the_top_alternatives() {
+        let logits = ln(&[0.1, 0.4, 0.2, 0.3]);
+        let (lp, top) = logprobs(&logits, 2, 2);
+        assert!((lp - 0.2f64.ln()).abs() < 1e-6);
+        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), [1, 3]);
+        assert!((top[0].1 - 0.4f64.ln()).abs() < 1e-6);
+        let mut s = Sampler::new(&SamplingParams { logprobs: Some(3), ..SamplingParams::greedy(1) }).unwrap();
+        let got = s.sample_with(&logits, &TokenHistory::default()).unwrap();
+        assert_eq!((got.id, got.top_logprobs.len()), (1, 3));
+        assert!((got.logprob.unwrap() - 0.4f64.ln()).abs() < 1e-6);
     }
 
     #[test]
@@ -178,10 +333,10 @@ mod tests {
             vec![f32::INFINITY, 0.0],
             vec![f32::NEG_INFINITY; 3],
         ] {
-            assert!(next_token_distribution(&bad, 1.0, None, 1.0).is_err(), "{bad:?}");
+            assert!(next_token_distribution(&bad, 1.0, None, 1.0, 0.0).is_err(), "{bad:?}");
         }
         // -inf marks a forbidden token.
-        let d = next_token_distribution(&[f32::NEG_INFINITY, 0.0, 0.0], 1.0, None, 1.0).unwrap();
+        let d = next_token_distribution(&[f32::NEG_INFINITY, 0.0, 0.0], 1.0, None, 1.0, 0.0).unwrap();
         assert_eq!(ids(&d), [1, 2]);
     }
 

@@ -1,5 +1,6 @@
 //! [`generate`]: a streaming iterator over new tokens, and [`generate_all`] to collect it.
 
+use super::sampler::{Sampled, TokenHistory};
 use super::{CausalLm, DecodeState, Sampler, SamplingParams};
 use crate::{Error, Result};
 
@@ -12,6 +13,7 @@ use crate::{Error, Result};
 pub struct Generator<'a> {
     state: Box<dyn DecodeState + 'a>,
     sampler: Sampler,
+    history: TokenHistory,
     vocab_size: usize,
     /// Logits predicting the next token; `None` once generation has ended.
     logits: Option<Vec<f32>>,
@@ -24,15 +26,30 @@ impl Generator<'_> {
         self.emitted
     }
 
-    fn step(&mut self, logits: &[f32]) -> Result<(u32, Option<Vec<f32>>)> {
-        let id = self.sampler.sample(logits)?;
+    fn step(&mut self, logits: &[f32]) -> Result<(Sampled, Option<Vec<f32>>)> {
+        let token = self.sampler.sample_with(logits, &self.history)?;
+        let id = token.id;
+        self.history.push(id);
         self.emitted += 1;
         let p = self.sampler.params();
         if self.emitted >= p.max_new_tokens || p.stop_tokens.contains(&id) {
-            return Ok((id, None));
+            return Ok((token, None));
         }
         let next = feed(&mut *self.state, &[id], self.vocab_size)?;
-        Ok((id, Some(next)))
+        Ok((token, Some(next)))
+    }
+
+    /// The next token with its log-probabilities (when [`SamplingParams::logprobs`] asks for
+    /// them); `None` once generation has ended.
+    pub fn next_token(&mut self) -> Option<Result<Sampled>> {
+        let logits = self.logits.take()?;
+        match self.step(&logits) {
+            Ok((token, next)) => {
+                self.logits = next;
+                Some(Ok(token))
+            }
+            Err(e) => Some(Err(e)),
+        }
     }
 }
 
@@ -40,14 +57,7 @@ impl Iterator for Generator<'_> {
     type Item = Result<u32>;
 
     fn next(&mut self) -> Option<Result<u32>> {
-        let logits = self.logits.take()?;
-        match self.step(&logits) {
-            Ok((id, next)) => {
-                self.logits = next;
-                Some(Ok(id))
-            }
-            Err(e) => Some(Err(e)),
-        }
+        self.next_token().map(|t| t.map(|t| t.id))
     }
 }
 
@@ -64,11 +74,15 @@ fn feed(state: &mut dyn DecodeState, ids: &[u32], vocab_size: usize) -> Result<V
     Ok(logits)
 }
 
-/// Start generating after `prompt` with `lm`. The parameters and the prompt are checked first
-/// (a non-empty prompt of ids below the vocabulary size), then the prompt is fed once; the
-/// returned [`Generator`] yields the new tokens as they are sampled.
-pub fn generate<'a>(lm: &'a dyn CausalLm, prompt: &[u32], params: &SamplingParams) -> Result<Generator<'a>> {
-    let vocab_size = lm.vocab_size();
+/// Check a request before any work: the parameters, a non-empty prompt of ids below the
+/// vocabulary size, and, for a model with a context limit, room for the prompt and
+/// `max_new_tokens` (no silent truncation).
+pub fn check_prompt(
+    vocab_size: usize,
+    context_len: Option<usize>,
+    prompt: &[u32],
+    params: &SamplingParams,
+) -> Result<()> {
     params.validate_for_vocab(vocab_size)?;
     if prompt.is_empty() {
         return Err(Error::Generation(
@@ -84,6 +98,32 @@ pub fn generate<'a>(lm: &'a dyn CausalLm, prompt: &[u32], params: &SamplingParam
             "prompt token {id} at position {pos} is not below the vocabulary size {vocab_size}"
         )));
     }
+    if let Some(ctx) = context_len {
+        if prompt.len() + params.max_new_tokens > ctx {
+            return Err(Error::Generation(format!(
+                "the prompt ({} tokens) plus max_new_tokens ({}) exceeds the model's context of {ctx} tokens; shorten the prompt or ask for at most {} new tokens",
+                prompt.len(),
+                params.max_new_tokens,
+                ctx.saturating_sub(prompt.len())
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Start generating after `prompt` with `lm`. The request is checked first ([`check_prompt`]),
+/// then the prompt is fed once; the returned [`Generator`] yields the new tokens as they are
+/// sampled. `params.n` must be 1 here; [`BatchGenerator`](super::BatchGenerator) draws several
+/// samples.
+pub fn generate<'a>(lm: &'a dyn CausalLm, prompt: &[u32], params: &SamplingParams) -> Result<Generator<'a>> {
+    let vocab_size = lm.vocab_size();
+    check_prompt(vocab_size, lm.context_len(), prompt, params)?;
+    if params.n != 1 {
+        return Err(Error::Generation(format!(
+            "generate draws one sample; n = {} needs BatchGenerator",
+            params.n
+        )));
+    }
     let sampler = Sampler::new(params)?;
     let mut state = lm.start()?;
     let logits = if params.max_new_tokens == 0 {
@@ -94,6 +134,7 @@ pub fn generate<'a>(lm: &'a dyn CausalLm, prompt: &[u32], params: &SamplingParam
     Ok(Generator {
         state,
         sampler,
+        history: TokenHistory::new(prompt),
         vocab_size,
         logits,
         emitted: 0,

@@ -1,0 +1,401 @@
+//! Fused causal self-attention kernels.
+//!
+//! Training: [`Tensor::causal_attention`] takes the packed projections `qkv` `[B, T, 3D]` (queries,
+//! keys then values, each split into `H` heads of `D / H` contiguous features, GPT-2's `c_attn`
+//! layout) and returns the attended values `[B, T, D]` (heads side by side, ready for the output
+//! projection) with the attention probabilities `[B, H, T, T]` that
+//! [`Tensor::causal_attention_backward`] needs. One pass per sequence, no permuted copies, no
+//! `[B, H, T, T]` score tensor built from masked broadcasts.
+//!
+//! Inference: [`attend_to_cache`] lets new queries attend over a key/value cache laid out per
+//! head (`[H, capacity, dh]`), so a cached head's keys are one contiguous run.
+//!
+//! Every row's softmax and sums run in a fixed order over its own keys, so the results do not
+//! depend on the batch or on the thread count.
+
+use rayon::prelude::*;
+
+use crate::{Error, FloatDType, Result, Tensor, WithDType};
+
+/// Work (multiply-adds) above which sequences run on several threads.
+const PARALLEL_WORK: usize = 1 << 16;
+
+fn attention_dims(op: &'static str, qkv: &Tensor, num_heads: usize) -> Result<(usize, usize, usize)> {
+    let &[b, t, three_d] = qkv.dims() else {
+        return Err(Error::InvalidArgument {
+            op,
+            reason: format!("expected qkv [B, T, 3*D], got shape {:?}", qkv.shape()),
+        });
+    };
+    if num_heads == 0 || three_d == 0 || three_d % (3 * num_heads) != 0 {
+        return Err(Error::InvalidArgument {
+            op,
+            reason: format!(
+                "the last dimension of qkv ({three_d}) must be 3 * D with D a positive multiple of the {num_heads} heads"
+            ),
+        });
+    }
+    Ok((b, t, three_d / 3))
+}
+
+/// `Σ a_i b_i` with eight independent partial sums (vectorises; a fixed order for a given length).
+#[inline]
+pub fn dot<F: FloatDType>(a: &[F], b: &[F]) -> F {
+    let mut acc = [F::zero(); 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] = acc[l] + x[l] * y[l];
+        }
+    }
+    let mut tail = F::zero();
+    for (x, y) in ra.iter().zip(rb) {
+        tail = tail + *x * *y;
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// `y += a * x`.
+#[inline]
+fn axpy<F: FloatDType>(y: &mut [F], a: F, x: &[F]) {
+    for (y, x) in y.iter_mut().zip(x) {
+        *y = *y + a * *x;
+    }
+}
+
+/// Softmax in place of `s` (finite scores).
+#[inline]
+fn softmax_in_place<F: FloatDType>(s: &mut [F]) {
+    let m = s.iter().fold(F::neg_infinity(), |m, &v| m.max(v));
+    let mut sum = F::zero();
+    for v in s.iter_mut() {
+        *v = (*v - m).exp();
+        sum = sum + *v;
+    }
+    let inv = F::one() / sum;
+    for v in s.iter_mut() {
+        *v = *v * inv;
+    }
+}
+
+/// Run `f(sequence, out_chunk, probs_chunk)` for every sequence, in parallel when worth it.
+fn per_sequence<F: Send>(
+    out: &mut [F],
+    out_len: usize,
+    probs: &mut [F],
+    probs_len: usize,
+    work: usize,
+    f: impl Fn(usize, &mut [F], &mut [F]) + Sync + Send,
+) {
+    if out_len == 0 {
+        return;
+    }
+    let items = out.chunks_mut(out_len).zip(probs.chunks_mut(probs_len.max(1)));
+    if work >= PARALLEL_WORK {
+        items
+            .enumerate()
+            .par_bridge()
+            .for_each(|(i, (o, p))| f(i, o, p));
+    } else {
+        items.enumerate().for_each(|(i, (o, p))| f(i, o, p));
+    }
+}
+
+fn forward_impl<F: FloatDType>(qkv: &Tensor, b: usize, t: usize, d: usize, h: usize) -> Result<(Tensor, Tensor)> {
+    let src = qkv.contiguous_slice::<F>()?;
+    let dh = d / h;
+    let scale = <F as WithDType>::from_f64(1.0 / (dh as f64).sqrt());
+    let mut out = vec![F::zero(); b * t * d];
+    let mut probs = vec![F::zero(); b * h * t * t];
+    per_sequence(&mut out, t * d, &mut probs, h * t * t, b * h * t * t * dh, |s, out, probs| {
+        let x = &src[s * t * 3 * d..(s + 1) * t * 3 * d];
+        for head in 0..h {
+            let (qo, ko, vo) = (head * dh, d + head * dh, 2 * d + head * dh);
+            for i in 0..t {
+                let q = &x[i * 3 * d + qo..i * 3 * d + qo + dh];
+                let row = &mut probs[(head * t + i) * t..(head * t + i) * t + i + 1];
+                for (j, p) in row.iter_mut().enumerate() {
+                    *p = dot(q, &x[j * 3 * d + ko..j * 3 * d + ko + dh]) * scale;
+                }
+                softmax_in_place(row);
+                let o = &mut out[i * d + head * dh..i * d + head * dh + dh];
+                for (j, &p) in row.iter().enumerate() {
+                    axpy(o, p, &x[j * 3 * d + vo..j * 3 * d + vo + dh]);
+                }
+            }
+        }
+    });
+    Ok((
+        Tensor::from_vec(out, [b, t, d])?,
+        Tensor::from_vec(probs, [b, h, t, t])?,
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward_impl<F: FloatDType>(
+    qkv: &Tensor,
+    probs: &Tensor,
+    grad_out: &Tensor,
+    b: usize,
+    t: usize,
+    d: usize,
+    h: usize,
+) -> Result<Tensor> {
+    let src = qkv.contiguous_slice::<F>()?;
+    let p_all = probs.contiguous_slice::<F>()?;
+    let g_all = grad_out.contiguous_slice::<F>()?;
+    let dh = d / h;
+    let scale = <F as WithDType>::from_f64(1.0 / (dh as f64).sqrt());
+    let mut grad = vec![F::zero(); b * t * 3 * d];
+    let mut unused: Vec<F> = vec![F::zero(); b];
+    per_sequence(&mut grad, t * 3 * d, &mut unused, 1, 2 * b * h * t * t * dh, |s, gx, _| {
+        let x = &src[s * t * 3 * d..(s + 1) * t * 3 * d];
+        let go = &g_all[s * t * d..(s + 1) * t * d];
+        let mut ds = vec![F::zero(); t];
+        for head in 0..h {
+            let (qo, ko, vo) = (head * dh, d + head * dh, 2 * d + head * dh);
+            let pbase = (s * h + head) * t * t;
+            for i in 0..t {
+                let p = &p_all[pbase + i * t..pbase + i * t + i + 1];
+                let g = &go[i * d + head * dh..i * d + head * dh + dh];
+                // dP_ij = dO_i · V_j; dS_ij = P_ij (dP_ij - Σ_j P_ij dP_ij).
+                let mut weighted = F::zero();
+                for (j, &pj) in p.iter().enumerate() {
+                    let dp = dot(g, &x[j * 3 * d + vo..j * 3 * d + vo + dh]);
+                    ds[j] = dp;
+                    weighted = weighted + pj * dp;
+                }
+                for (j, &pj) in p.iter().enumerate() {
+                    ds[j] = pj * (ds[j] - weighted) * scale;
+                }
+                for (j, &pj) in p.iter().enumerate() {
+                    // dV_j += P_ij dO_i; dK_j += dS_ij Q_i.
+                    let row = j * 3 * d;
+                    axpy(&mut gx[row + vo..row + vo + dh], pj, g);
+                    let q = &x[i * 3 * d + qo..i * 3 * d + qo + dh];
+                    axpy(&mut gx[row + ko..row + ko + dh], ds[j], q);
+                }
+                // dQ_i = Σ_j dS_ij K_j.
+                let dq = &mut gx[i * 3 * d + qo..i * 3 * d + qo + dh];
+                for (j, &dsj) in ds[..=i].iter().enumerate() {
+                    axpy(dq, dsj, &x[j * 3 * d + ko..j * 3 * d + ko + dh]);
+                }
+            }
+        }
+    });
+    Tensor::from_vec(grad, [b, t, 3 * d])
+}
+
+impl Tensor {
+    /// Causal multi-head self-attention over packed projections `qkv` `[B, T, 3D]` (see the
+    /// [module documentation](self)): position `i` of each sequence attends to positions `0..=i`
+    /// with `softmax(q·k / sqrt(D/H))`. Returns `(out [B, T, D], probs [B, H, T, T])`; `probs` is
+    /// zero above the diagonal. f32 and f64.
+    pub fn causal_attention(&self, num_heads: usize) -> Result<(Tensor, Tensor)> {
+        const OP: &str = "causal_attention";
+        let (b, t, d) = attention_dims(OP, self, num_heads)?;
+        float_dispatch!(OP, self.dtype(), F => forward_impl::<F>(self, b, t, d, num_heads),
+            half => Err(Error::UnsupportedDType { op: OP, dtype: self.dtype(), expected: "f32 or f64" }))
+    }
+
+    /// The gradient with respect to `qkv` (`self`) of [`Tensor::causal_attention`], given its
+    /// `probs` and the gradient of its output `grad_out` `[B, T, D]`.
+    pub fn causal_attention_backward(&self, probs: &Tensor, grad_out: &Tensor, num_heads: usize) -> Result<Tensor> {
+        const OP: &str = "causal_attention_backward";
+        let (b, t, d) = attention_dims(OP, self, num_heads)?;
+        if probs.dims() != [b, num_heads, t, t] || grad_out.dims() != [b, t, d] {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                reason: format!(
+                    "expected probs [{b}, {num_heads}, {t}, {t}] and grad_out [{b}, {t}, {d}], got {:?} and {:?}",
+                    probs.shape(),
+                    grad_out.shape()
+                ),
+            });
+        }
+        if probs.dtype() != self.dtype() || grad_out.dtype() != self.dtype() {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                reason: format!(
+                    "qkv, probs and grad_out must share a dtype, got {}, {} and {}",
+                    self.dtype(),
+                    probs.dtype(),
+                    grad_out.dtype()
+                ),
+            });
+        }
+        float_dispatch!(OP, self.dtype(), F => backward_impl::<F>(self, probs, grad_out, b, t, d, num_heads),
+            half => Err(Error::UnsupportedDType { op: OP, dtype: self.dtype(), expected: "f32 or f64" }))
+    }
+}
+
+/// New queries attending over a key/value cache (inference).
+///
+/// `q` holds `t` new positions `[t, H * dh]` (heads side by side); `k_cache` and `v_cache` are
+/// `[kv_heads, capacity, dh]` and already hold the keys and values of positions `0..start + t`.
+/// Query `i` (absolute position `start + i`) attends to positions `0..=start + i`. Query head
+/// `hq` reads cache head `hq / (H / kv_heads)` (grouped-query attention; `kv_heads = H` is plain
+/// multi-head attention). Writes `[t, H * dh]` into `out`. Heads run on several threads when the
+/// work is large; each head's result is the same either way.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_to_cache(
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    num_heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    capacity: usize,
+    start: usize,
+    t: usize,
+    out: &mut [f32],
+) {
+    let (h, dh) = (num_heads, head_dim);
+    assert!(kv_heads > 0 && h % kv_heads == 0, "attend_to_cache: heads must be a multiple of kv_heads");
+    assert!(start + t <= capacity, "attend_to_cache: positions beyond the cache capacity");
+    assert!(q.len() >= t * h * dh && out.len() >= t * h * dh);
+    assert!(k_cache.len() >= kv_heads * capacity * dh && v_cache.len() >= kv_heads * capacity * dh);
+    let group = h / kv_heads;
+    let scale = 1.0 / (dh as f32).sqrt();
+    // One task per head: each writes its own `dh` columns of every row.
+    let head = |hq: usize| -> Vec<f32> {
+        let kvh = hq / group;
+        let keys = &k_cache[kvh * capacity * dh..];
+        let values = &v_cache[kvh * capacity * dh..];
+        let mut res = vec![0f32; t * dh];
+        let mut s = vec![0f32; start + t];
+        for i in 0..t {
+            let qi = &q[i * h * dh + hq * dh..i * h * dh + hq * dh + dh];
+            let n = start + i + 1;
+            for (j, sj) in s[..n].iter_mut().enumerate() {
+                *sj = dot(qi, &keys[j * dh..j * dh + dh]) * scale;
+            }
+            softmax_in_place(&mut s[..n]);
+            let o = &mut res[i * dh..i * dh + dh];
+            for (j, &p) in s[..n].iter().enumerate() {
+                axpy(o, p, &values[j * dh..j * dh + dh]);
+            }
+        }
+        res
+    };
+    let work = h * t * (start + t) * dh;
+    let per_head: Vec<Vec<f32>> = if work >= PARALLEL_WORK {
+        (0..h).into_par_iter().map(head).collect()
+    } else {
+        (0..h).map(head).collect()
+    };
+    for (hq, res) in per_head.iter().enumerate() {
+        for i in 0..t {
+            out[i * h * dh + hq * dh..i * h * dh + hq * dh + dh].copy_from_slice(&res[i * dh..i * dh + dh]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Plain reference: per head, scores, causal mask, softmax, weighted values (f64).
+    fn reference(x: &[f64], b: usize, t: usize, d: usize, h: usize) -> Vec<f64> {
+        let dh = d / h;
+        let mut out = vec![0.0; b * t * d];
+        for s in 0..b {
+            for head in 0..h {
+                for i in 0..t {
+                    let at = |pos: usize, part: usize, c: usize| x[(s * t + pos) * 3 * d + part * d + head * dh + c];
+                    let scores: Vec<f64> = (0..=i)
+                        .map(|j| (0..dh).map(|c| at(i, 0, c) * at(j, 1, c)).sum::<f64>() / (dh as f64).sqrt())
+                        .collect();
+                    let m = scores.iter().cloned().fold(f64::MIN, f64::max);
+                    let e: Vec<f64> = scores.iter().map(|v| (v - m).exp()).collect();
+                    let z: f64 = e.iter().sum();
+                    for c in 0..dh {
+                        out[(s * t + i) * d + head * dh + c] = (0..=i).map(|j| e[j] / z * at(j, 2, c)).sum();
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn input(b: usize, t: usize, d: usize) -> Vec<f64> {
+        (0..b * t * 3 * d).map(|i| ((i * 37 % 101) as f64 / 50.0 - 1.0) * 0.7).collect()
+    }
+
+    #[test]
+    fn forward_matches_the_definition() {
+        let (b, t, d, h) = (2, 5, 12, 3);
+        let x = input(b, t, d);
+        let qkv = Tensor::from_vec(x.clone(), [b, t, 3 * d]).unwrap();
+        let (out, probs) = qkv.causal_attention(h).unwrap();
+        let want = reference(&x, b, t, d, h);
+        for (a, w) in out.to_vec::<f64>().unwrap().iter().zip(&want) {
+            assert!((a - w).abs() < 1e-12, "{a} vs {w}");
+        }
+        // Rows sum to one, nothing above the diagonal.
+        let p = probs.to_vec::<f64>().unwrap();
+        for row in 0..b * h * t {
+            let i = row % t;
+            let r = &p[row * t..row * t + t];
+            assert!((r.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+            assert!(r[i + 1..].iter().all(|&v| v == 0.0));
+        }
+    }
+
+    #[test]
+    fn backward_matches_finite_differences() {
+        let (b, t, d, h) = (2, 4, 6, 2);
+        let x = input(b, t, d);
+        let go: Vec<f64> = (0..b * t * d).map(|i| ((i * 13 % 17) as f64 / 8.0) - 1.0).collect();
+        let loss = |x: &[f64]| -> f64 { reference(x, b, t, d, h).iter().zip(&go).map(|(a, g)| a * g).sum() };
+        let qkv = Tensor::from_vec(x.clone(), [b, t, 3 * d]).unwrap();
+        let (_, probs) = qkv.causal_attention(h).unwrap();
+        let g = qkv
+            .causal_attention_backward(&probs, &Tensor::from_vec(go.clone(), [b, t, d]).unwrap(), h)
+            .unwrap()
+            .to_vec::<f64>()
+            .unwrap();
+        let eps = 1e-6;
+        for i in 0..x.len() {
+            let (mut up, mut down) = (x.clone(), x.clone());
+            up[i] += eps;
+            down[i] -= eps;
+            let fd = (loss(&up) - loss(&down)) / (2.0 * eps);
+            assert!((fd - g[i]).abs() < 1e-7, "element {i}: {fd} vs {}", g[i]);
+        }
+    }
+
+    #[test]
+    fn cache_attention_matches_the_training_kernel() {
+        // Grouped-query off (kv_heads = heads): the cache path equals causal_attention row by row.
+        let (t, d, h) = (6, 8, 2);
+        let dh = d / h;
+        let x: Vec<f32> = input(1, t, d).iter().map(|&v| v as f32).collect();
+        let (want, _) = Tensor::from_vec(x.clone(), [1, t, 3 * d])
+            .unwrap()
+            .causal_attention(h)
+            .unwrap();
+        let cap = 10;
+        let (mut kc, mut vc) = (vec![0f32; h * cap * dh], vec![0f32; h * cap * dh]);
+        let mut q = vec![0f32; t * d];
+        for i in 0..t {
+            q[i * d..i * d + d].copy_from_slice(&x[i * 3 * d..i * 3 * d + d]);
+            for head in 0..h {
+                let src = i * 3 * d + head * dh;
+                kc[(head * cap + i) * dh..(head * cap + i) * dh + dh].copy_from_slice(&x[src + d..src + d + dh]);
+                vc[(head * cap + i) * dh..(head * cap + i) * dh + dh]
+                    .copy_from_slice(&x[src + 2 * d..src + 2 * d + dh]);
+            }
+        }
+        // Positions 0..4 as a prefill, then 4 and 5 one at a time.
+        let mut out = vec![0f32; t * d];
+        attend_to_cache(&q[..4 * d], &kc, &vc, h, h, dh, cap, 0, 4, &mut out[..4 * d]);
+        for i in 4..t {
+            attend_to_cache(&q[i * d..], &kc, &vc, h, h, dh, cap, i, 1, &mut out[i * d..]);
+        }
+        for (a, w) in out.iter().zip(want.to_vec::<f32>().unwrap()) {
+            assert!((a - w).abs() < 1e-6, "{a} vs {w}");
+        }
+    }
+}

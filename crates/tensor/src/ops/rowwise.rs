@@ -1,0 +1,235 @@
+//! Row-independent f32 products for decoding: `out[r] = x[r] @ W` for a handful of rows.
+//!
+//! Decoding multiplies a few rows (one new token per sequence) by every weight matrix; the time
+//! goes to streaming the weights from memory, so these kernels read each weight once for all rows.
+//! Unlike a blocked GEMM, every output element is accumulated in one fixed order whatever the
+//! number of rows and threads, so a sequence decoded inside a batch gets bit-for-bit the logits it
+//! gets alone (the batching guarantee of kiln's generation). AVX-512 and AVX2+FMA variants are
+//! chosen at run time; the portable loop is the fallback.
+
+use rayon::prelude::*;
+
+/// Columns per task of [`matmul_rows_kn`].
+const KN_CHUNK: usize = 256;
+/// Output columns (weight rows) per task of [`matmul_rows_nk`].
+const NK_CHUNK: usize = 64;
+/// Multiply-adds below which one thread does everything.
+const PARALLEL_WORK: usize = 1 << 17;
+
+/// Which instruction set the kernels use on this machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Isa {
+    Avx512,
+    Avx2Fma,
+    Portable,
+}
+
+fn isa() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return Isa::Avx512;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            return Isa::Avx2Fma;
+        }
+    }
+    Isa::Portable
+}
+
+/// `acc[r][..] += Σ_k x[r, k] w[k, cols]`, k in order (one weight row chunk reused by every row).
+#[inline(always)]
+fn kn_block(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, c0: usize, acc: &mut [f32], fma: bool) {
+    let width = acc.len() / m;
+    for kk in 0..k {
+        let wrow = &w[kk * n + c0..kk * n + c0 + width];
+        for r in 0..m {
+            let a = x[r * k + kk];
+            let out = &mut acc[r * width..(r + 1) * width];
+            if fma {
+                for (o, &wv) in out.iter_mut().zip(wrow) {
+                    *o = a.mul_add(wv, *o);
+                }
+            } else {
+                for (o, &wv) in out.iter_mut().zip(wrow) {
+                    *o += a * wv;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn kn_block_avx512(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, c0: usize, acc: &mut [f32]) {
+    kn_block(x, m, k, w, n, c0, acc, true)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kn_block_avx2(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, c0: usize, acc: &mut [f32]) {
+    kn_block(x, m, k, w, n, c0, acc, true)
+}
+
+fn kn_dispatch(isa: Isa, x: &[f32], m: usize, k: usize, w: &[f32], n: usize, c0: usize, acc: &mut [f32]) {
+    match isa {
+        // SAFETY: the feature was detected on this machine.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { kn_block_avx512(x, m, k, w, n, c0, acc) },
+        // SAFETY: the features were detected on this machine.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => unsafe { kn_block_avx2(x, m, k, w, n, c0, acc) },
+        _ => kn_block(x, m, k, w, n, c0, acc, false),
+    }
+}
+
+/// `out[m, n] = x[m, k] @ w[k, n] (+ bias[n])`, all row-major, each element summed over `k` in
+/// order (see the [module documentation](self)).
+pub fn matmul_rows_kn(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, bias: Option<&[f32]>, out: &mut [f32]) {
+    assert!(x.len() >= m * k && w.len() >= k * n && out.len() >= m * n, "matmul_rows_kn: operands too small");
+    if let Some(b) = bias {
+        assert!(b.len() >= n, "matmul_rows_kn: bias too small");
+    }
+    let isa = isa();
+    let chunks: Vec<usize> = (0..n).step_by(KN_CHUNK).collect();
+    let run = |c0: usize| -> Vec<f32> {
+        let width = KN_CHUNK.min(n - c0);
+        let mut acc = vec![0f32; m * width];
+        kn_dispatch(isa, x, m, k, w, n, c0, &mut acc);
+        acc
+    };
+    let blocks: Vec<Vec<f32>> = if m * k * n >= PARALLEL_WORK {
+        chunks.par_iter().map(|&c| run(c)).collect()
+    } else {
+        chunks.iter().map(|&c| run(c)).collect()
+    };
+    for (&c0, acc) in chunks.iter().zip(&blocks) {
+        let width = KN_CHUNK.min(n - c0);
+        for r in 0..m {
+            let dst = &mut out[r * n + c0..r * n + c0 + width];
+            dst.copy_from_slice(&acc[r * width..(r + 1) * width]);
+            if let Some(b) = bias {
+                for (o, &bv) in dst.iter_mut().zip(&b[c0..c0 + width]) {
+                    *o += bv;
+                }
+            }
+        }
+    }
+}
+
+/// `Σ a_i b_i` over sixteen independent lanes, folded in a fixed order.
+#[inline(always)]
+fn dot16(a: &[f32], b: &[f32], fma: bool) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..16 {
+            acc[l] = if fma { x[l].mul_add(y[l], acc[l]) } else { acc[l] + x[l] * y[l] };
+        }
+    }
+    let mut s = 0f32;
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    for w in [8, 4, 2, 1] {
+        for l in 0..w {
+            acc[l] += acc[l + w];
+        }
+    }
+    acc[0] + s
+}
+
+#[inline(always)]
+fn nk_block(x: &[f32], m: usize, k: usize, w: &[f32], v0: usize, out: &mut [f32], fma: bool) {
+    let width = out.len() / m;
+    for j in 0..width {
+        let wrow = &w[(v0 + j) * k..(v0 + j + 1) * k];
+        for r in 0..m {
+            out[r * width + j] = dot16(&x[r * k..(r + 1) * k], wrow, fma);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn nk_block_avx512(x: &[f32], m: usize, k: usize, w: &[f32], v0: usize, out: &mut [f32]) {
+    nk_block(x, m, k, w, v0, out, true)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn nk_block_avx2(x: &[f32], m: usize, k: usize, w: &[f32], v0: usize, out: &mut [f32]) {
+    nk_block(x, m, k, w, v0, out, true)
+}
+
+/// `out[m, n] = x[m, k] @ w[n, k]ᵀ`: every output a dot product of two contiguous rows (a tied
+/// language-model head reading the embedding table), in a fixed order.
+pub fn matmul_rows_nk(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
+    assert!(x.len() >= m * k && w.len() >= n * k && out.len() >= m * n, "matmul_rows_nk: operands too small");
+    let isa = isa();
+    let chunks: Vec<usize> = (0..n).step_by(NK_CHUNK).collect();
+    let run = |v0: usize| -> Vec<f32> {
+        let width = NK_CHUNK.min(n - v0);
+        let mut block = vec![0f32; m * width];
+        match isa {
+            // SAFETY: the feature was detected on this machine.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { nk_block_avx512(x, m, k, w, v0, &mut block) },
+            // SAFETY: the features were detected on this machine.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma => unsafe { nk_block_avx2(x, m, k, w, v0, &mut block) },
+            _ => nk_block(x, m, k, w, v0, &mut block, false),
+        }
+        block
+    };
+    let blocks: Vec<Vec<f32>> = if m * k * n >= PARALLEL_WORK {
+        chunks.par_iter().map(|&c| run(c)).collect()
+    } else {
+        chunks.iter().map(|&c| run(c)).collect()
+    };
+    for (&v0, block) in chunks.iter().zip(&blocks) {
+        let width = NK_CHUNK.min(n - v0);
+        for r in 0..m {
+            out[r * n + v0..r * n + v0 + width].copy_from_slice(&block[r * width..(r + 1) * width]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(len: usize, salt: usize) -> Vec<f32> {
+        (0..len).map(|i| ((i * 31 + salt) % 97) as f32 / 48.0 - 1.0).collect()
+    }
+
+    #[test]
+    fn products_match_the_reference_and_do_not_depend_on_the_other_rows() {
+        let (m, k, n) = (5, 70, 300);
+        let x = data(m * k, 1);
+        let w = data(k * n, 2);
+        let bias = data(n, 3);
+        let want = crate::ops::gemm_f32_reference(m, n, k, &x, &w);
+        let mut out = vec![0f32; m * n];
+        matmul_rows_kn(&x, m, k, &w, n, Some(&bias), &mut out);
+        for i in 0..m * n {
+            assert!((out[i] - want[i] - bias[i % n]).abs() < 1e-4, "{i}");
+        }
+        // Row 3 alone gives the same bits as inside the batch.
+        let mut alone = vec![0f32; n];
+        matmul_rows_kn(&x[3 * k..4 * k], 1, k, &w, n, Some(&bias), &mut alone);
+        assert_eq!(alone, out[3 * n..4 * n]);
+
+        // The transposed form against the same reference.
+        let wt: Vec<f32> = (0..n * k).map(|i| w[(i % k) * n + i / k]).collect();
+        let mut out2 = vec![0f32; m * n];
+        matmul_rows_nk(&x, m, k, &wt, n, &mut out2);
+        for i in 0..m * n {
+            assert!((out2[i] - want[i]).abs() < 1e-4, "{i}");
+        }
+        let mut alone = vec![0f32; n];
+        matmul_rows_nk(&x[2 * k..3 * k], 1, k, &wt, n, &mut alone);
+        assert_eq!(alone, out2[2 * n..3 * n]);
+    }
+}

@@ -1,0 +1,404 @@
+//! Inference with a KV cache: [`GptBatchDecoder`] advances a ragged batch of sequences (each its
+//! own new tokens, positions and cache) in one forward pass; [`GptState`] is the one-sequence
+//! [`DecodeState`] built on it.
+//!
+//! The dense products of the single-token rows (decode steps) run through
+//! `kiln_tensor::ops::rowwise`, which reads each weight once for all of them and sums every output
+//! in a fixed order; a multi-token feed (a prompt) runs through GEMM on its own rows. Attention,
+//! norms and activations are per row. So a sequence's logits never depend on its batch-mates.
+
+use std::collections::BTreeMap;
+
+use kiln_tensor::ops::attention::attend_to_cache;
+use kiln_tensor::ops::rowwise::{matmul_rows_kn, matmul_rows_nk};
+use kiln_tensor::{DType, Tensor};
+use kiln_zoo::generate::{BatchDecoder, DecodeState, SeqId};
+use kiln_zoo::{Error, Result};
+
+use crate::model::{Conv1D, Gpt, Norm};
+
+/// The keys and values of one sequence, per layer `[n_head, capacity, head_dim]`, preallocated to
+/// the context length.
+pub struct KvCache {
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+    len: usize,
+    capacity: usize,
+}
+
+impl KvCache {
+    fn new(layers: usize, heads: usize, capacity: usize, head_dim: usize) -> KvCache {
+        let size = heads * capacity * head_dim;
+        KvCache {
+            keys: (0..layers).map(|_| vec![0f32; size]).collect(),
+            values: (0..layers).map(|_| vec![0f32; size]).collect(),
+            len: 0,
+            capacity,
+        }
+    }
+
+    /// Positions filled so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing was fed yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// A dense layer's weight `[in, out]` and bias as f32 tensors (contiguous).
+struct Dense {
+    weight: Tensor,
+    bias: Tensor,
+    input: usize,
+    output: usize,
+}
+
+fn f32_contiguous(t: &Tensor) -> Result<Tensor> {
+    Ok(t.to_dtype(DType::F32)?.contiguous()?)
+}
+
+impl Dense {
+    fn new(c: &Conv1D) -> Result<Dense> {
+        let weight = f32_contiguous(&c.weight.value())?;
+        let (input, output) = (weight.dims()[0], weight.dims()[1]);
+        Ok(Dense {
+            weight,
+            bias: f32_contiguous(&c.bias.value())?,
+            input,
+            output,
+        })
+    }
+
+    /// `out = x @ W + b` for `rows` rows, by the row kernel (`rowwise`) or GEMM.
+    fn apply(&self, x: &[f32], rows: usize, rowwise: bool, out: &mut [f32]) -> Result<()> {
+        let w = self.weight.contiguous_slice::<f32>()?;
+        let b = self.bias.contiguous_slice::<f32>()?;
+        if rowwise {
+            matmul_rows_kn(x, rows, self.input, &w, self.output, Some(&b), out);
+        } else {
+            let y = Tensor::from_slice(x, [rows, self.input])?.matmul(&self.weight)?;
+            let y = y.contiguous_slice::<f32>()?;
+            for (dst, src) in out.chunks_exact_mut(self.output).zip(y.chunks_exact(self.output)) {
+                for ((o, &v), &bv) in dst.iter_mut().zip(src).zip(b.iter()) {
+                    *o = v + bv;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+struct NormWeights {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl NormWeights {
+    fn new(n: &Norm) -> Result<NormWeights> {
+        Ok(NormWeights {
+            weight: n.weight.value().to_dtype(DType::F32)?.to_vec()?,
+            bias: n.bias.value().to_dtype(DType::F32)?.to_vec()?,
+        })
+    }
+
+    /// LayerNorm of each row of `x` into `out` (statistics in f64).
+    fn apply(&self, x: &[f32], eps: f64, out: &mut [f32]) {
+        let d = self.weight.len();
+        for (row, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+            let mean = row.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
+            let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / d as f64;
+            let rstd = 1.0 / (var + eps).sqrt();
+            for (((o, &v), &w), &b) in o.iter_mut().zip(row).zip(&self.weight).zip(&self.bias) {
+                *o = ((v as f64 - mean) * rstd) as f32 * w + b;
+            }
+        }
+    }
+}
+
+struct LayerWeights {
+    ln_1: NormWeights,
+    c_attn: Dense,
+    attn_proj: Dense,
+    ln_2: NormWeights,
+    c_fc: Dense,
+    mlp_proj: Dense,
+}
+
+/// GPT-2's tanh-approximate GELU.
+fn gelu_tanh(v: f32) -> f32 {
+    const C: f32 = 0.797_884_6;
+    0.5 * v * (1.0 + (C * (v + 0.044715 * v * v * v)).tanh())
+}
+
+/// A contiguous run of rows in the batch and how its products run.
+struct Segment {
+    start: usize,
+    rows: usize,
+    rowwise: bool,
+}
+
+/// The batched decoder of [`Gpt`]: a KV cache per open sequence.
+pub struct GptBatchDecoder<'a> {
+    model: &'a Gpt,
+    layers: Vec<LayerWeights>,
+    ln_f: NormWeights,
+    wte: Tensor,
+    wpe: Tensor,
+    caches: BTreeMap<SeqId, KvCache>,
+    next: SeqId,
+}
+
+impl<'a> GptBatchDecoder<'a> {
+    /// A decoder over `model`'s current weights (as f32).
+    pub fn new(model: &'a Gpt) -> Result<GptBatchDecoder<'a>> {
+        let layers = model
+            .blocks
+            .iter()
+            .map(|b| {
+                Ok(LayerWeights {
+                    ln_1: NormWeights::new(&b.ln_1)?,
+                    c_attn: Dense::new(&b.c_attn)?,
+                    attn_proj: Dense::new(&b.attn_proj)?,
+                    ln_2: NormWeights::new(&b.ln_2)?,
+                    c_fc: Dense::new(&b.c_fc)?,
+                    mlp_proj: Dense::new(&b.mlp_proj)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(GptBatchDecoder {
+            model,
+            layers,
+            ln_f: NormWeights::new(&model.ln_f)?,
+            wte: f32_contiguous(&model.wte.value())?,
+            wpe: f32_contiguous(&model.wpe.value())?,
+            caches: BTreeMap::new(),
+            next: 0,
+        })
+    }
+
+    fn err(&self, reason: String) -> Error {
+        Error::Generation(format!("{}: {reason}", self.model.name))
+    }
+
+    /// Check every feed before touching any cache: known sequence, non-empty, ids in the
+    /// vocabulary, room in the context.
+    fn check(&self, feeds: &[(SeqId, &[u32])]) -> Result<()> {
+        let cfg = &self.model.cfg;
+        for (i, &(id, ids)) in feeds.iter().enumerate() {
+            let cache = self
+                .caches
+                .get(&id)
+                .ok_or_else(|| self.err(format!("sequence {id} is not open")))?;
+            if feeds[..i].iter().any(|f| f.0 == id) {
+                return Err(self.err(format!("sequence {id} is fed twice in one step")));
+            }
+            if ids.is_empty() {
+                return Err(self.err(format!("sequence {id} is fed no tokens")));
+            }
+            if let Some(&bad) = ids.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+                return Err(self.err(format!(
+                    "token {bad} is not below the vocabulary size {}",
+                    cfg.vocab_size
+                )));
+            }
+            if cache.len + ids.len() > cache.capacity {
+                return Err(self.err(format!(
+                    "sequence {id} would hold {} tokens, beyond the context of {} positions",
+                    cache.len + ids.len(),
+                    cache.capacity
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The forward pass over a ragged batch; returns the next-token logits of every feed.
+    fn forward(&mut self, feeds: &[(SeqId, &[u32])]) -> Result<Vec<Vec<f32>>> {
+        self.check(feeds)?;
+        let cfg = &self.model.cfg;
+        let (d, h, dh, eps) = (cfg.n_embd, cfg.n_head, cfg.head_dim(), cfg.layer_norm_epsilon);
+        // Single-token feeds first (one row-kernel segment), then each prompt on its own.
+        let mut order: Vec<usize> = (0..feeds.len()).filter(|&i| feeds[i].1.len() == 1).collect();
+        let singles = order.len();
+        order.extend((0..feeds.len()).filter(|&i| feeds[i].1.len() > 1));
+        let mut segments = Vec::new();
+        let mut row_of = vec![0usize; feeds.len()];
+        let mut rows = 0;
+        if singles > 0 {
+            segments.push(Segment {
+                start: 0,
+                rows: singles,
+                rowwise: true,
+            });
+        }
+        for (k, &i) in order.iter().enumerate() {
+            row_of[i] = rows;
+            let t = feeds[i].1.len();
+            if k >= singles {
+                segments.push(Segment {
+                    start: rows,
+                    rows: t,
+                    rowwise: false,
+                });
+            }
+            rows += t;
+        }
+        // Embeddings.
+        let wte = self.wte.contiguous_slice::<f32>()?;
+        let wpe = self.wpe.contiguous_slice::<f32>()?;
+        let mut x = vec![0f32; rows * d];
+        for &i in &order {
+            let (id, ids) = feeds[i];
+            let start = self.caches[&id].len;
+            for (j, &tok) in ids.iter().enumerate() {
+                let r = row_of[i] + j;
+                let (te, pe) = (tok as usize * d, (start + j) * d);
+                for (c, o) in x[r * d..(r + 1) * d].iter_mut().enumerate() {
+                    *o = wte[te + c] + wpe[pe + c];
+                }
+            }
+        }
+        let inner = cfg.inner();
+        let mut hbuf = vec![0f32; rows * d];
+        let mut qkv = vec![0f32; rows * 3 * d];
+        let mut attn = vec![0f32; rows * d];
+        let mut proj = vec![0f32; rows * d];
+        let mut fc = vec![0f32; rows * inner];
+        let dense = |layer: &Dense, input: &[f32], width_in: usize, out: &mut [f32], width_out: usize| -> Result<()> {
+            for s in &segments {
+                layer.apply(
+                    &input[s.start * width_in..(s.start + s.rows) * width_in],
+                    s.rows,
+                    s.rowwise,
+                    &mut out[s.start * width_out..(s.start + s.rows) * width_out],
+                )?;
+            }
+            Ok(())
+        };
+        for (l, w) in self.layers.iter().enumerate() {
+            w.ln_1.apply(&x, eps, &mut hbuf);
+            dense(&w.c_attn, &hbuf, d, &mut qkv, 3 * d)?;
+            for &i in &order {
+                let (id, ids) = feeds[i];
+                let cache = self.caches.get_mut(&id).ok_or_else(|| Error::Generation(format!("sequence {id} is not open")))?;
+                let (start, t, cap, r0) = (cache.len, ids.len(), cache.capacity, row_of[i]);
+                let mut q = vec![0f32; t * d];
+                for j in 0..t {
+                    let row = &qkv[(r0 + j) * 3 * d..(r0 + j + 1) * 3 * d];
+                    q[j * d..(j + 1) * d].copy_from_slice(&row[..d]);
+                    for head in 0..h {
+                        let at = (head * cap + start + j) * dh;
+                        cache.keys[l][at..at + dh].copy_from_slice(&row[d + head * dh..d + (head + 1) * dh]);
+                        cache.values[l][at..at + dh]
+                            .copy_from_slice(&row[2 * d + head * dh..2 * d + (head + 1) * dh]);
+                    }
+                }
+                attend_to_cache(
+                    &q,
+                    &cache.keys[l],
+                    &cache.values[l],
+                    h,
+                    h,
+                    dh,
+                    cap,
+                    start,
+                    t,
+                    &mut attn[r0 * d..(r0 + t) * d],
+                );
+            }
+            dense(&w.attn_proj, &attn, d, &mut proj, d)?;
+            x.iter_mut().zip(&proj).for_each(|(x, p)| *x += p);
+            w.ln_2.apply(&x, eps, &mut hbuf);
+            dense(&w.c_fc, &hbuf, d, &mut fc, inner)?;
+            fc.iter_mut().for_each(|v| *v = gelu_tanh(*v));
+            dense(&w.mlp_proj, &fc, inner, &mut proj, d)?;
+            x.iter_mut().zip(&proj).for_each(|(x, p)| *x += p);
+        }
+        for &(id, ids) in feeds {
+            if let Some(c) = self.caches.get_mut(&id) {
+                c.len += ids.len();
+            }
+        }
+        // The head on each feed's last row only, all rows in one pass over the embedding table.
+        let mut last = vec![0f32; feeds.len() * d];
+        for (i, &(_, ids)) in feeds.iter().enumerate() {
+            let r = row_of[i] + ids.len() - 1;
+            self.ln_f.apply(&x[r * d..(r + 1) * d], eps, &mut last[i * d..(i + 1) * d]);
+        }
+        let v = cfg.vocab_size;
+        let mut logits = vec![0f32; feeds.len() * v];
+        matmul_rows_nk(&last, feeds.len(), d, &wte, v, &mut logits);
+        Ok(logits.chunks_exact(v).map(|c| c.to_vec()).collect())
+    }
+}
+
+impl BatchDecoder for GptBatchDecoder<'_> {
+    fn vocab_size(&self) -> usize {
+        self.model.cfg.vocab_size
+    }
+    fn add_sequence(&mut self) -> Result<SeqId> {
+        let cfg = &self.model.cfg;
+        let id = self.next;
+        self.next += 1;
+        self.caches
+            .insert(id, KvCache::new(cfg.n_layer, cfg.n_head, cfg.n_positions, cfg.head_dim()));
+        Ok(id)
+    }
+    fn remove_sequence(&mut self, id: SeqId) -> Result<()> {
+        self.caches
+            .remove(&id)
+            .map(|_| ())
+            .ok_or_else(|| self.err(format!("sequence {id} is not open")))
+    }
+    fn fork_sequence(&mut self, id: SeqId) -> Result<Option<SeqId>> {
+        let src = self.caches.get(&id).ok_or_else(|| self.err(format!("sequence {id} is not open")))?;
+        let copy = KvCache {
+            keys: src.keys.clone(),
+            values: src.values.clone(),
+            len: src.len,
+            capacity: src.capacity,
+        };
+        let new = self.next;
+        self.next += 1;
+        self.caches.insert(new, copy);
+        Ok(Some(new))
+    }
+    fn step(&mut self, feeds: &[(SeqId, &[u32])]) -> Result<Vec<Vec<f32>>> {
+        self.forward(feeds)
+    }
+}
+
+/// One sequence's generation state: a [`GptBatchDecoder`] holding a single KV cache.
+pub struct GptState<'a> {
+    decoder: GptBatchDecoder<'a>,
+    seq: SeqId,
+}
+
+impl<'a> GptState<'a> {
+    /// A fresh state (an empty cache preallocated to the context length).
+    pub fn new(model: &'a Gpt) -> Result<GptState<'a>> {
+        let mut decoder = GptBatchDecoder::new(model)?;
+        let seq = decoder.add_sequence()?;
+        Ok(GptState { decoder, seq })
+    }
+
+    /// Tokens held in the cache.
+    pub fn len(&self) -> usize {
+        self.decoder.caches.get(&self.seq).map_or(0, KvCache::len)
+    }
+
+    /// Whether nothing was fed yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl DecodeState for GptState<'_> {
+    fn feed(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        let mut out = self.decoder.forward(&[(self.seq, ids)])?;
+        Ok(out.pop().unwrap_or_default())
+    }
+}
