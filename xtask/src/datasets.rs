@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use kiln::data::mnist::{Mnist, Split};
-use kiln::data::text::{CharTokenizer, SequentialBlocks, TokenStream};
+use kiln::data::text::{CharTokenizer, InstructionSet, SequentialBlocks, SftDataset, TextTokenizer, TokenStream};
 use kiln::data::{Dataset, TensorDataset};
 use kiln::zoo::Task;
 
@@ -77,6 +77,64 @@ pub struct Loaded {
     pub geometry: serde_json::Value,
     /// The tokenizer of a text dataset.
     pub tokenizer: Option<CharTokenizer>,
+    /// A tokenizer file to copy into the run directory as `tokenizer.json` (token shards).
+    pub tokenizer_file: Option<std::path::PathBuf>,
+}
+
+/// Whether `name` is a `prepare-data` output directory (token shards and `meta.json`).
+pub fn is_shard_dir(name: &str) -> bool {
+    Path::new(name).join("meta.json").is_file()
+}
+
+/// Token shards written by `cargo xtask prepare-data`: `train.bin` and `val.bin` cut into
+/// consecutive blocks of `seq_len` tokens; the vocabulary from `meta.json`.
+pub fn load_shards(dir: &Path, seq_len: usize) -> anyhow::Result<Loaded> {
+    let meta_path = dir.join("meta.json");
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&meta_path).with_context(|| format!("cannot read {}", meta_path.display()))?,
+    )
+    .with_context(|| format!("{} is not JSON", meta_path.display()))?;
+    let vocab = meta["vocab_size"]
+        .as_u64()
+        .with_context(|| format!("{} has no vocab_size", meta_path.display()))?;
+    let tokenizer_file = ["tokenizer.json", "char_tokenizer.json"]
+        .iter()
+        .map(|f| dir.join(f))
+        .find(|p| p.is_file());
+    let open = |name: &str| -> anyhow::Result<SequentialBlocks> {
+        let stream = TokenStream::open(dir.join(name)).with_context(|| format!("cannot open {}", dir.join(name).display()))?;
+        Ok(SequentialBlocks::new(stream, seq_len)?)
+    };
+    Ok(Loaded {
+        train: Box::new(open("train.bin")?),
+        test: Box::new(open("val.bin")?),
+        geometry: serde_json::json!({ "vocab_size": vocab }),
+        tokenizer: None,
+        tokenizer_file,
+    })
+}
+
+/// Instruction tuning data: the JSONL records of `path`, the last 10% (at least one) held out for
+/// validation, tokenized with labels masked on the prompt, cut to `max_len` tokens.
+pub fn load_sft(path: &Path, tokenizer: &dyn TextTokenizer, max_len: usize) -> anyhow::Result<Loaded> {
+    let set = InstructionSet::load(path, false).with_context(|| format!("loading instructions {}", path.display()))?;
+    let n = set.records.len();
+    if n < 2 {
+        bail!("{} holds {n} instruction records; instruction tuning needs at least 2 (one held out)", path.display());
+    }
+    let held_out = ((n as f64 * TEXT_VAL_FRACTION).round() as usize).clamp(1, n - 1);
+    let (train, val) = set.records.split_at(n - held_out);
+    let make = |records: &[kiln::data::text::InstructionRecord]| -> anyhow::Result<SftDataset> {
+        SftDataset::from_records(records, tokenizer, Some(max_len))
+            .with_context(|| format!("tokenizing {} (does the tokenizer cover its characters?)", path.display()))
+    };
+    Ok(Loaded {
+        train: Box::new(make(train)?),
+        test: Box::new(make(val)?),
+        geometry: serde_json::json!({ "vocab_size": tokenizer.vocab_size() }),
+        tokenizer: None,
+        tokenizer_file: None,
+    })
 }
 
 /// Load `info` from `data_dir`; `seq_len` is the block length of language-modelling datasets.
@@ -102,6 +160,7 @@ pub fn load(info: &DatasetInfo, data_dir: &Path, seq_len: usize) -> anyhow::Resu
                 test: Box::new(test),
                 geometry: serde_json::json!({"in_channels": 1, "image_size": 28, "num_classes": 10}),
                 tokenizer: None,
+                tokenizer_file: None,
             })
         }
     }
@@ -120,6 +179,7 @@ fn load_char_text(path: &Path, seq_len: usize) -> anyhow::Result<Loaded> {
         test: Box::new(SequentialBlocks::new(val, seq_len)?),
         geometry: serde_json::json!({"vocab_size": tokenizer.vocab_size()}),
         tokenizer: Some(tokenizer),
+        tokenizer_file: None,
     })
 }
 

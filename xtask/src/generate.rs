@@ -9,7 +9,7 @@ use kiln::data::text::{load_tokenizer, TextTokenizer};
 use kiln::model_crates::lstm::TextGenRnnVocab;
 use kiln::nn::Scope;
 use kiln::tensor::{DType, Device};
-use kiln::zoo::generate::{generate, SamplingParams};
+use kiln::zoo::generate::{generate, BatchGenerator, CausalLm, Detokenizer, SamplingParams, TextStream};
 use kiln::zoo::{Model, ModelEntry, Task};
 
 use crate::train::RunSpec;
@@ -21,8 +21,8 @@ pub struct GenerateArgs {
     #[arg(long)]
     model: String,
     /// A kiln run directory (newest complete checkpoint; config from its run.json), one checkpoint
-    /// directory, or the model's own safetensors file (a tokenizer.json or textgenrnn_vocab.json
-    /// beside it is used for text).
+    /// directory, a Hugging Face model directory (config.json + model.safetensors), or the model's
+    /// own safetensors file (a tokenizer.json or textgenrnn_vocab.json beside it is used for text).
     #[arg(long)]
     weights: PathBuf,
     /// Prompt text (needs a tokenizer next to the weights).
@@ -46,6 +46,30 @@ pub struct GenerateArgs {
     /// Seed of the sampling generator.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Keep tokens at least this fraction as likely as the most likely one, in [0, 1].
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    min_p: f64,
+    /// Penalise tokens already in the prompt or output (> 0; 1 = off).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    repetition_penalty: f64,
+    /// OpenAI presence penalty, in [-2, 2].
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    presence_penalty: f64,
+    /// OpenAI frequency penalty, in [-2, 2].
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    frequency_penalty: f64,
+    /// Stop when the text contains this string (repeatable; not printed).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Report the log-probability of each token and of the K most likely alternatives (JSON).
+    #[arg(long)]
+    logprobs: Option<usize>,
+    /// Number of independent samples (decoded together in one batch).
+    #[arg(long, default_value_t = 1)]
+    n: usize,
+    /// Wrap --prompt in a template: `instruction` (### Instruction / ### Response).
+    #[arg(long)]
+    template: Option<String>,
     /// Print {"prompt_ids": [...], "output_ids": [...], "text": "..."} (new tokens only) instead
     /// of streaming the text.
     #[arg(long)]
@@ -100,12 +124,30 @@ impl Codec {
     }
 }
 
-/// What `--json` prints, in this key order; `text` is null without a tokenizer.
+/// What `--json` prints, in this key order; `text` is null without a tokenizer. With `--n`, one
+/// such object per sample (a JSON array).
 #[derive(serde::Serialize)]
 struct JsonOutput<'a> {
     prompt_ids: &'a [u32],
-    output_ids: &'a [u32],
+    output_ids: Vec<u32>,
     text: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    logprobs: Option<Vec<TokenLogprob>>,
+    finish_reason: &'static str,
+}
+
+/// One token's log-probability and the alternatives (`--logprobs K`).
+#[derive(serde::Serialize)]
+struct TokenLogprob {
+    id: u32,
+    logprob: f64,
+    top_logprobs: Vec<(u32, f64)>,
+}
+
+impl kiln::zoo::generate::Detokenizer for Codec {
+    fn decode(&self, ids: &[u32]) -> kiln::zoo::Result<String> {
+        Codec::decode(self, ids).map_err(|e| kiln::zoo::Error::Generation(format!("decoding tokens: {e:#}")))
+    }
 }
 
 /// A model with its weights, and the tokenizer found with them.
@@ -138,6 +180,27 @@ fn locate_checkpoint(path: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
 fn load(entry: &ModelEntry, path: &Path) -> anyhow::Result<Loaded> {
     if !path.exists() {
         bail!("weights {} not found", path.display());
+    }
+    if path.is_dir() && path.join("config.json").is_file() && !path.join("run.json").is_file() {
+        // A Hugging Face model directory.
+        if entry.family != "gpt" {
+            bail!(
+                "{} is a Hugging Face model directory; only the gpt models read those (model {} is {})",
+                path.display(),
+                entry.name,
+                entry.family
+            );
+        }
+        let (model, report) = kiln::model_crates::gpt::load_hf_dir(path, entry.name)
+            .with_context(|| format!("loading the Hugging Face GPT-2 in {}", path.display()))?;
+        if !report.ignored.is_empty() {
+            eprintln!("note: ignored {} non-parameter tensors ({})", report.ignored.len(), report.ignored.join(", "));
+        }
+        return Ok(Loaded {
+            model: Box::new(model),
+            codec: Codec::find(path)?,
+            tokenizer_dir: path.to_path_buf(),
+        });
     }
     if path.is_dir() {
         let (run_dir, ckpt) = locate_checkpoint(path)?;
@@ -203,8 +266,18 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         top_p: args.top_p,
         seed: args.seed,
         stop_tokens: Vec::new(),
+        min_p: args.min_p,
+        repetition_penalty: args.repetition_penalty,
+        presence_penalty: args.presence_penalty,
+        frequency_penalty: args.frequency_penalty,
+        stop: args.stop.clone(),
+        logprobs: args.logprobs,
+        n: args.n,
     };
     params.validate()?;
+    if let Some(t) = args.template.as_deref().filter(|t| *t != "instruction") {
+        bail!("--template {t:?} is not known; the only template is \"instruction\"");
+    }
     let Loaded {
         model,
         codec,
@@ -226,10 +299,27 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         }
         params.stop_tokens = c.stop_tokens();
     }
+    if !args.stop.is_empty() && codec.is_none() {
+        bail!(
+            "--stop matches text and needs a tokenizer in {}",
+            tokenizer_dir.display()
+        );
+    }
     let prompt_ids = match (&args.prompt, args.prompt_ids) {
         (_, Some(ids)) => ids,
         (Some(text), None) => match &codec {
-            Some(c) => c.encode_prompt(text)?,
+            Some(c) => {
+                let text = match args.template.as_deref() {
+                    Some(_) => kiln::data::text::InstructionRecord {
+                        instruction: text.clone(),
+                        input: String::new(),
+                        output: String::new(),
+                    }
+                    .prompt(),
+                    None => text.clone(),
+                };
+                c.encode_prompt(&text)?
+            }
             None => bail!(
                 "--prompt needs a tokenizer (tokenizer.json or textgenrnn_vocab.json) in {}; give --prompt-ids instead",
                 tokenizer_dir.display()
@@ -237,43 +327,103 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         },
         (None, None) => bail!("give --prompt or --prompt-ids"),
     };
+    if args.json || params.n > 1 {
+        return print_json(lm, codec.as_ref(), &prompt_ids, &params);
+    }
     let mut tokens = generate(lm, &prompt_ids, &params)?;
     let mut out = Vec::new();
-    if args.json {
-        for t in tokens.by_ref() {
-            out.push(t?);
-        }
-        let text = match &codec {
-            Some(c) => Some(c.decode(&out)?),
-            None => None,
-        };
-        let json = JsonOutput {
-            prompt_ids: &prompt_ids,
-            output_ids: &out,
-            text,
-        };
-        println!("{}", serde_json::to_string(&json)?);
-        return Ok(());
-    }
     let mut stdout = std::io::stdout().lock();
-    let mut printed = String::new();
-    for t in tokens {
+    // Text deltas: whole characters only, stop strings held back and cut.
+    let mut text = codec.as_ref().map(|c| TextStream::new(c, &params.stop));
+    for t in tokens.by_ref() {
         let id = t?;
         out.push(id);
-        match &codec {
-            // Decode everything so far and print what is new, so tokens that only make sense
-            // together (bytes of one character) come out whole.
-            Some(c) => {
-                let text = c.decode(&out)?;
-                if let Some(new) = text.strip_prefix(printed.as_str()) {
-                    write!(stdout, "{new}")?;
-                    printed = text;
+        match &mut text {
+            Some(s) => {
+                write!(stdout, "{}", s.push(id)?)?;
+                if s.stopped() {
+                    break;
                 }
             }
             None => write!(stdout, "{}{id}", if out.len() > 1 { " " } else { "" })?,
         }
         stdout.flush()?;
     }
+    if let Some(s) = &mut text {
+        write!(stdout, "{}", s.finish()?)?;
+    }
     writeln!(stdout)?;
+    Ok(())
+}
+
+/// Generate every sample (`n` of them, batched) and print one JSON object per sample (an array
+/// when `n > 1`), with the text cut at the first stop string.
+fn print_json(lm: &dyn CausalLm, codec: Option<&Codec>, prompt: &[u32], params: &SamplingParams) -> anyhow::Result<()> {
+    let mut gen = BatchGenerator::new(lm)?;
+    gen.add_request(prompt, params)?;
+    struct Sample {
+        ids: Vec<u32>,
+        logprobs: Vec<TokenLogprob>,
+        text: String,
+        stopped: bool,
+    }
+    let mut samples: Vec<Sample> = (0..params.n)
+        .map(|_| Sample {
+            ids: Vec::new(),
+            logprobs: Vec::new(),
+            text: String::new(),
+            stopped: false,
+        })
+        .collect();
+    let mut streams: Vec<Option<TextStream>> = (0..params.n)
+        .map(|_| codec.map(|c| TextStream::new(c as &dyn Detokenizer, &params.stop)))
+        .collect();
+    while !gen.is_idle() {
+        for ev in gen.step()? {
+            let s = &mut samples[ev.sample];
+            if s.stopped {
+                continue;
+            }
+            s.ids.push(ev.token.id);
+            if let Some(lp) = ev.token.logprob {
+                s.logprobs.push(TokenLogprob {
+                    id: ev.token.id,
+                    logprob: lp,
+                    top_logprobs: ev.token.top_logprobs.clone(),
+                });
+            }
+            if let Some(stream) = &mut streams[ev.sample] {
+                s.text += &stream.push(ev.token.id)?;
+                if stream.stopped() {
+                    s.stopped = true;
+                    gen.cancel_sample(ev.request, ev.sample)?;
+                }
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(params.n);
+    for (s, stream) in samples.into_iter().zip(streams.iter_mut()) {
+        let mut text = s.text;
+        if let Some(stream) = stream {
+            text += &stream.finish()?;
+        }
+        let finish_reason = if s.stopped || s.ids.last().is_some_and(|id| params.stop_tokens.contains(id)) {
+            "stop"
+        } else {
+            "length"
+        };
+        out.push(JsonOutput {
+            prompt_ids: prompt,
+            output_ids: s.ids,
+            text: codec.map(|_| text),
+            logprobs: params.logprobs.map(|_| s.logprobs),
+            finish_reason,
+        });
+    }
+    if out.len() == 1 {
+        println!("{}", serde_json::to_string(&out[0])?);
+    } else {
+        println!("{}", serde_json::to_string(&out)?);
+    }
     Ok(())
 }

@@ -55,9 +55,17 @@ fn keep_freed_memory() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
     keep_freed_memory();
     let cli = Cli::parse();
+    if let Err(e) = dispatch(cli) {
+        // One line: the error and its causes; exit code 2 as for bad command-line usage.
+        eprintln!("error: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train(args) => train::train(*args),
         Command::Eval(args) => train::eval(args),

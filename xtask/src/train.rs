@@ -3,8 +3,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use kiln::autograd::Param;
+use kiln::data::text::load_tokenizer;
 use kiln::nn::Scope;
-use kiln::optim::Schedule;
+use kiln::optim::{AdamW, AdamWConfig, Optimizer, ParamGroup, Schedule};
+use kiln::zoo::Model;
 use kiln::tensor::{DType, Device};
 use kiln::train::{OptimizerConfig, TrainConfig, Trainer};
 use serde::{Deserialize, Serialize};
@@ -56,6 +59,51 @@ pub struct TrainArgs {
     /// Directory holding the datasets (default: data/ of this repository).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Second Adam moment decay (transformer recipe default 0.95; nanoGPT's shakespeare-char 0.99).
+    #[arg(long)]
+    beta2: Option<f64>,
+    /// Decoupled weight decay of AdamW (transformer recipe: 0.1, on weight matrices only).
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Linear warm-up steps before the cosine decay (transformer recipe: 5% of the run).
+    #[arg(long)]
+    warmup_steps: Option<usize>,
+    /// Floor of the cosine decay (transformer recipe: lr / 10; otherwise 0).
+    #[arg(long)]
+    min_lr: Option<f64>,
+    /// Clip the global gradient norm (transformer recipe: 1.0).
+    #[arg(long)]
+    clip_grad_norm: Option<f64>,
+    /// Batches averaged into one optimizer step.
+    #[arg(long)]
+    grad_accum: Option<usize>,
+    /// Validation loss every this many steps (besides each epoch's end).
+    #[arg(long)]
+    eval_every: Option<usize>,
+    /// Log a progress line every this many steps (default 50).
+    #[arg(long)]
+    log_every: Option<usize>,
+    /// Write a checkpoint every this many steps.
+    #[arg(long)]
+    checkpoint_every: Option<usize>,
+    /// `sft`: instruction tuning on a JSONL file given as --dataset (prompt tokens masked).
+    #[arg(long)]
+    task: Option<String>,
+    /// Start from the weights of this run directory (its newest complete checkpoint) and reuse
+    /// its tokenizer (instruction tuning after pre-training).
+    #[arg(long)]
+    init: Option<PathBuf>,
+}
+
+/// The transformer recipe's optimizer settings, stored in `run.json` so `--resume` rebuilds the
+/// same optimizer.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Recipe {
+    /// Adam's second-moment decay.
+    pub beta2: Option<f64>,
+    /// AdamW's decoupled weight decay (matrices only for the transformer recipe).
+    pub weight_decay: Option<f64>,
 }
 
 /// A run's settings: the config file's schema, and what is stored as `run.json` in the run directory.
@@ -76,6 +124,12 @@ pub struct RunSpec {
     pub train: Option<serde_json::Value>,
     /// Tokens per example of a language-modelling dataset.
     pub seq_len: Option<usize>,
+    /// Optimizer details beyond the name and learning rate.
+    pub recipe: Option<Recipe>,
+    /// `sft` for instruction tuning; absent for the dataset's own task.
+    pub task: Option<String>,
+    /// The run whose weights and tokenizer this run started from.
+    pub init: Option<PathBuf>,
 }
 
 const RUN_FILE: &str = "run.json";
@@ -128,6 +182,45 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     flag!(optimizer);
     flag!(lr);
     flag!(seq_len);
+    flag!(task);
+    flag!(init);
+    let mut recipe = spec.recipe.clone().unwrap_or_default();
+    if args.beta2.is_some() {
+        recipe.beta2 = args.beta2;
+    }
+    if args.weight_decay.is_some() {
+        recipe.weight_decay = args.weight_decay;
+    }
+    // Instruction tuning continues a run: its model and config come from there.
+    let init_spec = match &spec.init {
+        Some(dir) => Some(
+            read_spec(&dir.join(RUN_FILE)).with_context(|| format!("--init {} is not a kiln run directory", dir.display()))?,
+        ),
+        None => None,
+    };
+    if let Some(init) = &init_spec {
+        if spec.model.is_none() {
+            spec.model = init.model.clone();
+        }
+        if spec.model != init.model {
+            bail!(
+                "--model {} differs from the --init run's model {}",
+                spec.model.as_deref().unwrap_or("?"),
+                init.model.as_deref().unwrap_or("?")
+            );
+        }
+        if spec.model_config.is_none() {
+            spec.model_config = init.model_config.clone();
+        }
+    }
+    let sft = match spec.task.as_deref() {
+        None => false,
+        Some("sft") => true,
+        Some(other) => bail!("--task {other:?} is not known; the only task option is \"sft\" (instruction tuning)"),
+    };
+    if sft && spec.init.is_none() {
+        bail!("--task sft tunes a pre-trained model: give its run directory with --init RUN_DIR");
+    }
     let model_name = spec.model.clone().unwrap_or_else(|| "lenet5".into());
     let dataset = spec.dataset.clone().unwrap_or_else(|| "mnist".into());
     let lr = spec.lr.unwrap_or(1e-3);
@@ -148,6 +241,21 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     if let Some(s) = args.seed {
         train_cfg.seed = s;
     }
+    if let Some(c) = args.clip_grad_norm {
+        train_cfg.clip_grad_norm = Some(c);
+    }
+    if let Some(a) = args.grad_accum {
+        train_cfg.grad_accum_steps = a;
+    }
+    if let Some(e) = args.eval_every {
+        train_cfg.eval_every_steps = Some(e);
+    }
+    if let Some(l) = args.log_every {
+        train_cfg.log_every_steps = l;
+    }
+    if let Some(c) = args.checkpoint_every {
+        train_cfg.checkpoint_every_steps = Some(c);
+    }
     let out = args
         .resume
         .clone()
@@ -158,14 +266,33 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     train_cfg.validate()?;
 
     let entry = kiln::find_model(&model_name)?;
-    let info = datasets::find(&dataset)?;
-    check_fits(&dataset, info.task, &model_name, entry.task)?;
+    // The transformer recipe (GPT-style models): AdamW, decay on matrices, warm-up, clipping.
+    let transformer = entry.family == "gpt";
+    if transformer && train_cfg.clip_grad_norm.is_none() && args.resume.is_none() {
+        train_cfg.clip_grad_norm = Some(1.0);
+    }
     let seq_len = spec.seq_len.unwrap_or(datasets::DEFAULT_SEQ_LEN);
     if seq_len == 0 {
         bail!("--seq-len must be at least 1");
     }
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
-    let data = datasets::load(info, &data_dir, seq_len)?;
+    let data = if sft {
+        if entry.task != kiln::zoo::Task::CausalLm {
+            bail!("--task sft needs a causal language model; {model_name} is a {} model", entry.task);
+        }
+        let init_dir = spec.init.clone().unwrap_or_default();
+        let tok_path = init_dir.join("tokenizer.json");
+        let tok = load_tokenizer(&tok_path)
+            .with_context(|| format!("the --init run has no usable tokenizer ({})", tok_path.display()))?;
+        datasets::load_sft(Path::new(&dataset), tok.as_ref(), seq_len + 1)?
+    } else if datasets::is_shard_dir(&dataset) {
+        check_fits(&dataset, kiln::zoo::Task::CausalLm, &model_name, entry.task)?;
+        datasets::load_shards(Path::new(&dataset), seq_len)?
+    } else {
+        let info = datasets::find(&dataset)?;
+        check_fits(&dataset, info.task, &model_name, entry.task)?;
+        datasets::load(info, &data_dir, seq_len)?
+    };
     let model_cfg = kiln::zoo::merge_config(
         entry,
         Some(&fit_model_to_data(
@@ -175,8 +302,20 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         )),
     )?;
     let model = (entry.build)(&model_cfg, Scope::init(train_cfg.seed, DType::F32, device))?;
-    let optimizer = OptimizerConfig::by_name(spec.optimizer.as_deref().unwrap_or("adam"), lr)?
-        .build(model.parameters())?;
+    if let Some(init) = &spec.init {
+        let ckpt = kiln::train::latest_checkpoint(init)?
+            .with_context(|| format!("no complete checkpoint in the --init run {}", init.display()))?;
+        if args.resume.is_none() {
+            kiln::nn::load_state_dict_file(&model.parameters(), ckpt.join("model.safetensors"), true)
+                .with_context(|| format!("loading the --init weights {}", ckpt.display()))?;
+            println!("starting from the weights of {}", ckpt.display());
+        }
+    }
+    let optimizer_name = spec
+        .optimizer
+        .clone()
+        .unwrap_or_else(|| if transformer { "adamw" } else { "adam" }.into());
+    let optimizer = build_optimizer(&optimizer_name, lr, &recipe, transformer, model.parameters())?;
     let (train_set, test_set) = (data.train.as_ref(), data.test.as_ref());
     if train_cfg.schedule.is_none() {
         // Without a schedule from the config: cosine decay to 0 over the run, which settles the
@@ -189,12 +328,16 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             (None, Some(e)) => e * per_epoch,
             (None, None) => per_epoch,
         };
+        let warmup_steps = args.warmup_steps.unwrap_or(if transformer { total / 20 } else { 0 });
+        let min_lr = args.min_lr.unwrap_or(if transformer { lr / 10.0 } else { 0.0 });
         train_cfg.schedule = Some(Schedule::WarmupCosine {
             lr,
-            warmup_steps: 0,
-            total_steps: total.max(1),
-            min_lr: 0.0,
+            warmup_steps,
+            total_steps: total.max(1).max(warmup_steps),
+            min_lr,
         });
+    } else if args.warmup_steps.is_some() || args.min_lr.is_some() {
+        bail!("--warmup-steps and --min-lr shape the default schedule; the run's config already sets \"schedule\"");
     }
 
     std::fs::create_dir_all(&out)
@@ -202,16 +345,25 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     let stored = RunSpec {
         model: Some(model_name.clone()),
         dataset: Some(dataset.clone()),
-        optimizer: spec.optimizer.clone(),
+        optimizer: Some(optimizer_name.clone()),
         lr: Some(lr),
         model_config: Some(model_cfg),
         train: Some(serde_json::to_value(&train_cfg)?),
         seq_len: spec.seq_len,
+        recipe: Some(recipe.clone()),
+        task: spec.task.clone(),
+        init: spec.init.clone(),
     };
     std::fs::write(out.join(RUN_FILE), serde_json::to_string_pretty(&stored)?)?;
+    // `cargo xtask generate --weights RUN --prompt TEXT` reads it.
     if let Some(tokenizer) = &data.tokenizer {
-        // `cargo xtask generate --weights RUN --prompt TEXT` reads it.
         tokenizer.save(out.join("tokenizer.json"))?;
+    } else if let Some(file) = &data.tokenizer_file {
+        std::fs::copy(file, out.join("tokenizer.json"))
+            .with_context(|| format!("copying the tokenizer {}", file.display()))?;
+    } else if let Some(init) = spec.init.as_ref().filter(|_| sft) {
+        std::fs::copy(init.join("tokenizer.json"), out.join("tokenizer.json"))
+            .with_context(|| format!("copying the tokenizer of {}", init.display()))?;
     }
 
     println!(
@@ -227,21 +379,98 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         println!("resumed from {} at step {}", ckpt.display(), trainer.step());
     }
     let started = std::time::Instant::now();
-    trainer.fit(train_set, None)?;
+    let val = trainer.config().eval_every_steps.map(|_| test_set);
+    let history = trainer.fit(train_set, val)?;
     let train_secs = started.elapsed().as_secs_f64();
     let test = trainer.evaluate(test_set)?;
     let acc = test.accuracy.unwrap_or(f64::NAN);
-    println!(
-        "test: loss {:.4}, accuracy {:.2}% ({} examples); training took {train_secs:.1} s",
-        test.loss,
-        100.0 * acc,
-        test.samples
-    );
+    if entry.task == kiln::zoo::Task::CausalLm {
+        let tokens: f64 = history
+            .steps
+            .iter()
+            .filter_map(|s| s.tokens_per_sec)
+            .collect::<Vec<_>>()
+            .last()
+            .copied()
+            .unwrap_or(f64::NAN);
+        println!(
+            "validation: loss {:.4} ({} examples); training took {train_secs:.1} s ({tokens:.0} tokens/s in the last window)",
+            test.loss, test.samples
+        );
+        print_sample(trainer.model(), &out, sft)?;
+    } else {
+        println!(
+            "test: loss {:.4}, accuracy {:.2}% ({} examples); training took {train_secs:.1} s",
+            test.loss,
+            100.0 * acc,
+            test.samples
+        );
+    }
     let metrics = serde_json::json!({
         "test_accuracy": acc, "test_loss": test.loss, "test_top5": test.top5,
         "train_seconds": train_secs, "steps": trainer.step(),
     });
     std::fs::write(out.join("metrics.json"), serde_json::to_string_pretty(&metrics)?)?;
+    Ok(())
+}
+
+/// The optimizer of a run: by name, or AdamW with the recipe's betas and weight decay (on weight
+/// matrices only for transformers).
+fn build_optimizer(
+    name: &str,
+    lr: f64,
+    recipe: &Recipe,
+    transformer: bool,
+    params: Vec<Param>,
+) -> anyhow::Result<Box<dyn Optimizer>> {
+    if name.eq_ignore_ascii_case("adamw") {
+        let decay = recipe.weight_decay.unwrap_or(if transformer { 0.1 } else { 0.01 });
+        let cfg = AdamWConfig {
+            lr,
+            betas: (0.9, recipe.beta2.unwrap_or(if transformer { 0.95 } else { 0.999 })),
+            weight_decay: decay,
+            ..Default::default()
+        };
+        let groups = if transformer {
+            ParamGroup::split_decay_matrices(params, decay)
+        } else {
+            vec![ParamGroup::new(params)]
+        };
+        return Ok(Box::new(AdamW::new(groups, cfg)?));
+    }
+    if recipe.beta2.is_some() || recipe.weight_decay.is_some() {
+        bail!("--beta2 and --weight-decay apply to the adamw optimizer, not {name}");
+    }
+    Ok(OptimizerConfig::by_name(name, lr)?.build(params)?)
+}
+
+/// After training a causal LM: a short sample from the model, from a newline (pre-training) or an
+/// instruction (after instruction tuning), with the run's tokenizer.
+fn print_sample(model: &std::sync::Arc<dyn Model>, run: &Path, sft: bool) -> anyhow::Result<()> {
+    let (Some(lm), Ok(tok)) = (model.as_causal_lm(), load_tokenizer(run.join("tokenizer.json"))) else {
+        return Ok(());
+    };
+    model.set_training(false);
+    let prompt_text = if sft {
+        kiln::data::text::InstructionRecord {
+            instruction: "What is 2 + 3?".into(),
+            input: String::new(),
+            output: String::new(),
+        }
+        .prompt()
+    } else {
+        "\n".to_string()
+    };
+    let prompt = tok.encode(&prompt_text)?;
+    let max_new = lm.context_len().map_or(200, |c| c.saturating_sub(prompt.len()).min(200));
+    let params = kiln::zoo::SamplingParams {
+        max_new_tokens: max_new,
+        temperature: 0.8,
+        stop_tokens: tok.eos_id().into_iter().collect(),
+        ..Default::default()
+    };
+    let ids = kiln::zoo::generate::generate_all(lm, &prompt, &params)?;
+    println!("sample (temperature 0.8, seed 0):\n{}{}", prompt_text, tok.decode(&ids)?);
     Ok(())
 }
 

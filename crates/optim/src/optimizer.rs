@@ -117,6 +117,24 @@ impl ParamGroup {
         ]
     }
 
+    /// The GPT recipe: like [`ParamGroup::split_decay`], but embedding tables (names containing
+    /// `wte`, `wpe` or `embed`) are not decayed either, so only weight matrices are.
+    pub fn split_decay_matrices(params: Vec<Param>, decay: f64) -> Vec<ParamGroup> {
+        let (no_decay, decayed): (Vec<Param>, Vec<Param>) = params
+            .into_iter()
+            .partition(|p| Self::is_no_decay(p) || Self::is_embedding(p));
+        vec![
+            ParamGroup::new(decayed).with_weight_decay(decay),
+            ParamGroup::new(no_decay).with_weight_decay(0.0),
+        ]
+    }
+
+    /// Whether `param` is an embedding table by its name (`wte`, `wpe`, or containing `embed`).
+    pub fn is_embedding(param: &Param) -> bool {
+        let name = param.name().to_ascii_lowercase();
+        name.contains("embed") || name.split('.').any(|part| part == "wte" || part == "wpe")
+    }
+
     /// Whether [`ParamGroup::split_decay`] exempts `param` from weight decay: it has at most one
     /// dimension, its name ends in `bias`, its name contains `norm` (any case: `LayerNorm`,
     /// `norm1`, `rmsnorm`), or a dotted component of its name is `ln`, `ln_…` or `ln<digit>…`

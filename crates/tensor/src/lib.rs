@@ -19,6 +19,7 @@ mod creation;
 mod device;
 mod dtype;
 mod error;
+pub mod fast_math;
 pub mod io;
 mod layout;
 #[cfg(feature = "linalg")]

@@ -60,6 +60,10 @@ pub struct TrainConfig {
     pub grad_accum_steps: usize,
     /// Log (progress line, `metrics.jsonl`, TensorBoard) every this many steps (default 50).
     pub log_every_steps: usize,
+    /// Also evaluate on the validation data every this many steps (default: only at the end of
+    /// each epoch).
+    #[serde(default)]
+    pub eval_every_steps: Option<usize>,
     /// Write a checkpoint every this many steps (default: none).
     pub checkpoint_every_steps: Option<usize>,
     /// Write a checkpoint at the end of every epoch (default true; needs `out_dir`).
@@ -94,6 +98,7 @@ impl Default for TrainConfig {
             clip_grad_norm: None,
             grad_accum_steps: 1,
             log_every_steps: 50,
+            eval_every_steps: None,
             checkpoint_every_steps: None,
             checkpoint_every_epoch: true,
             checkpoint_at_end: true,

@@ -70,6 +70,8 @@ impl RunLogs {
             "accuracy": s.accuracy,
             "lr": s.lr,
             "samples_per_sec": s.samples_per_sec,
+            "tokens_per_sec": s.tokens_per_sec,
+            "grad_norm": s.grad_norm,
             "time": unix_time(),
         }))?;
         if let Some(ev) = &mut self.events {
@@ -81,7 +83,29 @@ impl RunLogs {
             if let Some(a) = s.accuracy {
                 scalars.push(("train/accuracy", a as f32));
             }
+            if let Some(t) = s.tokens_per_sec {
+                scalars.push(("train/tokens_per_sec", t as f32));
+            }
+            if let Some(g) = s.grad_norm {
+                scalars.push(("train/grad_norm", g as f32));
+            }
             ev.add_scalars(s.step, &scalars)?;
+            ev.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Log a validation pass after `step`.
+    pub fn validation(&mut self, v: &crate::metrics::ValLog) -> Result<()> {
+        self.line(json!({
+            "type": "val",
+            "step": v.step,
+            "val_loss": v.val.loss,
+            "val_accuracy": v.val.accuracy,
+            "time": unix_time(),
+        }))?;
+        if let Some(ev) = &mut self.events {
+            ev.add_scalars(v.step, &[("val/loss", v.val.loss as f32)])?;
             ev.flush()?;
         }
         Ok(())

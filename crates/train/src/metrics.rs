@@ -214,6 +214,21 @@ pub struct StepLog {
     pub lr: f64,
     /// Training throughput since the previous log, examples per second.
     pub samples_per_sec: f64,
+    /// Training throughput in tokens per second, for token-id inputs.
+    #[serde(default)]
+    pub tokens_per_sec: Option<f64>,
+    /// The global gradient norm of the last step before clipping, when clipping is on.
+    #[serde(default)]
+    pub grad_norm: Option<f64>,
+}
+
+/// A validation pass in the middle of an epoch (`TrainConfig::eval_every_steps`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ValLog {
+    /// The optimizer step after which it ran.
+    pub step: usize,
+    /// The validation metrics.
+    pub val: Metrics,
 }
 
 /// The metrics of one completed epoch.
@@ -240,6 +255,9 @@ pub struct History {
     pub epochs: Vec<EpochMetrics>,
     /// Logged steps, in order.
     pub steps: Vec<StepLog>,
+    /// Validation passes every `eval_every_steps` steps, in order.
+    #[serde(default)]
+    pub validations: Vec<ValLog>,
     /// Set when a callback stopped training early (the reason).
     pub stopped_early: Option<String>,
 }

@@ -444,6 +444,8 @@ mod tests {
                 accuracy: Some(1.0 - 1.0 / (i as f64 + 1.0)),
                 lr: 1e-3,
                 samples_per_sec: 1000.0,
+                tokens_per_sec: None,
+                grad_norm: None,
             });
         }
         for e in 0..2 {

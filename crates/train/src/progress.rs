@@ -23,6 +23,8 @@ pub(crate) struct ProgressLine {
     pub accuracy: Option<f64>,
     pub samples_per_sec: f64,
     pub unit: &'static str,
+    /// Learning rate and gradient norm, shown when gradients are clipped (the norm is known).
+    pub lr_and_norm: Option<(f64, f64)>,
 }
 
 impl ProgressLine {
@@ -30,6 +32,9 @@ impl ProgressLine {
         let mut s = format!("loss {:.4}", self.loss);
         if let Some(a) = self.accuracy {
             s.push_str(&format!(" acc {a:.4}"));
+        }
+        if let Some((lr, norm)) = self.lr_and_norm {
+            s.push_str(&format!(" lr {lr:.2e} gnorm {norm:.3}"));
         }
         s.push_str(&format!(" {:.0} {}", self.samples_per_sec, self.unit));
         s

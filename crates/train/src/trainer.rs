@@ -325,6 +325,7 @@ impl Trainer {
         // Throughput counts what this call processed (a resumed window's earlier part ran before).
         let mut window_start = Instant::now();
         let mut window_samples = 0usize;
+        let mut window_tokens = 0usize;
         while self.state.epoch < epochs && self.state.step < max_steps && stop.is_none() {
             let epoch = self.state.epoch;
             let epoch_start = Instant::now();
@@ -359,6 +360,9 @@ impl Trainer {
                             &mut checkpoint_wanted,
                         )?;
                     }
+                    if !batch.inputs.dtype().is_float() {
+                        window_tokens += batch.inputs.elem_count();
+                    }
                     let (grads, loss, n) = self.train_batch(batch)?;
                     step_loss += loss * n as f64;
                     step_samples += n;
@@ -377,7 +381,7 @@ impl Trainer {
                         Some(g) => g,
                         None => acc.take().unwrap_or_default().finish()?,
                     };
-                    let lr = self.apply_step(&trainable, &mut grads)?;
+                    let (lr, grad_norm) = self.apply_step(&trainable, &mut grads)?;
                     drop(grads);
                     self.state.step += 1;
                     self.state.batch_offset = pos;
@@ -410,6 +414,8 @@ impl Trainer {
                             accuracy: m.accuracy,
                             lr,
                             samples_per_sec: window_samples as f64 / secs,
+                            tokens_per_sec: (window_tokens > 0).then(|| window_tokens as f64 / secs),
+                            grad_norm,
                         };
                         progress.log(&ProgressLine {
                             epoch,
@@ -417,8 +423,9 @@ impl Trainer {
                             steps_per_epoch,
                             loss: rec.loss,
                             accuracy: rec.accuracy,
-                            samples_per_sec: rec.samples_per_sec,
-                            unit: self.unit(),
+                            samples_per_sec: rec.tokens_per_sec.unwrap_or(rec.samples_per_sec),
+                            unit: if rec.tokens_per_sec.is_some() { "tok/s" } else { self.unit() },
+                            lr_and_norm: rec.grad_norm.map(|g| (lr, g)),
                         });
                         if let Some(l) = &mut logs {
                             l.step(&rec)?;
@@ -427,6 +434,25 @@ impl Trainer {
                         self.state.window_metrics = MetricAccumulator::new();
                         window_start = Instant::now();
                         window_samples = 0;
+                        window_tokens = 0;
+                    }
+                    if let (Some(every), Some(v)) = (cfg.eval_every_steps, val) {
+                        if step.is_multiple_of(every) {
+                            let log = crate::metrics::ValLog {
+                                step,
+                                val: self.evaluate(v)?,
+                            };
+                            self.model.set_training(true);
+                            progress.message(&format!("step {step}: val loss {:.4}", log.val.loss));
+                            if let Some(l) = &mut logs {
+                                l.validation(&log)?;
+                            }
+                            self.state.history.validations.push(log);
+                            // Evaluation time is not training throughput.
+                            window_start = Instant::now();
+                            window_samples = 0;
+                            window_tokens = 0;
+                        }
                     }
                     let epoch_done = pos == num_batches;
                     let every = cfg.checkpoint_every_steps.is_some_and(|n| step.is_multiple_of(n));
@@ -555,19 +581,21 @@ impl Trainer {
         Ok((grads, lv, n))
     }
 
-    /// Reduce across replicas, clip, schedule and step. Returns the learning rate used.
-    fn apply_step(&mut self, trainable: &[Param], grads: &mut Gradients) -> Result<f64> {
+    /// Reduce across replicas, clip, schedule and step. Returns the learning rate used and the
+    /// gradient norm before clipping (when clipping is on).
+    fn apply_step(&mut self, trainable: &[Param], grads: &mut Gradients) -> Result<(f64, Option<f64>)> {
         // The one place where gradients cross replicas.
         self.collective.all_reduce_gradients(trainable, grads)?;
+        let mut norm = None;
         if let Some(max) = self.config.clip_grad_norm {
-            clip_grad_norm(trainable, grads, max)?;
+            norm = Some(clip_grad_norm(trainable, grads, max)?);
         }
         if let Some(s) = &self.config.schedule {
             s.apply(&mut *self.optimizer);
         }
         let lr = self.optimizer.lr();
         self.optimizer.step(grads)?;
-        Ok(lr)
+        Ok((lr, norm))
     }
 
     /// Evaluate on `data` (which must have targets): mean loss, and accuracy and top-5 accuracy

@@ -104,22 +104,11 @@ impl Var {
             cdf.add(&x.mul(&pdf)?)
         }))
     }
-    /// Tanh-approximate GELU.
+    /// Tanh-approximate GELU (one fused pass backward).
     pub fn gelu_tanh(&self) -> Result<Var> {
         let y = self.value().gelu_tanh()?;
-        Ok(self.unary_with("gelu_tanh", y, |x, _| {
-            // u = c(x + a x^3); y = 0.5 x (1 + tanh u); dy = 0.5(1 + t) + 0.5 x (1 - t^2) c (1 + 3a x^2)
-            let (c, a) = (0.797_884_560_802_865_4, 0.044715);
-            let x2 = x.sqr()?;
-            let u = x.mul(&x2.affine(a, 1.0)?)?.mul_scalar(c)?;
-            let t = u.tanh()?;
-            let left = t.affine(0.5, 0.5)?;
-            let right = x
-                .mul(&t.sqr()?.affine(-1.0, 1.0)?)?
-                .mul(&x2.affine(3.0 * a * c, c)?)?
-                .mul_scalar(0.5)?;
-            left.add(&right)
-        }))
+        let x = self.value().clone();
+        Ok(Var::from_op("gelu_tanh", y, &[self], move |g| Ok(vec![Some(x.gelu_tanh_backward(g)?)])))
     }
     /// SiLU / swish: `x·sigmoid(x)`.
     pub fn silu(&self) -> Result<Var> {

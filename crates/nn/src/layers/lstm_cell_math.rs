@@ -8,63 +8,18 @@ use kiln_tensor::{DType, FloatDType, Tensor};
 
 type TResult<T> = kiln_tensor::Result<T>;
 
-/// The exponential the gate activations use: f64 calls libm; f32 uses a branch-free polynomial
-/// (below) that the compiler vectorises, since a scalar `expf` call per gate was the largest
-/// element-wise cost of LSTM training.
-pub(crate) trait GateFloat: FloatDType {
-    /// `e^x`, saturating to a large finite value above `x ≈ 88` (f32), which the activations below
-    /// turn into their exact limits.
-    fn gate_exp(self) -> Self;
-}
-
-impl GateFloat for f64 {
-    #[inline(always)]
-    fn gate_exp(self) -> f64 {
-        self.exp()
-    }
-}
-
-impl GateFloat for f32 {
-    /// Cody–Waite range reduction `x = n ln2 + r` (|r| ≤ ln2/2) and a degree-6 polynomial for
-    /// `e^r` (the Cephes `expf` coefficients), scaled by `2^n` through the exponent bits: within
-    /// 2 ulp of `expf` over `[-87.3, 88.3]`, and `e^-87.3` / `e^88.3` (both finite) outside it.
-    #[inline(always)]
-    fn gate_exp(self) -> f32 {
-        // 1.5 * 2^23: adding it rounds to the nearest integer and leaves that integer in the low
-        // mantissa bits.
-        const ROUND: f32 = 12_582_912.0;
-        const LN2_HI: f32 = 0.693_359_4; // 355 / 512 exactly
-        const LN2_LO: f32 = -2.121_944_4e-4;
-        let x = self.clamp(-87.3, 88.3);
-        let t = x * std::f32::consts::LOG2_E + ROUND;
-        let n = t - ROUND;
-        let r = x - n * LN2_HI - n * LN2_LO;
-        let mut p = 1.987_569_1e-4_f32;
-        p = p * r + 1.398_199_9e-3;
-        p = p * r + 8.333_452e-3;
-        p = p * r + 4.166_579_6e-2;
-        p = p * r + 1.666_666_5e-1;
-        p = p * r + 0.5;
-        let e = p * r * r + r + 1.0;
-        let n_int = t.to_bits() as i32 - ROUND.to_bits() as i32;
-        e * f32::from_bits(((n_int + 127) as u32) << 23)
-    }
-}
+/// The exponential of the gate activations: [`kiln_tensor::fast_math::FastExp`] (a vectorisable
+/// polynomial for f32, libm for f64), since a scalar `expf` per gate dominated LSTM training.
+pub(crate) use kiln_tensor::fast_math::FastExp as GateFloat;
 
 /// `σ(x) = 1 / (1 + e^{-x})`; with the saturating exponential it is exactly 1 for large `x`, below
 /// 1e-37 for very negative `x`, and never NaN for finite input.
 #[inline(always)]
 fn sigmoid<F: GateFloat>(x: F) -> F {
-    F::one() / (F::one() + (-x).gate_exp())
+    F::one() / (F::one() + (-x).fast_exp())
 }
 
-/// `tanh(x) = 1 - 2 / (e^{2x} + 1)`: one exponential instead of libm's slower `tanh`; exact limits
-/// ±1, absolute error within a few ulps of 1.
-#[inline(always)]
-fn tanh<F: GateFloat>(x: F) -> F {
-    let two = F::one() + F::one();
-    F::one() - two / ((two * x).gate_exp() + F::one())
-}
+use kiln_tensor::fast_math::fast_tanh as tanh;
 
 /// Native dtype of the kernels: f32 and f64 as they are, anything else through f32.
 fn native(t: &Tensor) -> TResult<Tensor> {
@@ -216,11 +171,11 @@ mod tests {
         let mut worst = 0;
         let mut x = -87.0f32;
         while x <= 88.0 {
-            worst = worst.max(ulps(x.gate_exp(), (x as f64).exp() as f32));
+            worst = worst.max(ulps(x.fast_exp(), (x as f64).exp() as f32));
             x += 0.0137;
         }
         assert!(worst <= 2, "worst error {worst} ulp");
-        assert_eq!(0f32.gate_exp(), 1.0);
+        assert_eq!(0f32.fast_exp(), 1.0);
     }
 
     #[test]

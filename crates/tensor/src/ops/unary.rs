@@ -1,6 +1,8 @@
 //! Element-wise unary operations. Float ops run natively on f32/f64; f16/bf16 compute in f32
 //! and round back, as PyTorch does on the CPU.
 
+use super::{PARALLEL_CHUNK, PARALLEL_THRESHOLD};
+use crate::fast_math::{fast_tanh, FastExp};
 use crate::{DType, Error, FloatDType, Result, Tensor, WithDType};
 
 /// An element-wise function of one float tensor. Backends implement the enum, not one
@@ -84,7 +86,7 @@ impl UnaryOp {
 
     /// Evaluate on one value.
     #[inline(always)]
-    pub fn eval<F: FloatDType>(self, x: F) -> F {
+    pub fn eval<F: FastExp>(self, x: F) -> F {
         let c = |v: f64| F::from_f64(v);
         match self {
             UnaryOp::Exp => x.exp(),
@@ -107,9 +109,7 @@ impl UnaryOp {
                 let erf = F::from_f64(libm::erf(x.to_f64() * std::f64::consts::FRAC_1_SQRT_2));
                 c(0.5) * x * (F::ONE + erf)
             }
-            UnaryOp::GeluTanh => {
-                c(0.5) * x * (F::ONE + (c(SQRT_2_OVER_PI) * (x + c(0.044715) * x * x * x)).tanh())
-            }
+            UnaryOp::GeluTanh => c(0.5) * x * (F::ONE + fast_tanh(c(SQRT_2_OVER_PI) * (x + c(0.044715) * x * x * x))),
             UnaryOp::Silu => x * sigmoid(x),
             UnaryOp::Powf(p) => x.powf(c(p)),
             UnaryOp::Recip => x.recip(),
@@ -133,7 +133,7 @@ fn sigmoid<F: FloatDType>(x: F) -> F {
 
 /// Run `op` over every element with the `match` hoisted out of the loop, so each op gets its own
 /// tight (vectorisable) loop instead of a branch per element.
-fn unary_kernel<F: FloatDType>(t: &Tensor, op: UnaryOp) -> Result<Tensor> {
+fn unary_kernel<F: FastExp>(t: &Tensor, op: UnaryOp) -> Result<Tensor> {
     // The cheap, hot ops get a dedicated loop; the rest share one (their math dominates the branch).
     match op {
         UnaryOp::Relu => super::map_elements::<F, F>(t, |x| if x > F::ZERO { x } else { F::ZERO }),
@@ -145,6 +145,7 @@ fn unary_kernel<F: FloatDType>(t: &Tensor, op: UnaryOp) -> Result<Tensor> {
         UnaryOp::Sqrt => super::map_elements::<F, F>(t, |x| x.sqrt()),
         UnaryOp::Exp => super::map_elements::<F, F>(t, |x| x.exp()),
         UnaryOp::Recip => super::map_elements::<F, F>(t, |x| x.recip()),
+        UnaryOp::GeluTanh => super::map_elements::<F, F>(t, |x| UnaryOp::GeluTanh.eval(x)),
         _ => super::map_elements::<F, F>(t, move |x| op.eval(x)),
     }
 }
@@ -211,6 +212,54 @@ impl Tensor {
     /// Tanh-approximate GELU, as `gelu(x, approximate="tanh")`.
     pub fn gelu_tanh(&self) -> Result<Tensor> {
         self.unary(UnaryOp::GeluTanh)
+    }
+    /// The gradient of [`Tensor::gelu_tanh`] at `self` given the output gradient `grad` (same
+    /// shape), in one pass: `g · (½(1 + t) + ½x(1 - t²)·c(1 + 3a x²))` with `t = tanh(c(x + a x³))`.
+    pub fn gelu_tanh_backward(&self, grad: &Tensor) -> Result<Tensor> {
+        const OP: &str = "gelu_tanh_backward";
+        if self.shape() != grad.shape() || self.dtype() != grad.dtype() {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "x {:?} {} and grad {:?} {} must match",
+                    self.shape(),
+                    self.dtype(),
+                    grad.shape(),
+                    grad.dtype()
+                ),
+            ));
+        }
+        fn kernel<F: FastExp>(x: &Tensor, g: &Tensor) -> Result<Tensor> {
+            let (xs, gs) = (x.contiguous_slice::<F>()?, g.contiguous_slice::<F>()?);
+            let c = |v: f64| F::from_f64(v);
+            let (k, a) = (c(SQRT_2_OVER_PI), c(0.044715));
+            let (half, one, three_a) = (c(0.5), F::ONE, c(3.0 * 0.044715));
+            let f = |(&x, &g): (&F, &F)| {
+                let x2 = x * x;
+                let t = fast_tanh(k * (x + a * x2 * x));
+                g * (half * (one + t) + half * x * (one - t * t) * k * (one + three_a * x2))
+            };
+            let out: Vec<F> = if xs.len() >= PARALLEL_THRESHOLD {
+                use rayon::prelude::*;
+                xs.par_iter().zip(gs.par_iter()).with_min_len(PARALLEL_CHUNK).map(f).collect()
+            } else {
+                xs.iter().zip(gs.iter()).map(f).collect()
+            };
+            Tensor::from_vec(out, x.shape().clone())
+        }
+        match self.dtype() {
+            DType::F32 => kernel::<f32>(self, grad),
+            DType::F64 => kernel::<f64>(self, grad),
+            DType::F16 | DType::BF16 => self
+                .to_dtype(DType::F32)?
+                .gelu_tanh_backward(&grad.to_dtype(DType::F32)?)?
+                .to_dtype(self.dtype()),
+            dtype => Err(Error::UnsupportedDType {
+                op: OP,
+                dtype,
+                expected: "a float dtype (f16, bf16, f32, f64)",
+            }),
+        }
     }
     /// SiLU / swish.
     pub fn silu(&self) -> Result<Tensor> {

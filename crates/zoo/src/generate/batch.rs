@@ -192,6 +192,15 @@ impl<'a> BatchGenerator<'a> {
         Ok(())
     }
 
+    /// Drop one sample of a request (its text hit a stop string); the request's other samples go on.
+    pub fn cancel_sample(&mut self, request: RequestId, sample: usize) -> Result<()> {
+        if let Some(i) = self.running.iter().position(|r| r.request == request && r.sample == sample) {
+            let r = self.running.remove(i);
+            self.decoder.remove_sequence(r.seq)?;
+        }
+        Ok(())
+    }
+
     /// One forward pass over every sample in flight; one token for each.
     pub fn step(&mut self) -> Result<Vec<GenerationEvent>> {
         if self.running.is_empty() {
