@@ -27,6 +27,12 @@ pub struct BenchArgs {
     /// Side of the random input images.
     #[arg(long, default_value_t = 28)]
     image_size: usize,
+    /// `decode`: repetitions of the prefill + 128-token decode (medians reported).
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// `decode`: layers of the GPT-2-small shape (default 12).
+    #[arg(long)]
+    layers: Option<usize>,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -34,8 +40,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "train-lenet" => train_step("lenet5", &args),
         "train-mnist-cnn" => train_step("mnist-cnn", &args),
         "train-resnet20" => train_step("resnet20", &args),
+        "decode" => crate::bench_decode::run(args.reps, args.layers),
         other => {
-            anyhow::bail!("unknown benchmark {other:?}; known: train-lenet, train-mnist-cnn, train-resnet20")
+            anyhow::bail!("unknown benchmark {other:?}; known: train-lenet, train-mnist-cnn, train-resnet20, decode")
         }
     }
 }

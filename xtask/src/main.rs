@@ -2,6 +2,7 @@
 //! `.cargo/config.toml`).
 
 mod bench;
+mod bench_decode;
 mod datasets;
 mod generate;
 mod models;
@@ -39,7 +40,7 @@ enum Command {
     PrepareData(prepare_data::PrepareDataArgs),
     /// List the registered models: name, family, task, parameter count.
     Models(models::ModelsArgs),
-    /// Speed benchmarks: `train-lenet`, `train-mnist-cnn`, `train-resnet20`.
+    /// Speed benchmarks: `train-lenet`, `train-mnist-cnn`, `train-resnet20`, `decode`.
     Bench(bench::BenchArgs),
     /// Print the kiln crates this build links and the compute devices it can use.
     Info,

@@ -47,5 +47,5 @@ pub use collective::{Collective, LocalCollective, SingleProcess};
 pub use config::{OptimizerConfig, ProgressMode, TrainConfig};
 pub use error::{Error, Result};
 pub use logs::METRICS_FILE;
-pub use metrics::{EpochMetrics, History, MetricAccumulator, Metrics, StepLog};
+pub use metrics::{EpochMetrics, History, MetricAccumulator, Metrics, StepLog, ValLog};
 pub use trainer::{Trainer, CURVES_FILE, HISTORY_FILE};
