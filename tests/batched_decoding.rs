@@ -8,7 +8,6 @@ use kiln::model_crates::gpt::load_hf_dir;
 use kiln::nn::Scope;
 use kiln::tensor::{DType, Device};
 use kiln::zoo::generate::{generate_all, BatchGenerator, CausalLm, SamplingParams};
-use kiln::zoo::Model;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

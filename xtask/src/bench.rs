@@ -42,7 +42,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "train-resnet20" => train_step("resnet20", &args),
         "decode" => crate::bench_decode::run(args.reps, args.layers),
         other => {
-            anyhow::bail!("unknown benchmark {other:?}; known: train-lenet, train-mnist-cnn, train-resnet20, decode")
+            anyhow::bail!(
+                "unknown benchmark {other:?}; known: train-lenet, train-mnist-cnn, train-resnet20, decode"
+            )
         }
     }
 }

@@ -19,7 +19,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn argmax(l: &[f32]) -> u32 {
     l.iter()
         .enumerate()
-        .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+        )
         .0 as u32
 }
 
@@ -28,7 +31,9 @@ fn prompt(len: usize, salt: u64) -> Vec<u32> {
     let mut s = 0x9E37_79B9u64 ^ salt;
     (0..len)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 33) % 50257) as u32
         })
         .collect()

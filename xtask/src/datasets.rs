@@ -5,7 +5,9 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use kiln::data::mnist::{Mnist, Split};
-use kiln::data::text::{CharTokenizer, InstructionSet, SequentialBlocks, SftDataset, TextTokenizer, TokenStream};
+use kiln::data::text::{
+    CharTokenizer, InstructionSet, SequentialBlocks, SftDataset, TextTokenizer, TokenStream,
+};
 use kiln::data::{Dataset, TensorDataset};
 use kiln::zoo::Task;
 
@@ -91,7 +93,8 @@ pub fn is_shard_dir(name: &str) -> bool {
 pub fn load_shards(dir: &Path, seq_len: usize) -> anyhow::Result<Loaded> {
     let meta_path = dir.join("meta.json");
     let meta: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&meta_path).with_context(|| format!("cannot read {}", meta_path.display()))?,
+        &std::fs::read_to_string(&meta_path)
+            .with_context(|| format!("cannot read {}", meta_path.display()))?,
     )
     .with_context(|| format!("{} is not JSON", meta_path.display()))?;
     let vocab = meta["vocab_size"]
@@ -102,7 +105,8 @@ pub fn load_shards(dir: &Path, seq_len: usize) -> anyhow::Result<Loaded> {
         .map(|f| dir.join(f))
         .find(|p| p.is_file());
     let open = |name: &str| -> anyhow::Result<SequentialBlocks> {
-        let stream = TokenStream::open(dir.join(name)).with_context(|| format!("cannot open {}", dir.join(name).display()))?;
+        let stream = TokenStream::open(dir.join(name))
+            .with_context(|| format!("cannot open {}", dir.join(name).display()))?;
         Ok(SequentialBlocks::new(stream, seq_len)?)
     };
     Ok(Loaded {
@@ -117,16 +121,24 @@ pub fn load_shards(dir: &Path, seq_len: usize) -> anyhow::Result<Loaded> {
 /// Instruction tuning data: the JSONL records of `path`, the last 10% (at least one) held out for
 /// validation, tokenized with labels masked on the prompt, cut to `max_len` tokens.
 pub fn load_sft(path: &Path, tokenizer: &dyn TextTokenizer, max_len: usize) -> anyhow::Result<Loaded> {
-    let set = InstructionSet::load(path, false).with_context(|| format!("loading instructions {}", path.display()))?;
+    let set = InstructionSet::load(path, false)
+        .with_context(|| format!("loading instructions {}", path.display()))?;
     let n = set.records.len();
     if n < 2 {
-        bail!("{} holds {n} instruction records; instruction tuning needs at least 2 (one held out)", path.display());
+        bail!(
+            "{} holds {n} instruction records; instruction tuning needs at least 2 (one held out)",
+            path.display()
+        );
     }
     let held_out = ((n as f64 * TEXT_VAL_FRACTION).round() as usize).clamp(1, n - 1);
     let (train, val) = set.records.split_at(n - held_out);
     let make = |records: &[kiln::data::text::InstructionRecord]| -> anyhow::Result<SftDataset> {
-        SftDataset::from_records(records, tokenizer, Some(max_len))
-            .with_context(|| format!("tokenizing {} (does the tokenizer cover its characters?)", path.display()))
+        SftDataset::from_records(records, tokenizer, Some(max_len)).with_context(|| {
+            format!(
+                "tokenizing {} (does the tokenizer cover its characters?)",
+                path.display()
+            )
+        })
     };
     Ok(Loaded {
         train: Box::new(make(train)?),

@@ -194,7 +194,11 @@ fn load(entry: &ModelEntry, path: &Path) -> anyhow::Result<Loaded> {
         let (model, report) = kiln::model_crates::gpt::load_hf_dir(path, entry.name)
             .with_context(|| format!("loading the Hugging Face GPT-2 in {}", path.display()))?;
         if !report.ignored.is_empty() {
-            eprintln!("note: ignored {} non-parameter tensors ({})", report.ignored.len(), report.ignored.join(", "));
+            eprintln!(
+                "note: ignored {} non-parameter tensors ({})",
+                report.ignored.len(),
+                report.ignored.join(", ")
+            );
         }
         return Ok(Loaded {
             model: Box::new(model),
@@ -358,7 +362,12 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
 
 /// Generate every sample (`n` of them, batched) and print one JSON object per sample (an array
 /// when `n > 1`), with the text cut at the first stop string.
-fn print_json(lm: &dyn CausalLm, codec: Option<&Codec>, prompt: &[u32], params: &SamplingParams) -> anyhow::Result<()> {
+fn print_json(
+    lm: &dyn CausalLm,
+    codec: Option<&Codec>,
+    prompt: &[u32],
+    params: &SamplingParams,
+) -> anyhow::Result<()> {
     let mut gen = BatchGenerator::new(lm)?;
     gen.add_request(prompt, params)?;
     struct Sample {

@@ -7,9 +7,9 @@ use kiln::autograd::Param;
 use kiln::data::text::load_tokenizer;
 use kiln::nn::Scope;
 use kiln::optim::{AdamW, AdamWConfig, Optimizer, ParamGroup, Schedule};
-use kiln::zoo::Model;
 use kiln::tensor::{DType, Device};
 use kiln::train::{OptimizerConfig, TrainConfig, Trainer};
+use kiln::zoo::Model;
 use serde::{Deserialize, Serialize};
 
 use crate::datasets::{self, check_fits, fit_model_to_data};
@@ -194,7 +194,8 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     // Instruction tuning continues a run: its model and config come from there.
     let init_spec = match &spec.init {
         Some(dir) => Some(
-            read_spec(&dir.join(RUN_FILE)).with_context(|| format!("--init {} is not a kiln run directory", dir.display()))?,
+            read_spec(&dir.join(RUN_FILE))
+                .with_context(|| format!("--init {} is not a kiln run directory", dir.display()))?,
         ),
         None => None,
     };
@@ -216,7 +217,9 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     let sft = match spec.task.as_deref() {
         None => false,
         Some("sft") => true,
-        Some(other) => bail!("--task {other:?} is not known; the only task option is \"sft\" (instruction tuning)"),
+        Some(other) => {
+            bail!("--task {other:?} is not known; the only task option is \"sft\" (instruction tuning)")
+        }
     };
     if sft && spec.init.is_none() {
         bail!("--task sft tunes a pre-trained model: give its run directory with --init RUN_DIR");
@@ -278,7 +281,10 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     let data = if sft {
         if entry.task != kiln::zoo::Task::CausalLm {
-            bail!("--task sft needs a causal language model; {model_name} is a {} model", entry.task);
+            bail!(
+                "--task sft needs a causal language model; {model_name} is a {} model",
+                entry.task
+            );
         }
         let init_dir = spec.init.clone().unwrap_or_default();
         let tok_path = init_dir.join("tokenizer.json");
@@ -328,7 +334,9 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             (None, Some(e)) => e * per_epoch,
             (None, None) => per_epoch,
         };
-        let warmup_steps = args.warmup_steps.unwrap_or(if transformer { total / 20 } else { 0 });
+        let warmup_steps = args
+            .warmup_steps
+            .unwrap_or(if transformer { total / 20 } else { 0 });
         let min_lr = args.min_lr.unwrap_or(if transformer { lr / 10.0 } else { 0.0 });
         train_cfg.schedule = Some(Schedule::WarmupCosine {
             lr,
@@ -424,10 +432,15 @@ fn build_optimizer(
     params: Vec<Param>,
 ) -> anyhow::Result<Box<dyn Optimizer>> {
     if name.eq_ignore_ascii_case("adamw") {
-        let decay = recipe.weight_decay.unwrap_or(if transformer { 0.1 } else { 0.01 });
+        let decay = recipe
+            .weight_decay
+            .unwrap_or(if transformer { 0.1 } else { 0.01 });
         let cfg = AdamWConfig {
             lr,
-            betas: (0.9, recipe.beta2.unwrap_or(if transformer { 0.95 } else { 0.999 })),
+            betas: (
+                0.9,
+                recipe.beta2.unwrap_or(if transformer { 0.95 } else { 0.999 }),
+            ),
             weight_decay: decay,
             ..Default::default()
         };
@@ -462,7 +475,9 @@ fn print_sample(model: &std::sync::Arc<dyn Model>, run: &Path, sft: bool) -> any
         "\n".to_string()
     };
     let prompt = tok.encode(&prompt_text)?;
-    let max_new = lm.context_len().map_or(200, |c| c.saturating_sub(prompt.len()).min(200));
+    let max_new = lm
+        .context_len()
+        .map_or(200, |c| c.saturating_sub(prompt.len()).min(200));
     let params = kiln::zoo::SamplingParams {
         max_new_tokens: max_new,
         temperature: 0.8,
@@ -470,7 +485,11 @@ fn print_sample(model: &std::sync::Arc<dyn Model>, run: &Path, sft: bool) -> any
         ..Default::default()
     };
     let ids = kiln::zoo::generate::generate_all(lm, &prompt, &params)?;
-    println!("sample (temperature 0.8, seed 0):\n{}{}", prompt_text, tok.decode(&ids)?);
+    println!(
+        "sample (temperature 0.8, seed 0):\n{}{}",
+        prompt_text,
+        tok.decode(&ids)?
+    );
     Ok(())
 }
 

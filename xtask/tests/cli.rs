@@ -14,6 +14,8 @@ fn fails_with(args: &[&str], needles: &[&str]) {
     let out = xtask(args);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{args:?} should fail");
+    // Clap's usage errors and kiln's own errors both exit with 2.
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
     assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
     for n in needles {
         assert!(err.contains(n), "{args:?}: message lacks {n:?}: {err}");
@@ -394,4 +396,118 @@ fn prepare_data_with_the_char_tokenizer_writes_shards_and_meta() {
     );
     assert!(dir.join("out/char_tokenizer.json").exists());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn gpt_generate_rejects_bad_requests_in_one_line() {
+    let gpt = "models/gpt/tests/fixtures/gpt2-synthetic";
+    let base = ["generate", "--model", "gpt2", "--weights", gpt];
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["--prompt-ids", "1,2", "--max-tokens", "200"],
+            &["context of 128"],
+        ),
+        (&["--prompt-ids", "1", "--top-p", "1.5"], &["top_p", "(0, 1]"]),
+        (&["--prompt-ids", "1", "--min-p", "-0.1"], &["min_p", "[0, 1]"]),
+        (
+            &["--prompt-ids", "1", "--repetition-penalty", "-1"],
+            &["repetition_penalty"],
+        ),
+        (
+            &["--prompt-ids", "1", "--presence-penalty", "-3"],
+            &["presence_penalty"],
+        ),
+        (&["--prompt-ids", "99999999"], &["99999999", "vocabulary"]),
+        (&["--prompt-ids", "1", "--stop", ""], &["stop string is empty"]),
+        (&["--prompt-ids", "1", "--n", "0"], &["n (the number of samples)"]),
+    ];
+    for (extra, needles) in cases {
+        let args: Vec<&str> = base.iter().chain(extra.iter()).copied().collect();
+        fails_with(&args, needles);
+        let err = String::from_utf8_lossy(&xtask(&args).stderr).into_owned();
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+    }
+    // An empty text prompt, with the GPT-2 tokenizer beside the weights.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = std::env::temp_dir().join(format!("kiln-cli-gpt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(root.join(gpt).join(f), dir.join(f)).unwrap();
+    }
+    std::fs::copy(
+        root.join("data/tokenizers/gpt2/tokenizer.json"),
+        dir.join("tokenizer.json"),
+    )
+    .unwrap();
+    let d = dir.to_str().unwrap();
+    fails_with(
+        &["generate", "--model", "gpt2", "--weights", d, "--prompt", ""],
+        &["prompt is empty"],
+    );
+    let out = xtask(&[
+        "generate",
+        "--model",
+        "gpt2",
+        "--weights",
+        d,
+        "--prompt",
+        "Hello",
+        "--max-tokens",
+        "3",
+        "--temperature",
+        "0",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn gpt_generate_from_a_hugging_face_directory() {
+    let gpt = "models/gpt/tests/fixtures/gpt2-synthetic";
+    let out = xtask(&[
+        "generate",
+        "--model",
+        "gpt2",
+        "--weights",
+        gpt,
+        "--prompt-ids",
+        "5962,22307,25",
+        "--max-tokens",
+        "4",
+        "--temperature",
+        "0",
+        "--logprobs",
+        "2",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["output_ids"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        v["logprobs"].as_array().unwrap()[0]["top_logprobs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(v["finish_reason"], "length");
+    // n = 2 samples come back as an array.
+    let out = xtask(&[
+        "generate",
+        "--model",
+        "gpt2",
+        "--weights",
+        gpt,
+        "--prompt-ids",
+        "1,2",
+        "--max-tokens",
+        "3",
+        "--n",
+        "2",
+        "--seed",
+        "4",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2);
 }

@@ -424,7 +424,11 @@ impl Trainer {
                             loss: rec.loss,
                             accuracy: rec.accuracy,
                             samples_per_sec: rec.tokens_per_sec.unwrap_or(rec.samples_per_sec),
-                            unit: if rec.tokens_per_sec.is_some() { "tok/s" } else { self.unit() },
+                            unit: if rec.tokens_per_sec.is_some() {
+                                "tok/s"
+                            } else {
+                                self.unit()
+                            },
                             lr_and_norm: rec.grad_norm.map(|g| (lr, g)),
                         });
                         if let Some(l) = &mut logs {

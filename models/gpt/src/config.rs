@@ -100,7 +100,7 @@ impl GptConfig {
                 "vocab_size, n_positions, n_embd, n_layer and n_head must be > 0, got {c:?}"
             ));
         }
-        if c.n_embd % c.n_head != 0 {
+        if !c.n_embd.is_multiple_of(c.n_head) {
             return err(format!(
                 "n_embd ({}) must be a multiple of n_head ({})",
                 c.n_embd, c.n_head
@@ -127,7 +127,8 @@ impl GptConfig {
             model: model.into(),
             reason,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
         let v: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| err(format!("{} is not JSON: {e}", path.display())))?;
         if let Some(t) = v.get("model_type").and_then(|t| t.as_str()) {
@@ -138,7 +139,10 @@ impl GptConfig {
                 )));
             }
         }
-        let act = v.get("activation_function").and_then(|a| a.as_str()).unwrap_or("gelu_new");
+        let act = v
+            .get("activation_function")
+            .and_then(|a| a.as_str())
+            .unwrap_or("gelu_new");
         if !matches!(act, "gelu_new" | "gelu_pytorch_tanh") {
             return Err(err(format!(
                 "activation_function {act:?} is not supported (GPT-2 uses the tanh approximation \"gelu_new\")"
@@ -162,8 +166,14 @@ impl GptConfig {
             n_layer: num("n_layer")?,
             n_head: num("n_head")?,
             n_inner: v.get("n_inner").and_then(|x| x.as_u64()).map(|x| x as usize),
-            layer_norm_epsilon: v.get("layer_norm_epsilon").and_then(|x| x.as_f64()).unwrap_or(1e-5),
-            initializer_range: v.get("initializer_range").and_then(|x| x.as_f64()).unwrap_or(0.02),
+            layer_norm_epsilon: v
+                .get("layer_norm_epsilon")
+                .and_then(|x| x.as_f64())
+                .unwrap_or(1e-5),
+            initializer_range: v
+                .get("initializer_range")
+                .and_then(|x| x.as_f64())
+                .unwrap_or(0.02),
         };
         cfg.validate(model)?;
         Ok(cfg)

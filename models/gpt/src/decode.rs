@@ -267,7 +267,12 @@ impl<'a> GptBatchDecoder<'a> {
         let mut attn = vec![0f32; rows * d];
         let mut proj = vec![0f32; rows * d];
         let mut fc = vec![0f32; rows * inner];
-        let dense = |layer: &Dense, input: &[f32], width_in: usize, out: &mut [f32], width_out: usize| -> Result<()> {
+        let dense = |layer: &Dense,
+                     input: &[f32],
+                     width_in: usize,
+                     out: &mut [f32],
+                     width_out: usize|
+         -> Result<()> {
             for s in &segments {
                 layer.apply(
                     &input[s.start * width_in..(s.start + s.rows) * width_in],
@@ -283,7 +288,10 @@ impl<'a> GptBatchDecoder<'a> {
             dense(&w.c_attn, &hbuf, d, &mut qkv, 3 * d)?;
             for &i in &order {
                 let (id, ids) = feeds[i];
-                let cache = self.caches.get_mut(&id).ok_or_else(|| Error::Generation(format!("sequence {id} is not open")))?;
+                let cache = self
+                    .caches
+                    .get_mut(&id)
+                    .ok_or_else(|| Error::Generation(format!("sequence {id} is not open")))?;
                 let (start, t, cap, r0) = (cache.len, ids.len(), cache.capacity, row_of[i]);
                 let mut q = vec![0f32; t * d];
                 for j in 0..t {
@@ -326,7 +334,8 @@ impl<'a> GptBatchDecoder<'a> {
         let mut last = vec![0f32; feeds.len() * d];
         for (i, &(_, ids)) in feeds.iter().enumerate() {
             let r = row_of[i] + ids.len() - 1;
-            self.ln_f.apply(&x[r * d..(r + 1) * d], eps, &mut last[i * d..(i + 1) * d]);
+            self.ln_f
+                .apply(&x[r * d..(r + 1) * d], eps, &mut last[i * d..(i + 1) * d]);
         }
         let v = cfg.vocab_size;
         let mut logits = vec![0f32; feeds.len() * v];
@@ -343,8 +352,10 @@ impl BatchDecoder for GptBatchDecoder<'_> {
         let cfg = &self.model.cfg;
         let id = self.next;
         self.next += 1;
-        self.caches
-            .insert(id, KvCache::new(cfg.n_layer, cfg.n_head, cfg.n_positions, cfg.head_dim()));
+        self.caches.insert(
+            id,
+            KvCache::new(cfg.n_layer, cfg.n_head, cfg.n_positions, cfg.head_dim()),
+        );
         Ok(id)
     }
     fn remove_sequence(&mut self, id: SeqId) -> Result<()> {
@@ -354,7 +365,10 @@ impl BatchDecoder for GptBatchDecoder<'_> {
             .ok_or_else(|| self.err(format!("sequence {id} is not open")))
     }
     fn fork_sequence(&mut self, id: SeqId) -> Result<Option<SeqId>> {
-        let src = self.caches.get(&id).ok_or_else(|| self.err(format!("sequence {id} is not open")))?;
+        let src = self
+            .caches
+            .get(&id)
+            .ok_or_else(|| self.err(format!("sequence {id} is not open")))?;
         let copy = KvCache {
             keys: src.keys.clone(),
             values: src.values.clone(),

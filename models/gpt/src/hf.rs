@@ -52,7 +52,11 @@ pub fn load_hf_dir(dir: &Path, name: &'static str) -> Result<(Gpt, HfLoadReport)
 }
 
 /// Build a [`Gpt`] of `cfg` from a GPT-2 state dict (Hugging Face or kiln names).
-pub fn load_weights(cfg: GptConfig, weights: HashMap<String, Tensor>, name: &'static str) -> Result<(Gpt, HfLoadReport)> {
+pub fn load_weights(
+    cfg: GptConfig,
+    weights: HashMap<String, Tensor>,
+    name: &'static str,
+) -> Result<(Gpt, HfLoadReport)> {
     let (weights, report) = hf_to_kiln(weights);
     let scope = Scope::from_tensors(weights, true, 0, DType::F32, Device::Cpu);
     let model = Gpt::new(name, cfg, scope.clone())?;

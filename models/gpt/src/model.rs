@@ -128,8 +128,16 @@ impl Gpt {
     pub fn new(name: &'static str, cfg: GptConfig, scope: Scope) -> Result<Gpt> {
         cfg.validate(name)?;
         let std = cfg.initializer_range;
-        let wte = scope.param("wte.weight", [cfg.vocab_size, cfg.n_embd], Init::Normal { mean: 0.0, std })?;
-        let wpe = scope.param("wpe.weight", [cfg.n_positions, cfg.n_embd], Init::Normal { mean: 0.0, std })?;
+        let wte = scope.param(
+            "wte.weight",
+            [cfg.vocab_size, cfg.n_embd],
+            Init::Normal { mean: 0.0, std },
+        )?;
+        let wpe = scope.param(
+            "wpe.weight",
+            [cfg.n_positions, cfg.n_embd],
+            Init::Normal { mean: 0.0, std },
+        )?;
         let blocks = (0..cfg.n_layer)
             .map(|i| Block::new(scope.sub("h").sub(i), &cfg))
             .collect::<Result<Vec<_>>>()?;
@@ -231,9 +239,9 @@ impl Gpt {
             return Ok(logits.log_softmax_nll(&flat)?);
         }
         if values.iter().all(|&x| x == IGNORE_INDEX) {
-            return Err(self.input_err(
-                "every target is -100 (ignored): the batch has nothing to learn".into(),
-            ));
+            return Err(
+                self.input_err("every target is -100 (ignored): the batch has nothing to learn".into())
+            );
         }
         let opts = kiln_nn::loss::CrossEntropyOptions {
             ignore_index: Some(IGNORE_INDEX),

@@ -61,13 +61,27 @@ fn logits_nll_and_greedy_ids_match_the_reference() {
     let ref_nll = refs()["mean_next_token_nll"].as_f64().unwrap();
     assert!((nll - ref_nll).abs() <= 1e-4, "mean NLL {nll} vs {ref_nll}");
 
-    let logits = m.logits(&ids_tensor(&ids)).unwrap().value().reshape([n, 50257]).unwrap();
+    let logits = m
+        .logits(&ids_tensor(&ids))
+        .unwrap()
+        .value()
+        .reshape([n, 50257])
+        .unwrap();
     let (got, want) = (logits.to_vec::<f32>().unwrap(), want.to_vec::<f32>().unwrap());
-    let max_err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let max_err = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
     assert!(max_err <= 1e-4, "logits max abs error {max_err}");
     let argmax: Vec<u64> = got
         .chunks(50257)
-        .map(|r| r.iter().enumerate().fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0 as u64)
+        .map(|r| {
+            r.iter()
+                .enumerate()
+                .fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+                .0 as u64
+        })
         .collect();
     let want_argmax: Vec<u64> = refs()["argmax_per_position"]
         .as_array()
@@ -92,7 +106,12 @@ fn the_kv_cache_gives_the_full_forward_logits_at_every_position() {
     let m = model();
     let ids = input_ids();
     let n = ids.len();
-    let full = m.logits(&ids_tensor(&ids)).unwrap().value().to_vec::<f32>().unwrap();
+    let full = m
+        .logits(&ids_tensor(&ids))
+        .unwrap()
+        .value()
+        .to_vec::<f32>()
+        .unwrap();
     let v = 50257;
     let mut state = m.start().unwrap();
     // A 5-token prefill, then one token at a time.
@@ -102,7 +121,11 @@ fn the_kv_cache_gives_the_full_forward_logits_at_every_position() {
     }
     for (pos, logits) in at {
         let want = &full[pos * v..(pos + 1) * v];
-        let err = logits.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let err = logits
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         assert!(err <= 1e-4, "position {pos}: max abs error {err}");
     }
     assert_eq!(n, 14);
@@ -120,7 +143,10 @@ fn the_transformer_prefix_and_buffers_are_accepted() {
     renamed.insert("transformer.h.1.attn.masked_bias".into(), mask);
     let cfg = GptConfig::from_hf_config(&fixture("config.json")).unwrap();
     let (m, report) = load_weights(cfg, renamed, "gpt2").unwrap();
-    assert_eq!(report.ignored, ["transformer.h.0.attn.bias", "transformer.h.1.attn.masked_bias"]);
+    assert_eq!(
+        report.ignored,
+        ["transformer.h.0.attn.bias", "transformer.h.1.attn.masked_bias"]
+    );
     let ids = input_ids();
     assert_eq!(
         generate_all(&m, &ids, &SamplingParams::greedy(3)).unwrap(),
@@ -137,7 +163,9 @@ fn the_transformer_prefix_and_buffers_are_accepted() {
 #[test]
 fn prompts_beyond_the_context_are_errors() {
     let m = model();
-    let e = generate_all(&m, &[1; 100], &SamplingParams::greedy(29)).unwrap_err().to_string();
+    let e = generate_all(&m, &[1; 100], &SamplingParams::greedy(29))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("context of 128"), "{e}");
     assert!(generate_all(&m, &[1; 100], &SamplingParams::greedy(28)).is_ok());
     let e = m.logits(&ids_tensor(&[1; 129])).err().unwrap().to_string();

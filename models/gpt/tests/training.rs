@@ -29,8 +29,14 @@ impl Dataset for Pattern {
     fn get_batch(&self, indices: &[usize]) -> kiln_data::Result<kiln_data::Batch> {
         let t = 12;
         let seq = |i: usize, j: usize| ((i + j * 3) % 17) as i64;
-        let x: Vec<i64> = indices.iter().flat_map(|&i| (0..t).map(move |j| seq(i, j))).collect();
-        let y: Vec<i64> = indices.iter().flat_map(|&i| (0..t).map(move |j| seq(i, j + 1))).collect();
+        let x: Vec<i64> = indices
+            .iter()
+            .flat_map(|&i| (0..t).map(move |j| seq(i, j)))
+            .collect();
+        let y: Vec<i64> = indices
+            .iter()
+            .flat_map(|&i| (0..t).map(move |j| seq(i, j + 1)))
+            .collect();
         Ok(kiln_data::Batch {
             inputs: Tensor::from_vec(x, [indices.len(), t])?,
             targets: Some(Tensor::from_vec(y, [indices.len(), t])?),
@@ -70,7 +76,14 @@ fn weights(t: &Trainer) -> Vec<Vec<u32>> {
     t.model()
         .parameters()
         .iter()
-        .map(|p| p.value().to_vec::<f32>().unwrap().iter().map(|v| v.to_bits()).collect())
+        .map(|p| {
+            p.value()
+                .to_vec::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        })
         .collect()
 }
 
@@ -88,7 +101,7 @@ fn resume_is_bit_exact_and_the_loss_falls() {
     part.fit(&Pattern, None).unwrap();
     drop(part);
     let mut resumed = trainer(&base.join("resumed"), 20);
-    resumed.resume(&base.join("resumed")).unwrap();
+    resumed.resume(base.join("resumed")).unwrap();
     resumed.fit(&Pattern, None).unwrap();
     assert_eq!(weights(&straight), weights(&resumed));
     let _ = std::fs::remove_dir_all(&base);

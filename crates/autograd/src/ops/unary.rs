@@ -108,7 +108,9 @@ impl Var {
     pub fn gelu_tanh(&self) -> Result<Var> {
         let y = self.value().gelu_tanh()?;
         let x = self.value().clone();
-        Ok(Var::from_op("gelu_tanh", y, &[self], move |g| Ok(vec![Some(x.gelu_tanh_backward(g)?)])))
+        Ok(Var::from_op("gelu_tanh", y, &[self], move |g| {
+            Ok(vec![Some(x.gelu_tanh_backward(g)?)])
+        }))
     }
     /// SiLU / swish: `x·sigmoid(x)`.
     pub fn silu(&self) -> Result<Var> {

@@ -93,39 +93,49 @@ fn per_sequence<F: Send>(
     }
     let items = out.chunks_mut(out_len).zip(probs.chunks_mut(probs_len.max(1)));
     if work >= PARALLEL_WORK {
-        items
-            .enumerate()
-            .par_bridge()
-            .for_each(|(i, (o, p))| f(i, o, p));
+        items.enumerate().par_bridge().for_each(|(i, (o, p))| f(i, o, p));
     } else {
         items.enumerate().for_each(|(i, (o, p))| f(i, o, p));
     }
 }
 
-fn forward_impl<F: FloatDType>(qkv: &Tensor, b: usize, t: usize, d: usize, h: usize) -> Result<(Tensor, Tensor)> {
+fn forward_impl<F: FloatDType>(
+    qkv: &Tensor,
+    b: usize,
+    t: usize,
+    d: usize,
+    h: usize,
+) -> Result<(Tensor, Tensor)> {
     let src = qkv.contiguous_slice::<F>()?;
     let dh = d / h;
     let scale = <F as WithDType>::from_f64(1.0 / (dh as f64).sqrt());
     let mut out = vec![F::zero(); b * t * d];
     let mut probs = vec![F::zero(); b * h * t * t];
-    per_sequence(&mut out, t * d, &mut probs, h * t * t, b * h * t * t * dh, |s, out, probs| {
-        let x = &src[s * t * 3 * d..(s + 1) * t * 3 * d];
-        for head in 0..h {
-            let (qo, ko, vo) = (head * dh, d + head * dh, 2 * d + head * dh);
-            for i in 0..t {
-                let q = &x[i * 3 * d + qo..i * 3 * d + qo + dh];
-                let row = &mut probs[(head * t + i) * t..(head * t + i) * t + i + 1];
-                for (j, p) in row.iter_mut().enumerate() {
-                    *p = dot(q, &x[j * 3 * d + ko..j * 3 * d + ko + dh]) * scale;
-                }
-                softmax_in_place(row);
-                let o = &mut out[i * d + head * dh..i * d + head * dh + dh];
-                for (j, &p) in row.iter().enumerate() {
-                    axpy(o, p, &x[j * 3 * d + vo..j * 3 * d + vo + dh]);
+    per_sequence(
+        &mut out,
+        t * d,
+        &mut probs,
+        h * t * t,
+        b * h * t * t * dh,
+        |s, out, probs| {
+            let x = &src[s * t * 3 * d..(s + 1) * t * 3 * d];
+            for head in 0..h {
+                let (qo, ko, vo) = (head * dh, d + head * dh, 2 * d + head * dh);
+                for i in 0..t {
+                    let q = &x[i * 3 * d + qo..i * 3 * d + qo + dh];
+                    let row = &mut probs[(head * t + i) * t..(head * t + i) * t + i + 1];
+                    for (j, p) in row.iter_mut().enumerate() {
+                        *p = dot(q, &x[j * 3 * d + ko..j * 3 * d + ko + dh]) * scale;
+                    }
+                    softmax_in_place(row);
+                    let o = &mut out[i * d + head * dh..i * d + head * dh + dh];
+                    for (j, &p) in row.iter().enumerate() {
+                        axpy(o, p, &x[j * 3 * d + vo..j * 3 * d + vo + dh]);
+                    }
                 }
             }
-        }
-    });
+        },
+    );
     Ok((
         Tensor::from_vec(out, [b, t, d])?,
         Tensor::from_vec(probs, [b, h, t, t])?,
@@ -149,41 +159,48 @@ fn backward_impl<F: FloatDType>(
     let scale = <F as WithDType>::from_f64(1.0 / (dh as f64).sqrt());
     let mut grad = vec![F::zero(); b * t * 3 * d];
     let mut unused: Vec<F> = vec![F::zero(); b];
-    per_sequence(&mut grad, t * 3 * d, &mut unused, 1, 2 * b * h * t * t * dh, |s, gx, _| {
-        let x = &src[s * t * 3 * d..(s + 1) * t * 3 * d];
-        let go = &g_all[s * t * d..(s + 1) * t * d];
-        let mut ds = vec![F::zero(); t];
-        for head in 0..h {
-            let (qo, ko, vo) = (head * dh, d + head * dh, 2 * d + head * dh);
-            let pbase = (s * h + head) * t * t;
-            for i in 0..t {
-                let p = &p_all[pbase + i * t..pbase + i * t + i + 1];
-                let g = &go[i * d + head * dh..i * d + head * dh + dh];
-                // dP_ij = dO_i · V_j; dS_ij = P_ij (dP_ij - Σ_j P_ij dP_ij).
-                let mut weighted = F::zero();
-                for (j, &pj) in p.iter().enumerate() {
-                    let dp = dot(g, &x[j * 3 * d + vo..j * 3 * d + vo + dh]);
-                    ds[j] = dp;
-                    weighted = weighted + pj * dp;
-                }
-                for (j, &pj) in p.iter().enumerate() {
-                    ds[j] = pj * (ds[j] - weighted) * scale;
-                }
-                for (j, &pj) in p.iter().enumerate() {
-                    // dV_j += P_ij dO_i; dK_j += dS_ij Q_i.
-                    let row = j * 3 * d;
-                    axpy(&mut gx[row + vo..row + vo + dh], pj, g);
-                    let q = &x[i * 3 * d + qo..i * 3 * d + qo + dh];
-                    axpy(&mut gx[row + ko..row + ko + dh], ds[j], q);
-                }
-                // dQ_i = Σ_j dS_ij K_j.
-                let dq = &mut gx[i * 3 * d + qo..i * 3 * d + qo + dh];
-                for (j, &dsj) in ds[..=i].iter().enumerate() {
-                    axpy(dq, dsj, &x[j * 3 * d + ko..j * 3 * d + ko + dh]);
+    per_sequence(
+        &mut grad,
+        t * 3 * d,
+        &mut unused,
+        1,
+        2 * b * h * t * t * dh,
+        |s, gx, _| {
+            let x = &src[s * t * 3 * d..(s + 1) * t * 3 * d];
+            let go = &g_all[s * t * d..(s + 1) * t * d];
+            let mut ds = vec![F::zero(); t];
+            for head in 0..h {
+                let (qo, ko, vo) = (head * dh, d + head * dh, 2 * d + head * dh);
+                let pbase = (s * h + head) * t * t;
+                for i in 0..t {
+                    let p = &p_all[pbase + i * t..pbase + i * t + i + 1];
+                    let g = &go[i * d + head * dh..i * d + head * dh + dh];
+                    // dP_ij = dO_i · V_j; dS_ij = P_ij (dP_ij - Σ_j P_ij dP_ij).
+                    let mut weighted = F::zero();
+                    for (j, &pj) in p.iter().enumerate() {
+                        let dp = dot(g, &x[j * 3 * d + vo..j * 3 * d + vo + dh]);
+                        ds[j] = dp;
+                        weighted = weighted + pj * dp;
+                    }
+                    for (j, &pj) in p.iter().enumerate() {
+                        ds[j] = pj * (ds[j] - weighted) * scale;
+                    }
+                    for (j, &pj) in p.iter().enumerate() {
+                        // dV_j += P_ij dO_i; dK_j += dS_ij Q_i.
+                        let row = j * 3 * d;
+                        axpy(&mut gx[row + vo..row + vo + dh], pj, g);
+                        let q = &x[i * 3 * d + qo..i * 3 * d + qo + dh];
+                        axpy(&mut gx[row + ko..row + ko + dh], ds[j], q);
+                    }
+                    // dQ_i = Σ_j dS_ij K_j.
+                    let dq = &mut gx[i * 3 * d + qo..i * 3 * d + qo + dh];
+                    for (j, &dsj) in ds[..=i].iter().enumerate() {
+                        axpy(dq, dsj, &x[j * 3 * d + ko..j * 3 * d + ko + dh]);
+                    }
                 }
             }
-        }
-    });
+        },
+    );
     Tensor::from_vec(grad, [b, t, 3 * d])
 }
 
@@ -201,7 +218,12 @@ impl Tensor {
 
     /// The gradient with respect to `qkv` (`self`) of [`Tensor::causal_attention`], given its
     /// `probs` and the gradient of its output `grad_out` `[B, T, D]`.
-    pub fn causal_attention_backward(&self, probs: &Tensor, grad_out: &Tensor, num_heads: usize) -> Result<Tensor> {
+    pub fn causal_attention_backward(
+        &self,
+        probs: &Tensor,
+        grad_out: &Tensor,
+        num_heads: usize,
+    ) -> Result<Tensor> {
         const OP: &str = "causal_attention_backward";
         let (b, t, d) = attention_dims(OP, self, num_heads)?;
         if probs.dims() != [b, num_heads, t, t] || grad_out.dims() != [b, t, d] {
@@ -252,8 +274,14 @@ pub fn attend_to_cache(
     out: &mut [f32],
 ) {
     let (h, dh) = (num_heads, head_dim);
-    assert!(kv_heads > 0 && h % kv_heads == 0, "attend_to_cache: heads must be a multiple of kv_heads");
-    assert!(start + t <= capacity, "attend_to_cache: positions beyond the cache capacity");
+    assert!(
+        kv_heads > 0 && h % kv_heads == 0,
+        "attend_to_cache: heads must be a multiple of kv_heads"
+    );
+    assert!(
+        start + t <= capacity,
+        "attend_to_cache: positions beyond the cache capacity"
+    );
     assert!(q.len() >= t * h * dh && out.len() >= t * h * dh);
     assert!(k_cache.len() >= kv_heads * capacity * dh && v_cache.len() >= kv_heads * capacity * dh);
     let group = h / kv_heads;
@@ -303,7 +331,9 @@ mod tests {
         for s in 0..b {
             for head in 0..h {
                 for i in 0..t {
-                    let at = |pos: usize, part: usize, c: usize| x[(s * t + pos) * 3 * d + part * d + head * dh + c];
+                    let at = |pos: usize, part: usize, c: usize| {
+                        x[(s * t + pos) * 3 * d + part * d + head * dh + c]
+                    };
                     let scores: Vec<f64> = (0..=i)
                         .map(|j| (0..dh).map(|c| at(i, 0, c) * at(j, 1, c)).sum::<f64>() / (dh as f64).sqrt())
                         .collect();
@@ -320,7 +350,9 @@ mod tests {
     }
 
     fn input(b: usize, t: usize, d: usize) -> Vec<f64> {
-        (0..b * t * 3 * d).map(|i| ((i * 37 % 101) as f64 / 50.0 - 1.0) * 0.7).collect()
+        (0..b * t * 3 * d)
+            .map(|i| ((i * 37 % 101) as f64 / 50.0 - 1.0) * 0.7)
+            .collect()
     }
 
     #[test]
@@ -347,7 +379,9 @@ mod tests {
     fn backward_matches_finite_differences() {
         let (b, t, d, h) = (2, 4, 6, 2);
         let x = input(b, t, d);
-        let go: Vec<f64> = (0..b * t * d).map(|i| ((i * 13 % 17) as f64 / 8.0) - 1.0).collect();
+        let go: Vec<f64> = (0..b * t * d)
+            .map(|i| ((i * 13 % 17) as f64 / 8.0) - 1.0)
+            .collect();
         let loss = |x: &[f64]| -> f64 { reference(x, b, t, d, h).iter().zip(&go).map(|(a, g)| a * g).sum() };
         let qkv = Tensor::from_vec(x.clone(), [b, t, 3 * d]).unwrap();
         let (_, probs) = qkv.causal_attention(h).unwrap();
@@ -383,7 +417,8 @@ mod tests {
             q[i * d..i * d + d].copy_from_slice(&x[i * 3 * d..i * 3 * d + d]);
             for head in 0..h {
                 let src = i * 3 * d + head * dh;
-                kc[(head * cap + i) * dh..(head * cap + i) * dh + dh].copy_from_slice(&x[src + d..src + d + dh]);
+                kc[(head * cap + i) * dh..(head * cap + i) * dh + dh]
+                    .copy_from_slice(&x[src + d..src + d + dh]);
                 vc[(head * cap + i) * dh..(head * cap + i) * dh + dh]
                     .copy_from_slice(&x[src + 2 * d..src + 2 * d + dh]);
             }

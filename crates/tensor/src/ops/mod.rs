@@ -33,8 +33,8 @@ mod index;
 mod matmul;
 mod norm;
 pub mod pool;
-pub mod rowwise;
 mod reduce;
+pub mod rowwise;
 mod shape_ops;
 pub mod unary;
 

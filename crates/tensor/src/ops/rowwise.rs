@@ -39,6 +39,7 @@ fn isa() -> Isa {
 
 /// `acc[r][..] += Σ_k x[r, k] w[k, cols]`, k in order (one weight row chunk reused by every row).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn kn_block(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, c0: usize, acc: &mut [f32], fma: bool) {
     let width = acc.len() / m;
     for kk in 0..k {
@@ -71,6 +72,7 @@ unsafe fn kn_block_avx2(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, c0: 
     kn_block(x, m, k, w, n, c0, acc, true)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn kn_dispatch(isa: Isa, x: &[f32], m: usize, k: usize, w: &[f32], n: usize, c0: usize, acc: &mut [f32]) {
     match isa {
         // SAFETY: the feature was detected on this machine.
@@ -85,8 +87,19 @@ fn kn_dispatch(isa: Isa, x: &[f32], m: usize, k: usize, w: &[f32], n: usize, c0:
 
 /// `out[m, n] = x[m, k] @ w[k, n] (+ bias[n])`, all row-major, each element summed over `k` in
 /// order (see the [module documentation](self)).
-pub fn matmul_rows_kn(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, bias: Option<&[f32]>, out: &mut [f32]) {
-    assert!(x.len() >= m * k && w.len() >= k * n && out.len() >= m * n, "matmul_rows_kn: operands too small");
+pub fn matmul_rows_kn(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    assert!(
+        x.len() >= m * k && w.len() >= k * n && out.len() >= m * n,
+        "matmul_rows_kn: operands too small"
+    );
     if let Some(b) = bias {
         assert!(b.len() >= n, "matmul_rows_kn: bias too small");
     }
@@ -125,7 +138,11 @@ fn dot16(a: &[f32], b: &[f32], fma: bool) -> f32 {
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
         for l in 0..16 {
-            acc[l] = if fma { x[l].mul_add(y[l], acc[l]) } else { acc[l] + x[l] * y[l] };
+            acc[l] = if fma {
+                x[l].mul_add(y[l], acc[l])
+            } else {
+                acc[l] + x[l] * y[l]
+            };
         }
     }
     let mut s = 0f32;
@@ -166,7 +183,10 @@ unsafe fn nk_block_avx2(x: &[f32], m: usize, k: usize, w: &[f32], v0: usize, out
 /// `out[m, n] = x[m, k] @ w[n, k]ᵀ`: every output a dot product of two contiguous rows (a tied
 /// language-model head reading the embedding table), in a fixed order.
 pub fn matmul_rows_nk(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
-    assert!(x.len() >= m * k && w.len() >= n * k && out.len() >= m * n, "matmul_rows_nk: operands too small");
+    assert!(
+        x.len() >= m * k && w.len() >= n * k && out.len() >= m * n,
+        "matmul_rows_nk: operands too small"
+    );
     let isa = isa();
     let chunks: Vec<usize> = (0..n).step_by(NK_CHUNK).collect();
     let run = |v0: usize| -> Vec<f32> {
@@ -201,7 +221,9 @@ mod tests {
     use super::*;
 
     fn data(len: usize, salt: usize) -> Vec<f32> {
-        (0..len).map(|i| ((i * 31 + salt) % 97) as f32 / 48.0 - 1.0).collect()
+        (0..len)
+            .map(|i| ((i * 31 + salt) % 97) as f32 / 48.0 - 1.0)
+            .collect()
     }
 
     #[test]

@@ -109,7 +109,9 @@ impl UnaryOp {
                 let erf = F::from_f64(libm::erf(x.to_f64() * std::f64::consts::FRAC_1_SQRT_2));
                 c(0.5) * x * (F::ONE + erf)
             }
-            UnaryOp::GeluTanh => c(0.5) * x * (F::ONE + fast_tanh(c(SQRT_2_OVER_PI) * (x + c(0.044715) * x * x * x))),
+            UnaryOp::GeluTanh => {
+                c(0.5) * x * (F::ONE + fast_tanh(c(SQRT_2_OVER_PI) * (x + c(0.044715) * x * x * x)))
+            }
             UnaryOp::Silu => x * sigmoid(x),
             UnaryOp::Powf(p) => x.powf(c(p)),
             UnaryOp::Recip => x.recip(),
@@ -241,7 +243,11 @@ impl Tensor {
             };
             let out: Vec<F> = if xs.len() >= PARALLEL_THRESHOLD {
                 use rayon::prelude::*;
-                xs.par_iter().zip(gs.par_iter()).with_min_len(PARALLEL_CHUNK).map(f).collect()
+                xs.par_iter()
+                    .zip(gs.par_iter())
+                    .with_min_len(PARALLEL_CHUNK)
+                    .map(f)
+                    .collect()
             } else {
                 xs.iter().zip(gs.iter()).map(f).collect()
             };

@@ -66,7 +66,10 @@ impl<'a, L: CausalLm + ?Sized> BatchDecoder for SerialDecoder<'a, L> {
         Ok(id)
     }
     fn remove_sequence(&mut self, id: SeqId) -> Result<()> {
-        self.states.remove(&id).map(|_| ()).ok_or_else(|| unknown_sequence(id))
+        self.states
+            .remove(&id)
+            .map(|_| ())
+            .ok_or_else(|| unknown_sequence(id))
     }
     fn step(&mut self, feeds: &[(SeqId, &[u32])]) -> Result<Vec<Vec<f32>>> {
         let _no_grad = kiln_autograd::no_grad();
@@ -194,7 +197,11 @@ impl<'a> BatchGenerator<'a> {
 
     /// Drop one sample of a request (its text hit a stop string); the request's other samples go on.
     pub fn cancel_sample(&mut self, request: RequestId, sample: usize) -> Result<()> {
-        if let Some(i) = self.running.iter().position(|r| r.request == request && r.sample == sample) {
+        if let Some(i) = self
+            .running
+            .iter()
+            .position(|r| r.request == request && r.sample == sample)
+        {
             let r = self.running.remove(i);
             self.decoder.remove_sequence(r.seq)?;
         }
@@ -206,7 +213,11 @@ impl<'a> BatchGenerator<'a> {
         if self.running.is_empty() {
             return Ok(Vec::new());
         }
-        let feeds: Vec<(SeqId, &[u32])> = self.running.iter().map(|r| (r.seq, r.pending.as_slice())).collect();
+        let feeds: Vec<(SeqId, &[u32])> = self
+            .running
+            .iter()
+            .map(|r| (r.seq, r.pending.as_slice()))
+            .collect();
         let logits = {
             let _no_grad = kiln_autograd::no_grad();
             self.decoder.step(&feeds)?

@@ -196,14 +196,62 @@ mod tests {
         assert!(e.contains("stop token 9") && e.contains('5'), "{e}");
         let base = SamplingParams::default();
         for (p, field) in [
-            (SamplingParams { min_p: 1.5, ..base.clone() }, "min_p"),
-            (SamplingParams { min_p: -0.1, ..base.clone() }, "min_p"),
-            (SamplingParams { repetition_penalty: -1.0, ..base.clone() }, "repetition_penalty"),
-            (SamplingParams { repetition_penalty: 0.0, ..base.clone() }, "repetition_penalty"),
-            (SamplingParams { presence_penalty: 2.5, ..base.clone() }, "presence_penalty"),
-            (SamplingParams { frequency_penalty: -3.0, ..base.clone() }, "frequency_penalty"),
-            (SamplingParams { stop: vec!["ok".into(), String::new()], ..base.clone() }, "stop string"),
-            (SamplingParams { logprobs: Some(21), ..base.clone() }, "logprobs"),
+            (
+                SamplingParams {
+                    min_p: 1.5,
+                    ..base.clone()
+                },
+                "min_p",
+            ),
+            (
+                SamplingParams {
+                    min_p: -0.1,
+                    ..base.clone()
+                },
+                "min_p",
+            ),
+            (
+                SamplingParams {
+                    repetition_penalty: -1.0,
+                    ..base.clone()
+                },
+                "repetition_penalty",
+            ),
+            (
+                SamplingParams {
+                    repetition_penalty: 0.0,
+                    ..base.clone()
+                },
+                "repetition_penalty",
+            ),
+            (
+                SamplingParams {
+                    presence_penalty: 2.5,
+                    ..base.clone()
+                },
+                "presence_penalty",
+            ),
+            (
+                SamplingParams {
+                    frequency_penalty: -3.0,
+                    ..base.clone()
+                },
+                "frequency_penalty",
+            ),
+            (
+                SamplingParams {
+                    stop: vec!["ok".into(), String::new()],
+                    ..base.clone()
+                },
+                "stop string",
+            ),
+            (
+                SamplingParams {
+                    logprobs: Some(21),
+                    ..base.clone()
+                },
+                "logprobs",
+            ),
             (SamplingParams { n: 0, ..base.clone() }, "n (the number"),
         ] {
             let e = err(p);
@@ -225,7 +273,11 @@ mod tests {
         assert!(serde_json::from_str::<SamplingParams>(r#"{"top_q": 1}"#).is_err());
         // OpenAI's names.
         let p: SamplingParams =
-            serde_json::from_str(r#"{"max_tokens": 7, "stop": ["\n\n"], "presence_penalty": 0.5, "n": 2}"#).unwrap();
-        assert_eq!((p.max_new_tokens, p.stop.len(), p.presence_penalty, p.n), (7, 1, 0.5, 2));
+            serde_json::from_str(r#"{"max_tokens": 7, "stop": ["\n\n"], "presence_penalty": 0.5, "n": 2}"#)
+                .unwrap();
+        assert_eq!(
+            (p.max_new_tokens, p.stop.len(), p.presence_penalty, p.n),
+            (7, 1, 0.5, 2)
+        );
     }
 }

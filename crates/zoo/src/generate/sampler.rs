@@ -112,7 +112,11 @@ pub fn apply_penalties(logits: &mut [f32], params: &SamplingParams, history: &To
     if rep != 1.0 {
         for &id in &history.seen {
             if let Some(l) = logits.get_mut(id as usize) {
-                *l = if *l > 0.0 { (*l as f64 / rep) as f32 } else { (*l as f64 * rep) as f32 };
+                *l = if *l > 0.0 {
+                    (*l as f64 / rep) as f32
+                } else {
+                    (*l as f64 * rep) as f32
+                };
             }
         }
     }
@@ -192,7 +196,8 @@ impl Sampler {
     /// the parameters ask for.
     pub fn sample_with(&mut self, logits: &[f32], history: &TokenHistory) -> Result<Sampled> {
         let p = &self.params;
-        let penalised = p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0;
+        let penalised =
+            p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0;
         let id = if penalised {
             let mut l = logits.to_vec();
             apply_penalties(&mut l, p, history);
@@ -319,7 +324,11 @@ mod tests {
         assert!((lp - 0.2f64.ln()).abs() < 1e-6);
         assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), [1, 3]);
         assert!((top[0].1 - 0.4f64.ln()).abs() < 1e-6);
-        let mut s = Sampler::new(&SamplingParams { logprobs: Some(3), ..SamplingParams::greedy(1) }).unwrap();
+        let mut s = Sampler::new(&SamplingParams {
+            logprobs: Some(3),
+            ..SamplingParams::greedy(1)
+        })
+        .unwrap();
         let got = s.sample_with(&logits, &TokenHistory::default()).unwrap();
         assert_eq!((got.id, got.top_logprobs.len()), (1, 3));
         assert!((got.logprob.unwrap() - 0.4f64.ln()).abs() < 1e-6);
@@ -333,7 +342,10 @@ mod tests {
             vec![f32::INFINITY, 0.0],
             vec![f32::NEG_INFINITY; 3],
         ] {
-            assert!(next_token_distribution(&bad, 1.0, None, 1.0, 0.0).is_err(), "{bad:?}");
+            assert!(
+                next_token_distribution(&bad, 1.0, None, 1.0, 0.0).is_err(),
+                "{bad:?}"
+            );
         }
         // -inf marks a forbidden token.
         let d = next_token_distribution(&[f32::NEG_INFINITY, 0.0, 0.0], 1.0, None, 1.0, 0.0).unwrap();

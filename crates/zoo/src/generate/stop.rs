@@ -40,7 +40,12 @@ impl StopStrings {
             return String::new();
         }
         self.pending.push_str(text);
-        if let Some(pos) = self.stops.iter().filter_map(|s| self.pending.find(s.as_str())).min() {
+        if let Some(pos) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.pending.find(s.as_str()))
+            .min()
+        {
             self.stopped = true;
             let out = self.pending[..pos].to_string();
             self.pending.clear();
@@ -117,7 +122,11 @@ impl<'d> TextStream<'d> {
 
     /// The text held back at the end (when no stop string completed).
     pub fn finish(&mut self) -> Result<String> {
-        Ok(if self.stops.stopped() { String::new() } else { self.stops.finish() })
+        Ok(if self.stops.stopped() {
+            String::new()
+        } else {
+            self.stops.finish()
+        })
     }
 }
 
