@@ -292,8 +292,8 @@ mod tests {
     #[test]
     fn min_p_keeps_tokens_near_the_most_likely() {
         let logits = ln(&[0.1, 0.4, 0.2, 0.3]);
-        // Floor 0.5 * 0.4 = 0.2: tokens 1, 3 and 2 stay.
-        let d = next_token_distribution(&logits, 1.0, None, 1.0, 0.5).unwrap();
+        // Floor 0.45 * 0.4 = 0.18: tokens 1, 3 and 2 (0.2) stay, 0 (0.1) goes.
+        let d = next_token_distribution(&logits, 1.0, None, 1.0, 0.45).unwrap();
         assert_eq!(ids(&d), [1, 3, 2]);
         assert!((d[0].1 - 4.0 / 9.0).abs() < 1e-6);
         let d = next_token_distribution(&logits, 1.0, None, 1.0, 1.0).unwrap();
