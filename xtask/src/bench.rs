@@ -41,9 +41,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "train-mnist-cnn" => train_step("mnist-cnn", &args),
         "train-resnet20" => train_step("resnet20", &args),
         "decode" => crate::bench_decode::run(args.reps, args.layers),
+        "train-gpt-tiny" => train_gpt_tiny(&args),
         other => {
             anyhow::bail!(
-                "unknown benchmark {other:?}; known: train-lenet, train-mnist-cnn, train-resnet20, decode"
+                "unknown benchmark {other:?}; known: train-lenet, train-mnist-cnn, train-resnet20, decode, train-gpt-tiny"
             )
         }
     }
@@ -90,6 +91,70 @@ fn train_step(model_name: &str, args: &BenchArgs) -> anyhow::Result<()> {
         "{model_name} training step, batch {b} of {c}x{side}x{side}: median {:.2} ms, {:.0} images/s ({} iterations, {} threads)",
         median * 1e3,
         b as f64 / median,
+        args.iters,
+        rayon_threads()
+    );
+    Ok(())
+}
+
+/// `gpt-tiny` training step as `benches/reference/gpt_tiny_train.py` runs it: batch of 12 × 64
+/// random characters, forward, backward, clipping at 1.0, AdamW on the matrices. Reports the
+/// median step and its parts (forward; forward + backward) and tokens/s.
+fn train_gpt_tiny(args: &BenchArgs) -> anyhow::Result<()> {
+    use kiln::optim::{clip_grad_norm, AdamW, AdamWConfig, ParamGroup};
+    let entry = kiln::find_model("gpt-tiny")?;
+    let model = (entry.build)(&(entry.default_config)(), Scope::init(0, DType::F32, Device::Cpu))?;
+    let params = model.parameters();
+    let mut opt = AdamW::new(
+        ParamGroup::split_decay_matrices(params.clone(), 0.1),
+        AdamWConfig {
+            lr: 1e-3,
+            betas: (0.9, 0.99),
+            weight_decay: 0.1,
+            ..Default::default()
+        },
+    )?;
+    let (b, t) = (12usize, 64usize);
+    let mut rng = TensorRng::new(0);
+    let ids: Vec<i64> = (0..b * (t + 1)).map(|_| rng.next_below(65) as i64).collect();
+    let x: Vec<i64> = (0..b)
+        .flat_map(|i| ids[i * (t + 1)..i * (t + 1) + t].to_vec())
+        .collect();
+    let y: Vec<i64> = (0..b)
+        .flat_map(|i| ids[i * (t + 1) + 1..(i + 1) * (t + 1)].to_vec())
+        .collect();
+    let batch = Batch {
+        inputs: Tensor::from_vec(x, [b, t])?,
+        targets: Some(Tensor::from_vec(y, [b, t])?),
+    };
+    let mut step = || -> anyhow::Result<[f64; 3]> {
+        let t0 = Instant::now();
+        let out = model.forward(&batch)?;
+        let loss: Var = out.loss.expect("batch has targets");
+        let t1 = t0.elapsed().as_secs_f64();
+        let mut grads = loss.backward()?;
+        let t2 = t0.elapsed().as_secs_f64();
+        clip_grad_norm(&params, &mut grads, 1.0)?;
+        opt.step(&grads)?;
+        Ok([t1, t2, t0.elapsed().as_secs_f64()])
+    };
+    for _ in 0..5 {
+        step()?;
+    }
+    let runs: Vec<[f64; 3]> = (0..args.iters).map(|_| step()).collect::<anyhow::Result<_>>()?;
+    let med = |i: usize| {
+        let mut v: Vec<f64> = runs.iter().map(|r| r[i]).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (fwd, fb, all) = (med(0), med(1), med(2));
+    println!(
+        "gpt-tiny training step, batch 12 x 64 tokens: median {:.2} ms (forward {:.2}, backward {:.2}, clip + AdamW {:.2}), {:.0} tokens/s ({} iterations, {} threads)",
+        all * 1e3,
+        fwd * 1e3,
+        (fb - fwd) * 1e3,
+        (all - fb) * 1e3,
+        (b * t) as f64 / all,
         args.iters,
         rayon_threads()
     );

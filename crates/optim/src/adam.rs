@@ -2,7 +2,7 @@
 //! decoupled weight decay), with optional AMSGrad.
 
 use kiln_autograd::Param;
-use kiln_tensor::Tensor;
+use kiln_tensor::{DType, FloatDType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{check_non_negative, check_unit_interval};
@@ -94,9 +94,94 @@ struct AdamRule {
     decoupled: bool,
 }
 
+/// The scalars of one Adam update, as the composed formula uses them.
+struct AdamScalars {
+    decay: Option<f64>,
+    decoupled: bool,
+    b1: f64,
+    b2: f64,
+    bc2_sqrt: f64,
+    eps: f64,
+    step_size: f64,
+}
+
+/// Adam's update in one pass over `p`, `g`, `m`, `v` (the common case: no AMSGrad, one float dtype),
+/// with the composed formula's operations in the same order, so the results are the same bits.
+fn fused_update<F: FloatDType>(
+    s: &AdamScalars,
+    p: &Tensor,
+    g: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+) -> Result<[Tensor; 3]> {
+    let c = |x: f64| <F as kiln_tensor::WithDType>::from_f64(x);
+    let (ps, gs) = (p.contiguous_slice::<F>()?, g.contiguous_slice::<F>()?);
+    let (ms, vs) = (m.contiguous_slice::<F>()?, v.contiguous_slice::<F>()?);
+    let n = ps.len();
+    let (mut np, mut nm, mut nv) = (vec![F::zero(); n], vec![F::zero(); n], vec![F::zero(); n]);
+    let (b1, one_b1, b2, one_b2) = (c(s.b1), c(1.0 - s.b1), c(s.b2), c(1.0 - s.b2));
+    let (bc2, eps, neg_step) = (c(s.bc2_sqrt), c(s.eps), c(-s.step_size));
+    let (keep, wd) = match s.decay {
+        Some(d) if s.decoupled => (Some(c(1.0 - d)), None),
+        Some(d) => (None, Some(c(d))),
+        None => (None, None),
+    };
+    for i in 0..n {
+        let (mut pi, mut gi) = (ps[i], gs[i]);
+        if let Some(k) = keep {
+            pi = pi * k + F::zero();
+        }
+        if let Some(w) = wd {
+            gi = gi + pi * w;
+        }
+        let mi = ms[i] * b1 + gi * one_b1;
+        let vi = vs[i] * b2 + (gi * gi) * one_b2;
+        let denom = (vi.sqrt() / bc2) * F::one() + eps;
+        np[i] = pi + (mi / denom) * neg_step;
+        nm[i] = mi;
+        nv[i] = vi;
+    }
+    let shape = p.shape().clone();
+    Ok([
+        Tensor::from_vec(np, shape.clone())?,
+        Tensor::from_vec(nm, shape.clone())?,
+        Tensor::from_vec(nv, shape)?,
+    ])
+}
+
 impl AdamRule {
     fn update(&self, h: Hyper, p: &Tensor, g: &Tensor, bufs: &mut [Tensor]) -> Result<Tensor> {
         let (b1, b2) = self.betas;
+        let dtype = p.dtype();
+        let same = [g, &bufs[0], &bufs[1]]
+            .iter()
+            .all(|t| t.dtype() == dtype && t.shape() == p.shape());
+        if !self.amsgrad && same && matches!(dtype, DType::F32 | DType::F64) {
+            let t = h.step as f64;
+            let s = AdamScalars {
+                decay: (h.weight_decay != 0.0).then(|| {
+                    if self.decoupled {
+                        h.lr * h.weight_decay
+                    } else {
+                        h.weight_decay
+                    }
+                }),
+                decoupled: self.decoupled,
+                b1,
+                b2,
+                bc2_sqrt: (1.0 - b2.powf(t)).sqrt(),
+                eps: self.eps,
+                step_size: h.lr / (1.0 - b1.powf(t)),
+            };
+            let [np, m, v] = if dtype == DType::F32 {
+                fused_update::<f32>(&s, p, g, &bufs[0], &bufs[1])?
+            } else {
+                fused_update::<f64>(&s, p, g, &bufs[0], &bufs[1])?
+            };
+            bufs[0] = m;
+            bufs[1] = v;
+            return Ok(np);
+        }
         let mut p = p.clone();
         let mut g = g.clone();
         if h.weight_decay != 0.0 {

@@ -15,6 +15,7 @@
 
 use rayon::prelude::*;
 
+use crate::fast_math::FastExp;
 use crate::{Error, FloatDType, Result, Tensor, WithDType};
 
 /// Work (multiply-adds) above which sequences run on several threads.
@@ -66,12 +67,14 @@ fn axpy<F: FloatDType>(y: &mut [F], a: F, x: &[F]) {
 
 /// Softmax in place of `s` (finite scores).
 #[inline]
-fn softmax_in_place<F: FloatDType>(s: &mut [F]) {
+fn softmax_in_place<F: FastExp>(s: &mut [F]) {
     let m = s.iter().fold(F::neg_infinity(), |m, &v| m.max(v));
-    let mut sum = F::zero();
     for v in s.iter_mut() {
-        *v = (*v - m).exp();
-        sum = sum + *v;
+        *v = (*v - m).fast_exp();
+    }
+    let mut sum = F::zero();
+    for &v in s.iter() {
+        sum = sum + v;
     }
     let inv = F::one() / sum;
     for v in s.iter_mut() {
@@ -99,7 +102,7 @@ fn per_sequence<F: Send>(
     }
 }
 
-fn forward_impl<F: FloatDType>(
+fn forward_impl<F: FastExp>(
     qkv: &Tensor,
     b: usize,
     t: usize,

@@ -49,16 +49,38 @@ pub(crate) fn map_elements<T: WithDType, U: WithDType>(
     f: impl Fn(T) -> U + Sync,
 ) -> Result<Tensor> {
     let src = t.contiguous_slice::<T>()?;
-    let out: Vec<U> = if src.len() >= PARALLEL_THRESHOLD {
-        use rayon::prelude::*;
-        src.par_iter()
-            .with_min_len(PARALLEL_CHUNK)
-            .map(|&x| f(x))
-            .collect()
-    } else {
-        src.iter().map(|&x| f(x)).collect()
-    };
+    let out = map_slices(&src, &src, |x, _| f(x));
     Tensor::from_vec(out, t.shape().clone())
+}
+
+/// `f(a[i], b[i])` for every `i` into a new vector (`a` and `b` of one length), in chunks whose
+/// inner loops vectorise, on rayon threads above [`PARALLEL_THRESHOLD`] elements.
+pub(crate) fn map_slices<A: Copy + Sync, B: Copy + Sync, U: Send>(
+    a: &[A],
+    b: &[B],
+    f: impl Fn(A, B) -> U + Sync,
+) -> Vec<U> {
+    use std::mem::MaybeUninit;
+    let n = a.len();
+    assert_eq!(n, b.len(), "map_slices: operands of different lengths");
+    let mut out: Vec<U> = Vec::with_capacity(n);
+    let fill = |o: &mut [MaybeUninit<U>], a: &[A], b: &[B]| {
+        for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
+            o.write(f(x, y));
+        }
+    };
+    let dst = &mut out.spare_capacity_mut()[..n];
+    if n >= PARALLEL_THRESHOLD {
+        use rayon::prelude::*;
+        dst.par_chunks_mut(PARALLEL_CHUNK)
+            .zip(a.par_chunks(PARALLEL_CHUNK).zip(b.par_chunks(PARALLEL_CHUNK)))
+            .for_each(|(o, (a, b))| fill(o, a, b));
+    } else {
+        fill(dst, a, b);
+    }
+    // SAFETY: `fill` wrote every one of the first `n` elements (the chunks cover `dst`).
+    unsafe { out.set_len(n) };
+    out
 }
 
 /// Element counts above which element-wise kernels split work across rayon threads.

@@ -232,3 +232,168 @@ impl Tensor {
         })
     }
 }
+
+/// Rows of `d` elements of a contiguous view, and the row count.
+fn rows_of(op: &'static str, x: &Tensor, d: usize) -> Result<usize> {
+    if d == 0 || x.dims().last() != Some(&d) {
+        return Err(Error::InvalidArgument {
+            op,
+            reason: format!(
+                "expected a tensor whose last dimension is {d}, got shape {:?}",
+                x.shape()
+            ),
+        });
+    }
+    Ok(x.elem_count() / d)
+}
+
+fn layer_norm_impl<F: FloatDType>(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let d = w.elem_count();
+    let rows = rows_of("layer_norm", x, d)?;
+    let (xs, ws, bs) = (
+        x.contiguous_slice::<F>()?,
+        w.contiguous_slice::<F>()?,
+        b.contiguous_slice::<F>()?,
+    );
+    let mut y = vec![F::zero(); rows * d];
+    let mut xhat = vec![F::zero(); rows * d];
+    let mut rstd = vec![F::zero(); rows];
+    let work = |(((r, yr), hr), sr): (((usize, &mut [F]), &mut [F]), &mut F)| {
+        let row = &xs[r * d..(r + 1) * d];
+        let mean = row.iter().map(|&v| WithDType::to_f64(v)).sum::<f64>() / d as f64;
+        let var = row
+            .iter()
+            .map(|&v| (WithDType::to_f64(v) - mean).powi(2))
+            .sum::<f64>()
+            / d as f64;
+        let rs = 1.0 / (var + eps).sqrt();
+        let (m, rsf) = (<F as WithDType>::from_f64(mean), <F as WithDType>::from_f64(rs));
+        for i in 0..d {
+            let h = (row[i] - m) * rsf;
+            hr[i] = h;
+            yr[i] = h * ws[i] + bs[i];
+        }
+        *sr = rsf;
+    };
+    let it = y
+        .chunks_mut(d)
+        .enumerate()
+        .zip(xhat.chunks_mut(d))
+        .zip(rstd.iter_mut());
+    if rows * d >= PARALLEL_ELEMS {
+        it.par_bridge().for_each(work);
+    } else {
+        it.for_each(work);
+    }
+    let shape = x.shape().clone();
+    let mut rshape = shape.dims().to_vec();
+    if let Some(l) = rshape.last_mut() {
+        *l = 1;
+    }
+    Ok((
+        Tensor::from_vec(y, shape.clone())?,
+        Tensor::from_vec(xhat, shape)?,
+        Tensor::from_vec(rstd, rshape)?,
+    ))
+}
+
+fn layer_norm_backward_impl<F: FloatDType>(
+    g: &Tensor,
+    xhat: &Tensor,
+    rstd: &Tensor,
+    w: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let d = w.elem_count();
+    let rows = rows_of("layer_norm_backward", xhat, d)?;
+    let (gs, hs) = (g.contiguous_slice::<F>()?, xhat.contiguous_slice::<F>()?);
+    let (rs, ws) = (rstd.contiguous_slice::<F>()?, w.contiguous_slice::<F>()?);
+    let mut dx = vec![F::zero(); rows * d];
+    let inv_d = <F as WithDType>::from_f64(1.0 / d as f64);
+    for (r, out) in dx.chunks_mut(d).enumerate() {
+        let (gr, hr) = (&gs[r * d..(r + 1) * d], &hs[r * d..(r + 1) * d]);
+        // dx = (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) * rstd, dxhat = g * w.
+        let (mut m1, mut m2) = (F::zero(), F::zero());
+        for i in 0..d {
+            let dh = gr[i] * ws[i];
+            m1 = m1 + dh;
+            m2 = m2 + dh * hr[i];
+        }
+        let (m1, m2) = (m1 * inv_d, m2 * inv_d);
+        for i in 0..d {
+            out[i] = (gr[i] * ws[i] - m1 - hr[i] * m2) * rs[r];
+        }
+    }
+    // Parameter gradients: column sums over rows, accumulated in f64 in row order.
+    let (mut dw, mut db) = (vec![0f64; d], vec![0f64; d]);
+    for r in 0..rows {
+        let (gr, hr) = (&gs[r * d..(r + 1) * d], &hs[r * d..(r + 1) * d]);
+        for i in 0..d {
+            let gi = WithDType::to_f64(gr[i]);
+            dw[i] += gi * WithDType::to_f64(hr[i]);
+            db[i] += gi;
+        }
+    }
+    let cast = |v: Vec<f64>| -> Vec<F> { v.into_iter().map(<F as WithDType>::from_f64).collect() };
+    Ok((
+        Tensor::from_vec(dx, xhat.shape().clone())?,
+        Tensor::from_vec(cast(dw), w.shape().clone())?,
+        Tensor::from_vec(cast(db), w.shape().clone())?,
+    ))
+}
+
+impl Tensor {
+    /// Layer normalisation over the last dimension with `weight` and `bias` (`[D]`), in one pass
+    /// per row (statistics in f64): returns `(y, xhat, rstd)` where `xhat = (x - mean) * rstd` and
+    /// `rstd` (`[..., 1]`) is `1 / sqrt(var + eps)`, for [`Tensor::layer_norm_backward`].
+    pub fn layer_norm_forward(
+        &self,
+        weight: &Tensor,
+        bias: &Tensor,
+        eps: f64,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        const OP: &str = "layer_norm";
+        let d = weight.elem_count();
+        if weight.dims() != [d]
+            || bias.dims() != [d]
+            || weight.dtype() != self.dtype()
+            || bias.dtype() != self.dtype()
+        {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                reason: format!(
+                    "weight {:?} and bias {:?} must be [D] of the input's dtype {} (input {:?})",
+                    weight.shape(),
+                    bias.shape(),
+                    self.dtype(),
+                    self.shape()
+                ),
+            });
+        }
+        float_dispatch!(OP, self.dtype(), F => layer_norm_impl::<F>(self, weight, bias, eps),
+            half => Err(Error::UnsupportedDType { op: OP, dtype: self.dtype(), expected: "f32 or f64" }))
+    }
+
+    /// The gradients `(dx, dweight, dbias)` of [`Tensor::layer_norm_forward`] given the output
+    /// gradient `self`, its `xhat` and `rstd`, and the `weight`.
+    pub fn layer_norm_backward(
+        &self,
+        xhat: &Tensor,
+        rstd: &Tensor,
+        weight: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        const OP: &str = "layer_norm_backward";
+        if self.shape() != xhat.shape() || self.dtype() != xhat.dtype() {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                reason: format!("grad {:?} and xhat {:?} must match", self.shape(), xhat.shape()),
+            });
+        }
+        float_dispatch!(OP, self.dtype(), F => layer_norm_backward_impl::<F>(self, xhat, rstd, weight),
+            half => Err(Error::UnsupportedDType { op: OP, dtype: self.dtype(), expected: "f32 or f64" }))
+    }
+}

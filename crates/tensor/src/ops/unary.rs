@@ -1,7 +1,6 @@
 //! Element-wise unary operations. Float ops run natively on f32/f64; f16/bf16 compute in f32
 //! and round back, as PyTorch does on the CPU.
 
-use super::{PARALLEL_CHUNK, PARALLEL_THRESHOLD};
 use crate::fast_math::{fast_tanh, FastExp};
 use crate::{DType, Error, FloatDType, Result, Tensor, WithDType};
 
@@ -241,16 +240,7 @@ impl Tensor {
                 let t = fast_tanh(k * (x + a * x2 * x));
                 g * (half * (one + t) + half * x * (one - t * t) * k * (one + three_a * x2))
             };
-            let out: Vec<F> = if xs.len() >= PARALLEL_THRESHOLD {
-                use rayon::prelude::*;
-                xs.par_iter()
-                    .zip(gs.par_iter())
-                    .with_min_len(PARALLEL_CHUNK)
-                    .map(f)
-                    .collect()
-            } else {
-                xs.iter().zip(gs.iter()).map(f).collect()
-            };
+            let out = super::map_slices(&xs, &gs, |x, g| f((&x, &g)));
             Tensor::from_vec(out, x.shape().clone())
         }
         match self.dtype() {
