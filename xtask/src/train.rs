@@ -386,6 +386,16 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         let ckpt = trainer.resume(&out)?;
         println!("resumed from {} at step {}", ckpt.display(), trainer.step());
     }
+    let before = if sft && args.resume.is_none() {
+        let m = trainer.evaluate(test_set)?;
+        println!(
+            "held-out response loss before tuning: {:.4} ({} examples)",
+            m.loss, m.samples
+        );
+        Some(m.loss)
+    } else {
+        None
+    };
     let started = std::time::Instant::now();
     let val = trainer.config().eval_every_steps.map(|_| test_set);
     let history = trainer.fit(train_set, val)?;
@@ -405,6 +415,12 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             "validation: loss {:.4} ({} examples); training took {train_secs:.1} s ({tokens:.0} tokens/s in the last window)",
             test.loss, test.samples
         );
+        if let Some(b) = before {
+            println!(
+                "held-out response loss: {b:.4} before tuning, {:.4} after",
+                test.loss
+            );
+        }
         print_sample(trainer.model(), &out, sft)?;
     } else {
         println!(

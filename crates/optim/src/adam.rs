@@ -159,12 +159,10 @@ impl AdamRule {
         if !self.amsgrad && same && matches!(dtype, DType::F32 | DType::F64) {
             let t = h.step as f64;
             let s = AdamScalars {
-                decay: (h.weight_decay != 0.0).then(|| {
-                    if self.decoupled {
-                        h.lr * h.weight_decay
-                    } else {
-                        h.weight_decay
-                    }
+                decay: (h.weight_decay != 0.0).then_some(if self.decoupled {
+                    h.lr * h.weight_decay
+                } else {
+                    h.weight_decay
                 }),
                 decoupled: self.decoupled,
                 b1,

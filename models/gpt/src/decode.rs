@@ -8,9 +8,10 @@
 //! norms and activations are per row. So a sequence's logits never depend on its batch-mates.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use kiln_tensor::ops::attention::attend_to_cache;
-use kiln_tensor::ops::rowwise::{matmul_rows_kn, matmul_rows_nk};
+use kiln_tensor::ops::rowwise::matmul_rows_nk;
 use kiln_tensor::{DType, Tensor};
 use kiln_zoo::generate::{BatchDecoder, DecodeState, SeqId};
 use kiln_zoo::{Error, Result};
@@ -48,9 +49,11 @@ impl KvCache {
     }
 }
 
-/// A dense layer's weight `[in, out]` and bias as f32 tensors (contiguous).
+/// A dense layer for decoding: the weight transposed to `[out, in]` (contiguous f32), so each
+/// output is a dot product over one contiguous row and a decode step streams the matrix once,
+/// front to back; and the bias.
 struct Dense {
-    weight: Tensor,
+    weight_t: Tensor,
     bias: Tensor,
     input: usize,
     output: usize,
@@ -62,10 +65,10 @@ fn f32_contiguous(t: &Tensor) -> Result<Tensor> {
 
 impl Dense {
     fn new(c: &Conv1D) -> Result<Dense> {
-        let weight = f32_contiguous(&c.weight.value())?;
+        let weight = c.weight.value();
         let (input, output) = (weight.dims()[0], weight.dims()[1]);
         Ok(Dense {
-            weight,
+            weight_t: f32_contiguous(&weight.t()?)?,
             bias: f32_contiguous(&c.bias.value())?,
             input,
             output,
@@ -74,12 +77,17 @@ impl Dense {
 
     /// `out = x @ W + b` for `rows` rows, by the row kernel (`rowwise`) or GEMM.
     fn apply(&self, x: &[f32], rows: usize, rowwise: bool, out: &mut [f32]) -> Result<()> {
-        let w = self.weight.contiguous_slice::<f32>()?;
+        let w = self.weight_t.contiguous_slice::<f32>()?;
         let b = self.bias.contiguous_slice::<f32>()?;
         if rowwise {
-            matmul_rows_kn(x, rows, self.input, &w, self.output, Some(&b), out);
+            matmul_rows_nk(x, rows, self.input, &w, self.output, out);
+            for row in out.chunks_exact_mut(self.output) {
+                for (o, &bv) in row.iter_mut().zip(b.iter()) {
+                    *o += bv;
+                }
+            }
         } else {
-            let y = Tensor::from_slice(x, [rows, self.input])?.matmul(&self.weight)?;
+            let y = Tensor::from_slice(x, [rows, self.input])?.matmul(&self.weight_t.t()?)?;
             let y = y.contiguous_slice::<f32>()?;
             for (dst, src) in out.chunks_exact_mut(self.output).zip(y.chunks_exact(self.output)) {
                 for ((o, &v), &bv) in dst.iter_mut().zip(src).zip(b.iter()) {
@@ -140,20 +148,29 @@ struct Segment {
     rowwise: bool,
 }
 
-/// The batched decoder of [`Gpt`]: a KV cache per open sequence.
-pub struct GptBatchDecoder<'a> {
-    model: &'a Gpt,
+/// The weights in decoding layout, prepared once per set of parameter values and shared by every
+/// decoder of the model (the model keeps the last one; changed parameters make a new one).
+pub(crate) struct DecodeWeights {
+    /// The parameter values these were made from.
+    sources: Vec<Tensor>,
     layers: Vec<LayerWeights>,
     ln_f: NormWeights,
     wte: Tensor,
     wpe: Tensor,
-    caches: BTreeMap<SeqId, KvCache>,
-    next: SeqId,
 }
 
-impl<'a> GptBatchDecoder<'a> {
-    /// A decoder over `model`'s current weights (as f32).
-    pub fn new(model: &'a Gpt) -> Result<GptBatchDecoder<'a>> {
+impl DecodeWeights {
+    /// Whether these were made from the model's current parameter values.
+    fn is_current(&self, model: &Gpt) -> bool {
+        let now = model.param_values();
+        now.len() == self.sources.len()
+            && now
+                .iter()
+                .zip(&self.sources)
+                .all(|(a, b)| a.same_storage(b) && a.layout() == b.layout())
+    }
+
+    fn prepare(model: &Gpt) -> Result<DecodeWeights> {
         let layers = model
             .blocks
             .iter()
@@ -168,12 +185,45 @@ impl<'a> GptBatchDecoder<'a> {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(GptBatchDecoder {
-            model,
+        Ok(DecodeWeights {
+            sources: model.param_values(),
             layers,
             ln_f: NormWeights::new(&model.ln_f)?,
             wte: f32_contiguous(&model.wte.value())?,
             wpe: f32_contiguous(&model.wpe.value())?,
+        })
+    }
+
+    /// The model's decoding weights: the kept ones while the parameters are unchanged.
+    pub(crate) fn of(model: &Gpt) -> Result<Arc<DecodeWeights>> {
+        let mut kept = model
+            .decode_weights
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(w) = kept.as_ref().filter(|w| w.is_current(model)) {
+            return Ok(w.clone());
+        }
+        let fresh = Arc::new(DecodeWeights::prepare(model)?);
+        *kept = Some(fresh.clone());
+        Ok(fresh)
+    }
+}
+
+/// The batched decoder of [`Gpt`]: a KV cache per open sequence.
+pub struct GptBatchDecoder<'a> {
+    model: &'a Gpt,
+    weights: Arc<DecodeWeights>,
+    caches: BTreeMap<SeqId, KvCache>,
+    next: SeqId,
+}
+
+impl<'a> GptBatchDecoder<'a> {
+    /// A decoder over `model`'s current weights (as f32; the transposed copies are made once and
+    /// kept by the model until its parameters change).
+    pub fn new(model: &'a Gpt) -> Result<GptBatchDecoder<'a>> {
+        Ok(GptBatchDecoder {
+            model,
+            weights: DecodeWeights::of(model)?,
             caches: BTreeMap::new(),
             next: 0,
         })
@@ -247,8 +297,9 @@ impl<'a> GptBatchDecoder<'a> {
             rows += t;
         }
         // Embeddings.
-        let wte = self.wte.contiguous_slice::<f32>()?;
-        let wpe = self.wpe.contiguous_slice::<f32>()?;
+        let weights = self.weights.clone();
+        let wte = weights.wte.contiguous_slice::<f32>()?;
+        let wpe = weights.wpe.contiguous_slice::<f32>()?;
         let mut x = vec![0f32; rows * d];
         for &i in &order {
             let (id, ids) = feeds[i];
@@ -283,7 +334,7 @@ impl<'a> GptBatchDecoder<'a> {
             }
             Ok(())
         };
-        for (l, w) in self.layers.iter().enumerate() {
+        for (l, w) in weights.layers.iter().enumerate() {
             w.ln_1.apply(&x, eps, &mut hbuf);
             dense(&w.c_attn, &hbuf, d, &mut qkv, 3 * d)?;
             for &i in &order {
@@ -334,7 +385,8 @@ impl<'a> GptBatchDecoder<'a> {
         let mut last = vec![0f32; feeds.len() * d];
         for (i, &(_, ids)) in feeds.iter().enumerate() {
             let r = row_of[i] + ids.len() - 1;
-            self.ln_f
+            weights
+                .ln_f
                 .apply(&x[r * d..(r + 1) * d], eps, &mut last[i * d..(i + 1) * d]);
         }
         let v = cfg.vocab_size;

@@ -120,6 +120,8 @@ pub struct Gpt {
     pub(crate) wpe: Param,
     pub(crate) blocks: Vec<Block>,
     pub(crate) ln_f: Norm,
+    /// Weights in decoding layout, kept between generations (see `decode::DecodeWeights`).
+    pub(crate) decode_weights: std::sync::Mutex<Option<std::sync::Arc<crate::decode::DecodeWeights>>>,
 }
 
 impl Gpt {
@@ -149,7 +151,13 @@ impl Gpt {
             wpe,
             blocks,
             ln_f,
+            decode_weights: std::sync::Mutex::new(None),
         })
+    }
+
+    /// The current value of every parameter, in `parameters()` order.
+    pub(crate) fn param_values(&self) -> Vec<Tensor> {
+        self.parameters().iter().map(|p| p.value()).collect()
     }
 
     /// The configuration.

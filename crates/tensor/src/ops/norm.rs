@@ -263,7 +263,8 @@ fn layer_norm_impl<F: FloatDType>(
     let mut y = vec![F::zero(); rows * d];
     let mut xhat = vec![F::zero(); rows * d];
     let mut rstd = vec![F::zero(); rows];
-    let work = |(((r, yr), hr), sr): (((usize, &mut [F]), &mut [F]), &mut F)| {
+    type Row<'a, F> = (((usize, &'a mut [F]), &'a mut [F]), &'a mut F);
+    let work = |(((r, yr), hr), sr): Row<'_, F>| {
         let row = &xs[r * d..(r + 1) * d];
         let mean = row.iter().map(|&v| WithDType::to_f64(v)).sum::<f64>() / d as f64;
         let var = row

@@ -130,14 +130,15 @@ pub fn matmul_rows_kn(
     }
 }
 
-/// `Σ a_i b_i` over sixteen independent lanes, folded in a fixed order.
+/// `Σ a_i b_i` over 64 independent lanes (four vector accumulators, so the FMAs do not wait on
+/// each other), folded in a fixed order; the tail past a multiple of 64 is summed in order.
 #[inline(always)]
-fn dot16(a: &[f32], b: &[f32], fma: bool) -> f32 {
-    let mut acc = [0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+fn dot64(a: &[f32], b: &[f32], fma: bool) -> f32 {
+    let mut acc = [0f32; 64];
+    let (ca, cb) = (a.chunks_exact(64), b.chunks_exact(64));
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
-        for l in 0..16 {
+        for l in 0..64 {
             acc[l] = if fma {
                 x[l].mul_add(y[l], acc[l])
             } else {
@@ -149,7 +150,7 @@ fn dot16(a: &[f32], b: &[f32], fma: bool) -> f32 {
     for (x, y) in ra.iter().zip(rb) {
         s += x * y;
     }
-    for w in [8, 4, 2, 1] {
+    for w in [32, 16, 8, 4, 2, 1] {
         for l in 0..w {
             acc[l] += acc[l + w];
         }
@@ -163,7 +164,7 @@ fn nk_block(x: &[f32], m: usize, k: usize, w: &[f32], v0: usize, out: &mut [f32]
     for j in 0..width {
         let wrow = &w[(v0 + j) * k..(v0 + j + 1) * k];
         for r in 0..m {
-            out[r * width + j] = dot16(&x[r * k..(r + 1) * k], wrow, fma);
+            out[r * width + j] = dot64(&x[r * k..(r + 1) * k], wrow, fma);
         }
     }
 }
