@@ -34,10 +34,11 @@ impl Var {
         let lsm = self.value().log_softmax(1)?;
         let picked = lsm.gather(1, &idx.unsqueeze(1)?)?;
         let loss = picked.mean_all()?.neg()?;
-        let onehot = idx.one_hot(c)?.to_dtype(self.dtype())?;
+        let targets = idx.to_vec::<i64>()?;
         Ok(Var::from_op("log_softmax_nll", loss, &[self], move |g| {
-            let grad = lsm.exp()?.sub(&onehot)?.mul_scalar(1.0 / n as f64)?.mul(g)?;
-            Ok(vec![Some(grad)])
+            // (softmax - onehot) * upstream / N in one pass (the loss is a scalar).
+            let upstream = g.to_dtype(DType::F64)?.to_vec::<f64>()?.first().copied().unwrap_or(0.0);
+            Ok(vec![Some(lsm.nll_grad_from_log_softmax(&targets, upstream / n as f64)?)])
         }))
     }
 

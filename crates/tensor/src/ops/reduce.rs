@@ -255,6 +255,36 @@ fn softmax_kernel<F: FloatDType>(t: &Tensor, d: usize, log: bool) -> Result<Tens
     }
 }
 
+fn nll_grad_impl<F: FloatDType>(lsm: &Tensor, targets: &[i64], scale: f64) -> Result<Tensor> {
+    let c = lsm.dims()[1];
+    let src = lsm.contiguous_slice::<F>()?;
+    let s = <F as WithDType>::from_f64(scale);
+    let mut out = super::map_slices(&src, &src, |v, _| v.exp() * s);
+    for (row, &t) in targets.iter().enumerate() {
+        let i = row * c + t as usize;
+        out[i] = out[i] - s;
+    }
+    Tensor::from_vec(out, lsm.shape().clone())
+}
+
+impl Tensor {
+    /// The gradient of the mean negative log-likelihood with respect to the logits, from their
+    /// log-softmax `self` (`[N, C]`) and the target classes: `(softmax - onehot(targets)) * scale`,
+    /// in one pass (no `[N, C]` one-hot matrix). Targets must be in `0..C`.
+    pub fn nll_grad_from_log_softmax(&self, targets: &[i64], scale: f64) -> Result<Tensor> {
+        const OP: &str = "nll_grad_from_log_softmax";
+        let [n, c] = self.dims2(OP)?;
+        if targets.len() != n || targets.iter().any(|&t| t < 0 || t as usize >= c) {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                reason: format!("expected {n} targets in 0..{c}, got {} (or one out of range)", targets.len()),
+            });
+        }
+        float_dispatch!(OP, self.dtype(), F => nll_grad_impl::<F>(self, targets, scale),
+            half => Err(Error::UnsupportedDType { op: OP, dtype: self.dtype(), expected: "f32 or f64" }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::Tensor;
