@@ -37,8 +37,15 @@ impl Var {
         let targets = idx.to_vec::<i64>()?;
         Ok(Var::from_op("log_softmax_nll", loss, &[self], move |g| {
             // (softmax - onehot) * upstream / N in one pass (the loss is a scalar).
-            let upstream = g.to_dtype(DType::F64)?.to_vec::<f64>()?.first().copied().unwrap_or(0.0);
-            Ok(vec![Some(lsm.nll_grad_from_log_softmax(&targets, upstream / n as f64)?)])
+            let upstream = g
+                .to_dtype(DType::F64)?
+                .to_vec::<f64>()?
+                .first()
+                .copied()
+                .unwrap_or(0.0);
+            Ok(vec![Some(
+                lsm.nll_grad_from_log_softmax(&targets, upstream / n as f64)?,
+            )])
         }))
     }
 

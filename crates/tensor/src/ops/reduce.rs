@@ -277,7 +277,10 @@ impl Tensor {
         if targets.len() != n || targets.iter().any(|&t| t < 0 || t as usize >= c) {
             return Err(Error::InvalidArgument {
                 op: OP,
-                reason: format!("expected {n} targets in 0..{c}, got {} (or one out of range)", targets.len()),
+                reason: format!(
+                    "expected {n} targets in 0..{c}, got {} (or one out of range)",
+                    targets.len()
+                ),
             });
         }
         float_dispatch!(OP, self.dtype(), F => nll_grad_impl::<F>(self, targets, scale),
