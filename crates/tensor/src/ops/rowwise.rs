@@ -1,4 +1,5 @@
-//! Row-independent f32 products for decoding: `out[r] = x[r] @ W` for a handful of rows.
+//! Row-independent f32 products for decoding: `out[r] = x[r] @ Wᵀ` for a handful of rows, with
+//! the weight stored `[out, in]`.
 //!
 //! Decoding multiplies a few rows (one new token per sequence) by every weight matrix; the time
 //! goes to streaming the weights from memory, so these kernels read each weight once for all rows.
@@ -9,8 +10,6 @@
 
 use rayon::prelude::*;
 
-/// Columns per task of [`matmul_rows_kn`].
-const KN_CHUNK: usize = 256;
 /// Output columns (weight rows) per task of [`matmul_rows_nk`].
 const NK_CHUNK: usize = 64;
 /// Multiply-adds below which one thread does everything.
@@ -35,99 +34,6 @@ fn isa() -> Isa {
         }
     }
     Isa::Portable
-}
-
-/// `acc[r][..] += Σ_k x[r, k] w[k, cols]`, k in order (one weight row chunk reused by every row).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn kn_block(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, c0: usize, acc: &mut [f32], fma: bool) {
-    let width = acc.len() / m;
-    for kk in 0..k {
-        let wrow = &w[kk * n + c0..kk * n + c0 + width];
-        for r in 0..m {
-            let a = x[r * k + kk];
-            let out = &mut acc[r * width..(r + 1) * width];
-            if fma {
-                for (o, &wv) in out.iter_mut().zip(wrow) {
-                    *o = a.mul_add(wv, *o);
-                }
-            } else {
-                for (o, &wv) in out.iter_mut().zip(wrow) {
-                    *o += a * wv;
-                }
-            }
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn kn_block_avx512(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, c0: usize, acc: &mut [f32]) {
-    kn_block(x, m, k, w, n, c0, acc, true)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn kn_block_avx2(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, c0: usize, acc: &mut [f32]) {
-    kn_block(x, m, k, w, n, c0, acc, true)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn kn_dispatch(isa: Isa, x: &[f32], m: usize, k: usize, w: &[f32], n: usize, c0: usize, acc: &mut [f32]) {
-    match isa {
-        // SAFETY: the feature was detected on this machine.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { kn_block_avx512(x, m, k, w, n, c0, acc) },
-        // SAFETY: the features were detected on this machine.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => unsafe { kn_block_avx2(x, m, k, w, n, c0, acc) },
-        _ => kn_block(x, m, k, w, n, c0, acc, false),
-    }
-}
-
-/// `out[m, n] = x[m, k] @ w[k, n] (+ bias[n])`, all row-major, each element summed over `k` in
-/// order (see the [module documentation](self)).
-pub fn matmul_rows_kn(
-    x: &[f32],
-    m: usize,
-    k: usize,
-    w: &[f32],
-    n: usize,
-    bias: Option<&[f32]>,
-    out: &mut [f32],
-) {
-    assert!(
-        x.len() >= m * k && w.len() >= k * n && out.len() >= m * n,
-        "matmul_rows_kn: operands too small"
-    );
-    if let Some(b) = bias {
-        assert!(b.len() >= n, "matmul_rows_kn: bias too small");
-    }
-    let isa = isa();
-    let chunks: Vec<usize> = (0..n).step_by(KN_CHUNK).collect();
-    let run = |c0: usize| -> Vec<f32> {
-        let width = KN_CHUNK.min(n - c0);
-        let mut acc = vec![0f32; m * width];
-        kn_dispatch(isa, x, m, k, w, n, c0, &mut acc);
-        acc
-    };
-    let blocks: Vec<Vec<f32>> = if m * k * n >= PARALLEL_WORK {
-        chunks.par_iter().map(|&c| run(c)).collect()
-    } else {
-        chunks.iter().map(|&c| run(c)).collect()
-    };
-    for (&c0, acc) in chunks.iter().zip(&blocks) {
-        let width = KN_CHUNK.min(n - c0);
-        for r in 0..m {
-            let dst = &mut out[r * n + c0..r * n + c0 + width];
-            dst.copy_from_slice(&acc[r * width..(r + 1) * width]);
-            if let Some(b) = bias {
-                for (o, &bv) in dst.iter_mut().zip(&b[c0..c0 + width]) {
-                    *o += bv;
-                }
-            }
-        }
-    }
 }
 
 /// `Σ a_i b_i` over 64 independent lanes (four vector accumulators, so the FMAs do not wait on
@@ -232,19 +138,7 @@ mod tests {
         let (m, k, n) = (5, 70, 300);
         let x = data(m * k, 1);
         let w = data(k * n, 2);
-        let bias = data(n, 3);
         let want = crate::ops::gemm_f32_reference(m, n, k, &x, &w);
-        let mut out = vec![0f32; m * n];
-        matmul_rows_kn(&x, m, k, &w, n, Some(&bias), &mut out);
-        for i in 0..m * n {
-            assert!((out[i] - want[i] - bias[i % n]).abs() < 1e-4, "{i}");
-        }
-        // Row 3 alone gives the same bits as inside the batch.
-        let mut alone = vec![0f32; n];
-        matmul_rows_kn(&x[3 * k..4 * k], 1, k, &w, n, Some(&bias), &mut alone);
-        assert_eq!(alone, out[3 * n..4 * n]);
-
-        // The transposed form against the same reference.
         let wt: Vec<f32> = (0..n * k).map(|i| w[(i % k) * n + i / k]).collect();
         let mut out2 = vec![0f32; m * n];
         matmul_rows_nk(&x, m, k, &wt, n, &mut out2);
