@@ -162,5 +162,5 @@ fn train_gpt_tiny(args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 fn rayon_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    rayon::current_num_threads()
 }

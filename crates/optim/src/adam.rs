@@ -107,6 +107,59 @@ struct AdamScalars {
 
 /// Adam's update in one pass over `p`, `g`, `m`, `v` (the common case: no AMSGrad, one float dtype),
 /// with the composed formula's operations in the same order, so the results are the same bits.
+/// [`fused_update`]'s constants in the parameter's dtype.
+struct AdamConsts<F> {
+    b1: F,
+    one_b1: F,
+    b2: F,
+    one_b2: F,
+    bc2: F,
+    eps: F,
+    neg_step: F,
+    /// `1 - lr * wd` for decoupled decay.
+    keep: Option<F>,
+    /// `wd` for L2 decay added to the gradient.
+    wd: Option<F>,
+}
+
+/// The element loop of [`fused_update`] (inlined into the dispatcher's wide code).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn adam_pass<F: FloatDType>(
+    k: &AdamConsts<F>,
+    ps: &[F],
+    gs: &[F],
+    ms: &[F],
+    vs: &[F],
+    np: &mut [F],
+    nm: &mut [F],
+    nv: &mut [F],
+) {
+    let n = ps.len();
+    let (gs, ms, vs) = (&gs[..n], &ms[..n], &vs[..n]);
+    let (np, nm, nv) = (&mut np[..n], &mut nm[..n], &mut nv[..n]);
+    for i in 0..n {
+        let (mut pi, mut gi) = (ps[i], gs[i]);
+        if let Some(keep) = k.keep {
+            pi = pi * keep + F::zero();
+        }
+        if let Some(w) = k.wd {
+            gi = gi + pi * w;
+        }
+        let mi = ms[i] * k.b1 + gi * k.one_b1;
+        let vi = vs[i] * k.b2 + (gi * gi) * k.one_b2;
+        let denom = (vi.sqrt() / k.bc2) * F::one() + k.eps;
+        np[i] = pi + (mi / denom) * k.neg_step;
+        nm[i] = mi;
+        nv[i] = vi;
+    }
+}
+
+kiln_tensor::multiversion! {
+    /// [`adam_pass`] for this machine's widest vectors.
+    fn adam_pass_mv[F: FloatDType](k: &AdamConsts<F>, ps: &[F], gs: &[F], ms: &[F], vs: &[F], np: &mut [F], nm: &mut [F], nv: &mut [F]) = adam_pass[F]
+}
+
 fn fused_update<F: FloatDType>(
     s: &AdamScalars,
     p: &Tensor,
@@ -126,21 +179,19 @@ fn fused_update<F: FloatDType>(
         Some(d) => (None, Some(c(d))),
         None => (None, None),
     };
-    for i in 0..n {
-        let (mut pi, mut gi) = (ps[i], gs[i]);
-        if let Some(k) = keep {
-            pi = pi * k + F::zero();
-        }
-        if let Some(w) = wd {
-            gi = gi + pi * w;
-        }
-        let mi = ms[i] * b1 + gi * one_b1;
-        let vi = vs[i] * b2 + (gi * gi) * one_b2;
-        let denom = (vi.sqrt() / bc2) * F::one() + eps;
-        np[i] = pi + (mi / denom) * neg_step;
-        nm[i] = mi;
-        nv[i] = vi;
-    }
+    // One pass, vectorised for the machine's widest registers.
+    let k = AdamConsts {
+        b1,
+        one_b1,
+        b2,
+        one_b2,
+        bc2,
+        eps,
+        neg_step,
+        keep,
+        wd,
+    };
+    adam_pass_mv(&k, &ps, &gs, &ms, &vs, &mut np, &mut nm, &mut nv);
     let shape = p.shape().clone();
     Ok([
         Tensor::from_vec(np, shape.clone())?,

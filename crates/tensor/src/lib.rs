@@ -27,6 +27,7 @@ pub mod linalg;
 pub mod ops;
 mod random;
 mod shape;
+pub mod simd;
 pub mod storage;
 mod tensor;
 

@@ -40,7 +40,7 @@ fn attention_dims(op: &'static str, qkv: &Tensor, num_heads: usize) -> Result<(u
 }
 
 /// `Σ a_i b_i` with eight independent partial sums (vectorises; a fixed order for a given length).
-#[inline]
+#[inline(always)]
 pub fn dot<F: FloatDType>(a: &[F], b: &[F]) -> F {
     let mut acc = [F::zero(); 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -58,27 +58,77 @@ pub fn dot<F: FloatDType>(a: &[F], b: &[F]) -> F {
 }
 
 /// `y += a * x`.
-#[inline]
+#[inline(always)]
 fn axpy<F: FloatDType>(y: &mut [F], a: F, x: &[F]) {
     for (y, x) in y.iter_mut().zip(x) {
         *y = *y + a * *x;
     }
 }
 
-/// Softmax in place of `s` (finite scores).
-#[inline]
+/// Softmax in place of `s` (finite scores). The maximum and the sum run over 16 interleaved
+/// lanes folded in a fixed order, so they vectorise (a single running max or sum cannot).
+#[inline(always)]
 fn softmax_in_place<F: FastExp>(s: &mut [F]) {
-    let m = s.iter().fold(F::neg_infinity(), |m, &v| m.max(v));
+    let (mut mx, mut sum) = ([F::neg_infinity(); 16], [F::zero(); 16]);
+    let full = s.len() / 16 * 16;
+    for c in s[..full].chunks_exact(16) {
+        for l in 0..16 {
+            mx[l] = if c[l] > mx[l] { c[l] } else { mx[l] };
+        }
+    }
+    for (l, &v) in s[full..].iter().enumerate() {
+        mx[l] = if v > mx[l] { v } else { mx[l] };
+    }
+    let m = mx
+        .iter()
+        .fold(F::neg_infinity(), |m, &v| if v > m { v } else { m });
     for v in s.iter_mut() {
         *v = (*v - m).fast_exp();
     }
-    let mut sum = F::zero();
-    for &v in s.iter() {
-        sum = sum + v;
+    for c in s[..full].chunks_exact(16) {
+        for l in 0..16 {
+            sum[l] = sum[l] + c[l];
+        }
     }
-    let inv = F::one() / sum;
+    for (l, &v) in s[full..].iter().enumerate() {
+        sum[l] = sum[l] + v;
+    }
+    for w in [8, 4, 2, 1] {
+        for l in 0..w {
+            sum[l] = sum[l] + sum[l + w];
+        }
+    }
+    let inv = F::one() / sum[0];
     for v in s.iter_mut() {
         *v = *v * inv;
+    }
+}
+
+/// `n` rounded up to a multiple of 16 (one AVX-512 vector of f32).
+#[inline(always)]
+fn padded(n: usize) -> usize {
+    n.div_ceil(16) * 16
+}
+
+/// Copies one head's `dh` features at column `offset` of each of the `t` rows of `x` (row
+/// length `stride`) into `dst` as `[dh, tp]` (columns past `t` stay as they are: zero).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn transpose_head<F: Copy>(
+    x: &[F],
+    stride: usize,
+    offset: usize,
+    dh: usize,
+    t: usize,
+    tp: usize,
+    dst: &mut [F],
+) {
+    let dst = &mut dst[..dh * tp];
+    for j in 0..t {
+        let src = &x[j * stride + offset..j * stride + offset + dh];
+        for (col, &v) in dst.chunks_exact_mut(tp).zip(src) {
+            col[j] = v;
+        }
     }
 }
 
@@ -102,6 +152,64 @@ fn per_sequence<F: Send>(
     }
 }
 
+/// One sequence of [`forward_impl`]: `x` its `[t, 3d]` projections, `out` its `[t, d]` result,
+/// `probs` its `[h, t, t]` probabilities (inlined into [`crate::simd::dispatch`]'s wide code).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn forward_sequence<F: FastExp>(
+    x: &[F],
+    out: &mut [F],
+    probs: &mut [F],
+    t: usize,
+    d: usize,
+    h: usize,
+    scale: F,
+) {
+    let (dh, tp) = (d / h, padded(t));
+    // Keys transposed to [dh, tp] (zero-padded): a query's scores are then dh vector updates over
+    // its keys instead of one short dot product per key; rows are computed to a multiple of 16
+    // keys so no update ends in a scalar remainder loop (the extra scores are dropped).
+    let mut kt = vec![F::zero(); dh * tp];
+    let mut scores = vec![F::zero(); tp];
+    for head in 0..h {
+        let (qo, ko, vo) = (head * dh, d + head * dh, 2 * d + head * dh);
+        transpose_head(x, 3 * d, ko, dh, t, tp, &mut kt);
+        for i in 0..t {
+            let q = &x[i * 3 * d + qo..i * 3 * d + qo + dh];
+            let n = padded(i + 1);
+            let sc = &mut scores[..n];
+            sc.fill(F::zero());
+            for (c, &qc) in q.iter().enumerate() {
+                axpy(sc, qc, &kt[c * tp..c * tp + n]);
+            }
+            let row = &mut probs[(head * t + i) * t..(head * t + i) * t + i + 1];
+            for (v, &s) in row.iter_mut().zip(sc.iter()) {
+                *v = s * scale;
+            }
+            softmax_in_place(row);
+            let o = &mut out[i * d + head * dh..i * d + head * dh + dh];
+            for (j, &p) in row.iter().enumerate() {
+                axpy(o, p, &x[j * 3 * d + vo..j * 3 * d + vo + dh]);
+            }
+        }
+    }
+}
+
+crate::multiversion! {
+    /// [`forward_sequence`] for this machine's widest vectors.
+    fn forward_sequence_mv[F: FastExp](x: &[F], out: &mut [F], probs: &mut [F], t: usize, d: usize, h: usize, scale: F) = forward_sequence[F]
+}
+
+crate::multiversion! {
+    /// [`backward_sequence`] for this machine's widest vectors.
+    fn backward_sequence_mv[F: FloatDType](x: &[F], go: &[F], probs: &[F], gx: &mut [F], t: usize, d: usize, h: usize, scale: F) = backward_sequence[F]
+}
+
+crate::multiversion! {
+    /// [`cache_head`] for this machine's widest vectors.
+    fn cache_head_mv[](q: &[f32], q_stride: usize, keys: &[f32], values: &[f32], dh: usize, start: usize, t: usize, scale: f32) -> Vec<f32> = cache_head[]
+}
+
 fn forward_impl<F: FastExp>(
     qkv: &Tensor,
     b: usize,
@@ -122,21 +230,7 @@ fn forward_impl<F: FastExp>(
         b * h * t * t * dh,
         |s, out, probs| {
             let x = &src[s * t * 3 * d..(s + 1) * t * 3 * d];
-            for head in 0..h {
-                let (qo, ko, vo) = (head * dh, d + head * dh, 2 * d + head * dh);
-                for i in 0..t {
-                    let q = &x[i * 3 * d + qo..i * 3 * d + qo + dh];
-                    let row = &mut probs[(head * t + i) * t..(head * t + i) * t + i + 1];
-                    for (j, p) in row.iter_mut().enumerate() {
-                        *p = dot(q, &x[j * 3 * d + ko..j * 3 * d + ko + dh]) * scale;
-                    }
-                    softmax_in_place(row);
-                    let o = &mut out[i * d + head * dh..i * d + head * dh + dh];
-                    for (j, &p) in row.iter().enumerate() {
-                        axpy(o, p, &x[j * 3 * d + vo..j * 3 * d + vo + dh]);
-                    }
-                }
-            }
+            forward_sequence_mv(x, out, probs, t, d, h, scale)
         },
     );
     Ok((
@@ -145,7 +239,59 @@ fn forward_impl<F: FastExp>(
     ))
 }
 
+/// One sequence of [`backward_impl`]: `x` its `[t, 3d]` projections, `go` the gradient of its
+/// output `[t, d]`, `probs` its `[h, t, t]` probabilities; writes `gx` (`[t, 3d]`).
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
+fn backward_sequence<F: FloatDType>(
+    x: &[F],
+    go: &[F],
+    probs: &[F],
+    gx: &mut [F],
+    t: usize,
+    d: usize,
+    h: usize,
+    scale: F,
+) {
+    let (dh, tp) = (d / h, padded(t));
+    let mut ds = vec![F::zero(); tp];
+    // Values transposed to [dh, tp] (zero-padded), so dP = dO Vᵀ is dh vector updates per row,
+    // computed to a multiple of 16 keys like the forward scores.
+    let mut vt = vec![F::zero(); dh * tp];
+    for head in 0..h {
+        let (qo, ko, vo) = (head * dh, d + head * dh, 2 * d + head * dh);
+        let pbase = head * t * t;
+        transpose_head(x, 3 * d, vo, dh, t, tp, &mut vt);
+        for i in 0..t {
+            let p = &probs[pbase + i * t..pbase + i * t + i + 1];
+            let g = &go[i * d + head * dh..i * d + head * dh + dh];
+            // dP_ij = dO_i · V_j; dS_ij = P_ij (dP_ij - Σ_j P_ij dP_ij).
+            let n = padded(i + 1);
+            ds[..n].fill(F::zero());
+            for (c, &gc) in g.iter().enumerate() {
+                axpy(&mut ds[..n], gc, &vt[c * tp..c * tp + n]);
+            }
+            let dp = &mut ds[..=i];
+            let weighted = dot(p, dp);
+            for (dsj, &pj) in dp.iter_mut().zip(p) {
+                *dsj = pj * (*dsj - weighted) * scale;
+            }
+            let q = &x[i * 3 * d + qo..i * 3 * d + qo + dh];
+            for (j, (&pj, &dsj)) in p.iter().zip(dp.iter()).enumerate() {
+                // dV_j += P_ij dO_i; dK_j += dS_ij Q_i.
+                let row = j * 3 * d;
+                axpy(&mut gx[row + vo..row + vo + dh], pj, g);
+                axpy(&mut gx[row + ko..row + ko + dh], dsj, q);
+            }
+            // dQ_i = Σ_j dS_ij K_j.
+            let dq = &mut gx[i * 3 * d + qo..i * 3 * d + qo + dh];
+            for (j, &dsj) in dp.iter().enumerate() {
+                axpy(dq, dsj, &x[j * 3 * d + ko..j * 3 * d + ko + dh]);
+            }
+        }
+    }
+}
+
 fn backward_impl<F: FloatDType>(
     qkv: &Tensor,
     probs: &Tensor,
@@ -171,37 +317,8 @@ fn backward_impl<F: FloatDType>(
         |s, gx, _| {
             let x = &src[s * t * 3 * d..(s + 1) * t * 3 * d];
             let go = &g_all[s * t * d..(s + 1) * t * d];
-            let mut ds = vec![F::zero(); t];
-            for head in 0..h {
-                let (qo, ko, vo) = (head * dh, d + head * dh, 2 * d + head * dh);
-                let pbase = (s * h + head) * t * t;
-                for i in 0..t {
-                    let p = &p_all[pbase + i * t..pbase + i * t + i + 1];
-                    let g = &go[i * d + head * dh..i * d + head * dh + dh];
-                    // dP_ij = dO_i · V_j; dS_ij = P_ij (dP_ij - Σ_j P_ij dP_ij).
-                    let mut weighted = F::zero();
-                    for (j, &pj) in p.iter().enumerate() {
-                        let dp = dot(g, &x[j * 3 * d + vo..j * 3 * d + vo + dh]);
-                        ds[j] = dp;
-                        weighted = weighted + pj * dp;
-                    }
-                    for (j, &pj) in p.iter().enumerate() {
-                        ds[j] = pj * (ds[j] - weighted) * scale;
-                    }
-                    for (j, &pj) in p.iter().enumerate() {
-                        // dV_j += P_ij dO_i; dK_j += dS_ij Q_i.
-                        let row = j * 3 * d;
-                        axpy(&mut gx[row + vo..row + vo + dh], pj, g);
-                        let q = &x[i * 3 * d + qo..i * 3 * d + qo + dh];
-                        axpy(&mut gx[row + ko..row + ko + dh], ds[j], q);
-                    }
-                    // dQ_i = Σ_j dS_ij K_j.
-                    let dq = &mut gx[i * 3 * d + qo..i * 3 * d + qo + dh];
-                    for (j, &dsj) in ds[..=i].iter().enumerate() {
-                        axpy(dq, dsj, &x[j * 3 * d + ko..j * 3 * d + ko + dh]);
-                    }
-                }
-            }
+            let probs = &p_all[s * h * t * t..(s + 1) * h * t * t];
+            backward_sequence_mv(x, go, probs, gx, t, d, h, scale)
         },
     );
     Tensor::from_vec(grad, [b, t, 3 * d])
@@ -257,6 +374,37 @@ impl Tensor {
 
 /// New queries attending over a key/value cache (inference).
 ///
+/// One query head of [`attend_to_cache`]: `q` its first query (row stride `q_stride`), `keys` and
+/// `values` its cache head (`[capacity, dh]`); returns `[t, dh]`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn cache_head(
+    q: &[f32],
+    q_stride: usize,
+    keys: &[f32],
+    values: &[f32],
+    dh: usize,
+    start: usize,
+    t: usize,
+    scale: f32,
+) -> Vec<f32> {
+    let mut res = vec![0f32; t * dh];
+    let mut s = vec![0f32; start + t];
+    for i in 0..t {
+        let qi = &q[i * q_stride..i * q_stride + dh];
+        let n = start + i + 1;
+        for (j, sj) in s[..n].iter_mut().enumerate() {
+            *sj = dot(qi, &keys[j * dh..j * dh + dh]) * scale;
+        }
+        softmax_in_place(&mut s[..n]);
+        let o = &mut res[i * dh..i * dh + dh];
+        for (j, &p) in s[..n].iter().enumerate() {
+            axpy(o, p, &values[j * dh..j * dh + dh]);
+        }
+    }
+    res
+}
+
 /// `q` holds `t` new positions `[t, H * dh]` (heads side by side); `k_cache` and `v_cache` are
 /// `[kv_heads, capacity, dh]` and already hold the keys and values of positions `0..start + t`.
 /// Query `i` (absolute position `start + i`) attends to positions `0..=start + i`. Query head
@@ -294,21 +442,8 @@ pub fn attend_to_cache(
         let kvh = hq / group;
         let keys = &k_cache[kvh * capacity * dh..];
         let values = &v_cache[kvh * capacity * dh..];
-        let mut res = vec![0f32; t * dh];
-        let mut s = vec![0f32; start + t];
-        for i in 0..t {
-            let qi = &q[i * h * dh + hq * dh..i * h * dh + hq * dh + dh];
-            let n = start + i + 1;
-            for (j, sj) in s[..n].iter_mut().enumerate() {
-                *sj = dot(qi, &keys[j * dh..j * dh + dh]) * scale;
-            }
-            softmax_in_place(&mut s[..n]);
-            let o = &mut res[i * dh..i * dh + dh];
-            for (j, &p) in s[..n].iter().enumerate() {
-                axpy(o, p, &values[j * dh..j * dh + dh]);
-            }
-        }
-        res
+        let q = &q[hq * dh..];
+        cache_head_mv(q, h * dh, keys, values, dh, start, t, scale)
     };
     let work = h * t * (start + t) * dh;
     let per_head: Vec<Vec<f32>> = if work >= PARALLEL_WORK {

@@ -100,6 +100,7 @@ impl CmpOp {
 
 /// Walk `N` layouts of the same shape in lockstep, in blocks along the innermost dimension:
 /// `f(starts, len, strides)`.
+#[inline(always)]
 pub(crate) fn zip_blocks<const N: usize>(
     layouts: [&Layout; N],
     mut f: impl FnMut([usize; N], usize, [usize; N]),
@@ -167,35 +168,29 @@ fn broadcast_map<T: WithDType, U: WithDType>(
     let n = shape.elem_count();
     if let (Some(ra), Some(rb)) = (la.contiguous_range(), lb.contiguous_range()) {
         let (sa, sb) = (&da[ra], &db[rb]);
-        let out: Vec<U> = if n >= super::PARALLEL_THRESHOLD {
-            use rayon::prelude::*;
-            sa.par_iter()
-                .zip(sb.par_iter())
-                .with_min_len(super::PARALLEL_CHUNK)
-                .map(|(&x, &y)| f(x, y))
-                .collect()
-        } else {
-            sa.iter().zip(sb).map(|(&x, &y)| f(x, y)).collect()
-        };
+        let out: Vec<U> = super::map_slices(sa, sb, f);
         return Tensor::from_vec(out, shape);
     }
     let mut out = Vec::with_capacity(n);
-    zip_blocks([&la, &lb], |[pa, pb], len, [sa, sb]| match (sa, sb) {
-        (1, 1) => out.extend(
-            da[pa..pa + len]
-                .iter()
-                .zip(&db[pb..pb + len])
-                .map(|(&x, &y)| f(x, y)),
-        ),
-        (1, 0) => {
-            let y = db[pb];
-            out.extend(da[pa..pa + len].iter().map(|&x| f(x, y)))
-        }
-        (0, 1) => {
-            let x = da[pa];
-            out.extend(db[pb..pb + len].iter().map(|&y| f(x, y)))
-        }
-        _ => out.extend((0..len).map(|i| f(da[pa + i * sa], db[pb + i * sb]))),
+    // One thread; the blocks' inner loops are compiled for the machine's widest vectors.
+    crate::simd::dispatch(|| {
+        zip_blocks([&la, &lb], |[pa, pb], len, [sa, sb]| match (sa, sb) {
+            (1, 1) => out.extend(
+                da[pa..pa + len]
+                    .iter()
+                    .zip(&db[pb..pb + len])
+                    .map(|(&x, &y)| f(x, y)),
+            ),
+            (1, 0) => {
+                let y = db[pb];
+                out.extend(da[pa..pa + len].iter().map(|&x| f(x, y)))
+            }
+            (0, 1) => {
+                let x = da[pa];
+                out.extend(db[pb..pb + len].iter().map(|&y| f(x, y)))
+            }
+            _ => out.extend((0..len).map(|i| f(da[pa + i * sa], db[pb + i * sb]))),
+        });
     });
     Tensor::from_vec(out, shape)
 }

@@ -28,11 +28,31 @@ pub(crate) trait GemmDType: WithDType {
         r: MatRef,
         beta: Self,
     ) -> Option<()>;
+
+    /// `dst (+)= lhs @ rhs` through kiln's AVX-512 kernel ([`super::sgemm`]); `None` if this type
+    /// or this CPU has none.
+    #[allow(clippy::too_many_arguments)]
+    fn native_gemm(
+        _m: usize,
+        _n: usize,
+        _k: usize,
+        _dst: &mut [Self],
+        _lhs: &[Self],
+        _l: MatRef,
+        _rhs: &[Self],
+        _r: MatRef,
+        _accumulate: bool,
+        _threads: bool,
+    ) -> Option<()> {
+        None
+    }
 }
 
 macro_rules! mm_gemm_impl {
-    ($t:ty, $f:path) => {
+    ($t:ty, $f:path $(, $native:item)?) => {
         impl GemmDType for $t {
+            $($native)?
+
             fn mm_gemm(
                 m: usize,
                 n: usize,
@@ -69,7 +89,25 @@ macro_rules! mm_gemm_impl {
         }
     };
 }
-mm_gemm_impl!(f32, matrixmultiply::sgemm);
+mm_gemm_impl!(
+    f32,
+    matrixmultiply::sgemm,
+    fn native_gemm(
+        m: usize,
+        n: usize,
+        k: usize,
+        dst: &mut [f32],
+        lhs: &[f32],
+        l: MatRef,
+        rhs: &[f32],
+        r: MatRef,
+        accumulate: bool,
+        threads: bool,
+    ) -> Option<()> {
+        super::sgemm::available()
+            .then(|| super::sgemm::sgemm(m, n, k, dst, lhs, l, rhs, r, accumulate, threads))
+    }
+);
 mm_gemm_impl!(f64, matrixmultiply::dgemm);
 
 #[allow(clippy::too_many_arguments)]
@@ -133,12 +171,16 @@ pub(crate) fn gemm_into<T: GemmDType>(
     // Bounds: the last element each operand touches must lie inside its slice.
     assert!(l.offset + (m - 1) * l.row_stride + (k - 1) * l.col_stride < lhs.len());
     assert!(r.offset + (k - 1) * r.row_stride + (n - 1) * r.col_stride < rhs.len());
+    let threads = allow_threads && m * n * k >= PARALLEL_FLOPS;
+    if let Some(done) = T::native_gemm(m, n, k, dst, lhs, l, rhs, r, accumulate, threads) {
+        return done;
+    }
     if allow_threads && m * n * k >= LARGE_FLOPS {
         if let Some(done) = large_gemm(m, n, k, dst, lhs, l, rhs, r, accumulate) {
             return done;
         }
     }
-    let par = if allow_threads && m * n * k >= PARALLEL_FLOPS {
+    let par = if threads {
         gemm::Parallelism::Rayon(0)
     } else {
         gemm::Parallelism::None

@@ -35,6 +35,7 @@ mod norm;
 pub mod pool;
 mod reduce;
 pub mod rowwise;
+mod sgemm;
 mod shape_ops;
 pub mod unary;
 
@@ -74,9 +75,9 @@ pub(crate) fn map_slices<A: Copy + Sync, B: Copy + Sync, U: Send>(
         use rayon::prelude::*;
         dst.par_chunks_mut(PARALLEL_CHUNK)
             .zip(a.par_chunks(PARALLEL_CHUNK).zip(b.par_chunks(PARALLEL_CHUNK)))
-            .for_each(|(o, (a, b))| fill(o, a, b));
+            .for_each(|(o, (a, b))| crate::simd::dispatch(|| fill(o, a, b)));
     } else {
-        fill(dst, a, b);
+        crate::simd::dispatch(|| fill(dst, a, b));
     }
     // SAFETY: `fill` wrote every one of the first `n` elements (the chunks cover `dst`).
     unsafe { out.set_len(n) };

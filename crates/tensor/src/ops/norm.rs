@@ -247,6 +247,102 @@ fn rows_of(op: &'static str, x: &Tensor, d: usize) -> Result<usize> {
     Ok(x.elem_count() / d)
 }
 
+/// `Σ f(x_i)` in f64 over 16 interleaved partial sums folded pairwise: a fixed order for a given
+/// length, and a loop the compiler vectorises (a single running sum cannot be).
+#[inline(always)]
+fn lane_sum<F: FloatDType>(xs: &[F], f: impl Fn(f64) -> f64) -> f64 {
+    let mut acc = [0f64; 16];
+    let chunks = xs.chunks_exact(16);
+    let tail: f64 = chunks.remainder().iter().map(|&v| f(WithDType::to_f64(v))).sum();
+    for c in chunks {
+        for l in 0..16 {
+            acc[l] += f(WithDType::to_f64(c[l]));
+        }
+    }
+    fold16(acc) + tail
+}
+
+/// Pairwise fold of 16 partial sums (a fixed tree).
+#[inline(always)]
+fn fold16<F: Copy + std::ops::Add<Output = F>>(mut acc: [F; 16]) -> F {
+    for w in [8, 4, 2, 1] {
+        for l in 0..w {
+            acc[l] = acc[l] + acc[l + w];
+        }
+    }
+    acc[0]
+}
+
+/// One row of [`layer_norm_impl`]: writes `y` and `xhat`, returns `rstd`.
+#[inline(always)]
+fn layer_norm_row<F: FloatDType>(row: &[F], ws: &[F], bs: &[F], eps: f64, yr: &mut [F], hr: &mut [F]) -> F {
+    let d = row.len();
+    let mean = lane_sum(row, |v| v) / d as f64;
+    let var = lane_sum(row, |v| (v - mean) * (v - mean)) / d as f64;
+    let rs = 1.0 / (var + eps).sqrt();
+    let (m, rsf) = (<F as WithDType>::from_f64(mean), <F as WithDType>::from_f64(rs));
+    for i in 0..d {
+        let h = (row[i] - m) * rsf;
+        hr[i] = h;
+        yr[i] = h * ws[i] + bs[i];
+    }
+    rsf
+}
+
+/// One row of [`layer_norm_backward_impl`]'s input gradient.
+#[inline(always)]
+fn layer_norm_row_grad<F: FloatDType>(gr: &[F], hr: &[F], ws: &[F], rstd: F, out: &mut [F]) {
+    let d = gr.len();
+    let inv_d = <F as WithDType>::from_f64(1.0 / d as f64);
+    // dx = (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) * rstd, dxhat = g * w.
+    let (mut m1, mut m2) = ([F::zero(); 16], [F::zero(); 16]);
+    let full = d / 16 * 16;
+    for c in (0..full).step_by(16) {
+        for l in 0..16 {
+            let dh = gr[c + l] * ws[c + l];
+            m1[l] = m1[l] + dh;
+            m2[l] = m2[l] + dh * hr[c + l];
+        }
+    }
+    for i in full..d {
+        let dh = gr[i] * ws[i];
+        m1[0] = m1[0] + dh;
+        m2[0] = m2[0] + dh * hr[i];
+    }
+    let (m1, m2) = (fold16(m1) * inv_d, fold16(m2) * inv_d);
+    for i in 0..d {
+        out[i] = (gr[i] * ws[i] - m1 - hr[i] * m2) * rstd;
+    }
+}
+
+/// Column sums `dw += g * xhat`, `db += g` over all rows (f64, row order).
+#[inline(always)]
+fn layer_norm_param_grads<F: FloatDType>(gs: &[F], hs: &[F], dw: &mut [f64], db: &mut [f64]) {
+    let d = dw.len();
+    for (gr, hr) in gs.chunks_exact(d).zip(hs.chunks_exact(d)) {
+        for i in 0..d {
+            let gi = WithDType::to_f64(gr[i]);
+            dw[i] += gi * WithDType::to_f64(hr[i]);
+            db[i] += gi;
+        }
+    }
+}
+
+crate::multiversion! {
+    /// [`layer_norm_row`] for this machine's widest vectors.
+    fn layer_norm_row_mv[F: FloatDType](row: &[F], ws: &[F], bs: &[F], eps: f64, yr: &mut [F], hr: &mut [F]) -> F = layer_norm_row[F]
+}
+
+crate::multiversion! {
+    /// [`layer_norm_row_grad`] for this machine's widest vectors.
+    fn layer_norm_row_grad_mv[F: FloatDType](gr: &[F], hr: &[F], ws: &[F], rstd: F, out: &mut [F]) = layer_norm_row_grad[F]
+}
+
+crate::multiversion! {
+    /// [`layer_norm_param_grads`] for this machine's widest vectors.
+    fn layer_norm_param_grads_mv[F: FloatDType](gs: &[F], hs: &[F], dw: &mut [f64], db: &mut [f64]) = layer_norm_param_grads[F]
+}
+
 fn layer_norm_impl<F: FloatDType>(
     x: &Tensor,
     w: &Tensor,
@@ -265,21 +361,7 @@ fn layer_norm_impl<F: FloatDType>(
     let mut rstd = vec![F::zero(); rows];
     type Row<'a, F> = (((usize, &'a mut [F]), &'a mut [F]), &'a mut F);
     let work = |(((r, yr), hr), sr): Row<'_, F>| {
-        let row = &xs[r * d..(r + 1) * d];
-        let mean = row.iter().map(|&v| WithDType::to_f64(v)).sum::<f64>() / d as f64;
-        let var = row
-            .iter()
-            .map(|&v| (WithDType::to_f64(v) - mean).powi(2))
-            .sum::<f64>()
-            / d as f64;
-        let rs = 1.0 / (var + eps).sqrt();
-        let (m, rsf) = (<F as WithDType>::from_f64(mean), <F as WithDType>::from_f64(rs));
-        for i in 0..d {
-            let h = (row[i] - m) * rsf;
-            hr[i] = h;
-            yr[i] = h * ws[i] + bs[i];
-        }
-        *sr = rsf;
+        *sr = layer_norm_row_mv(&xs[r * d..(r + 1) * d], &ws, &bs, eps, yr, hr);
     };
     let it = y
         .chunks_mut(d)
@@ -314,31 +396,18 @@ fn layer_norm_backward_impl<F: FloatDType>(
     let (gs, hs) = (g.contiguous_slice::<F>()?, xhat.contiguous_slice::<F>()?);
     let (rs, ws) = (rstd.contiguous_slice::<F>()?, w.contiguous_slice::<F>()?);
     let mut dx = vec![F::zero(); rows * d];
-    let inv_d = <F as WithDType>::from_f64(1.0 / d as f64);
-    for (r, out) in dx.chunks_mut(d).enumerate() {
+    let row_grad = |(r, out): (usize, &mut [F])| {
         let (gr, hr) = (&gs[r * d..(r + 1) * d], &hs[r * d..(r + 1) * d]);
-        // dx = (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) * rstd, dxhat = g * w.
-        let (mut m1, mut m2) = (F::zero(), F::zero());
-        for i in 0..d {
-            let dh = gr[i] * ws[i];
-            m1 = m1 + dh;
-            m2 = m2 + dh * hr[i];
-        }
-        let (m1, m2) = (m1 * inv_d, m2 * inv_d);
-        for i in 0..d {
-            out[i] = (gr[i] * ws[i] - m1 - hr[i] * m2) * rs[r];
-        }
+        layer_norm_row_grad_mv(gr, hr, &ws, rs[r], out)
+    };
+    if rows * d >= PARALLEL_ELEMS {
+        dx.par_chunks_mut(d).enumerate().for_each(row_grad);
+    } else {
+        dx.chunks_mut(d).enumerate().for_each(row_grad);
     }
     // Parameter gradients: column sums over rows, accumulated in f64 in row order.
     let (mut dw, mut db) = (vec![0f64; d], vec![0f64; d]);
-    for r in 0..rows {
-        let (gr, hr) = (&gs[r * d..(r + 1) * d], &hs[r * d..(r + 1) * d]);
-        for i in 0..d {
-            let gi = WithDType::to_f64(gr[i]);
-            dw[i] += gi * WithDType::to_f64(hr[i]);
-            db[i] += gi;
-        }
-    }
+    layer_norm_param_grads_mv(&gs[..rows * d], &hs[..rows * d], &mut dw, &mut db);
     let cast = |v: Vec<f64>| -> Vec<F> { v.into_iter().map(<F as WithDType>::from_f64).collect() };
     Ok((
         Tensor::from_vec(dx, xhat.shape().clone())?,

@@ -1,0 +1,269 @@
+//! kiln's own f32 GEMM for CPUs with AVX-512: packed `B` panels, a 12 x 32 register-tiled
+//! micro-kernel, and a 2-D grid of C tiles shared out over rayon's threads.
+//!
+//! The `gemm` crate on stable Rust stops at AVX2 (8 lanes); on AVX-512 machines with two FMA
+//! units that leaves half the arithmetic unused. This path packs `B` into 32-column panels
+//! (zero-padded, so the micro-kernel never branches) and reads `A` in place at its strides (a
+//! transformer's products have few columns, so packing `A` would cost about as much as the
+//! arithmetic; only a ragged last 12-row panel is copied and padded), then every task
+//! computes one tile of `C`, walking `K` in blocks of [`KC`]. Each output element is summed in
+//! one fixed order (k ascending inside a block, blocks added to `C` in order), so the result does
+//! not depend on the number of threads or on how tiles are shared out.
+
+mod avx512;
+mod pack;
+
+use rayon::prelude::*;
+
+use super::MatRef;
+
+/// Rows of `C` per micro-tile (broadcast `A` values per k).
+pub(crate) const MR: usize = 12;
+/// Columns of `C` per micro-tile (two 16-lane vectors).
+pub(crate) const NR: usize = 32;
+/// Depth of one pass over a tile: a `KC x NR` panel of `B` (32 KiB) stays in L1 while the
+/// `A` panels of the tile stream past it.
+const KC: usize = 256;
+/// Micro-panels of `A` per task tile (rows = `TILE_MR * MR`).
+const TILE_MR: usize = 8;
+/// Micro-panels of `B` per task tile (columns = `TILE_NR * NR`).
+const TILE_NR: usize = 4;
+
+/// Whether this machine runs the AVX-512 path (checked once).
+pub(crate) fn available() -> bool {
+    use std::sync::OnceLock;
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx512f")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
+/// A raw pointer to the destination that tasks on several threads write through, each to its own
+/// disjoint tile.
+#[derive(Clone, Copy)]
+struct SharedDst(*mut f32);
+// SAFETY: tasks write disjoint tiles of C (see `run_tile`), and the caller's &mut outlives them.
+unsafe impl Send for SharedDst {}
+unsafe impl Sync for SharedDst {}
+
+/// `dst[m, n] (+)= lhs[m, k] @ rhs[k, n]` with `dst` row-major (leading dimension `n`).
+/// The caller has checked bounds, that `m, n, k > 0` and that [`available`] is true.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    lhs: &[f32],
+    l: MatRef,
+    rhs: &[f32],
+    r: MatRef,
+    accumulate: bool,
+    threads: bool,
+) {
+    let (mp, np) = (m.div_ceil(MR), n.div_ceil(NR));
+    let ragged = m % MR;
+    let mut buf = pack::take_buffer(np * NR * k + if ragged > 0 { MR * k } else { 0 });
+    // B first: its panels are multiples of 128 bytes, so every B row stays 64-byte aligned.
+    let (b_packed, a_edge) = buf.floats().split_at_mut(np * NR * k);
+    pack::pack_b(b_packed, rhs, r, k, n, threads);
+    if ragged > 0 {
+        pack::pack_a_panel(a_edge, lhs, l, m - ragged, ragged, k);
+    }
+    let a = APanels {
+        lhs: &lhs[l.offset..],
+        l,
+        edge: a_edge,
+        full: m / MR,
+    };
+    let b_packed = &*b_packed;
+    let (tiles_m, tiles_n) = (mp.div_ceil(TILE_MR), np.div_ceil(TILE_NR));
+    let out = SharedDst(dst.as_mut_ptr());
+    let task = move |t: usize| {
+        let (tm, tn) = (t / tiles_n, t % tiles_n);
+        // SAFETY: tile (tm, tn) covers rows and columns no other task touches; packed panels
+        // hold k values for every padded row/column, so the kernel reads inside them.
+        unsafe { run_tile(out, n, m, k, &a, b_packed, tm, tn, mp, np, accumulate) };
+    };
+    if threads {
+        (0..tiles_m * tiles_n).into_par_iter().for_each(task);
+    } else {
+        (0..tiles_m * tiles_n).for_each(task);
+    }
+    pack::return_buffer(buf);
+}
+
+/// Where the micro-kernel reads each 12-row panel of `A`: full panels in place, the ragged
+/// last one from its padded copy.
+struct APanels<'a> {
+    /// `lhs` from the operand's offset on.
+    lhs: &'a [f32],
+    l: MatRef,
+    /// The ragged last panel, packed (12 floats per k); empty when `m` is a multiple of 12.
+    edge: &'a [f32],
+    /// Number of full panels.
+    full: usize,
+}
+
+impl APanels<'_> {
+    /// Panel `ip`: its first element and the strides between its rows and between its ks.
+    fn panel(&self, ip: usize) -> (*const f32, usize, usize) {
+        if ip < self.full {
+            // SAFETY (of the offset): row ip * MR exists, so its first element lies in lhs.
+            let start = unsafe { self.lhs.as_ptr().add(ip * MR * self.l.row_stride) };
+            (start, self.l.row_stride, self.l.col_stride)
+        } else {
+            (self.edge.as_ptr(), 1, MR)
+        }
+    }
+}
+
+/// One task: the `C` tile of micro-panel rows `[tm * TILE_MR, ..)` and columns
+/// `[tn * TILE_NR, ..)`, over the whole depth in blocks of [`KC`].
+///
+/// # Safety
+/// `out` points to a row-major `m x n` matrix no other thread writes in this tile; the packed
+/// `B` buffer holds `np` panels of depth `k`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_tile(
+    out: SharedDst,
+    ldc: usize,
+    m: usize,
+    k: usize,
+    a: &APanels,
+    b_packed: &[f32],
+    tm: usize,
+    tn: usize,
+    mp: usize,
+    np: usize,
+    accumulate: bool,
+) {
+    // SAFETY: the caller's contract (see above) keeps every pointer inside its buffer.
+    unsafe {
+        let n = ldc;
+        let (ip0, ip1) = (tm * TILE_MR, ((tm + 1) * TILE_MR).min(mp));
+        let (jp0, jp1) = (tn * TILE_NR, ((tn + 1) * TILE_NR).min(np));
+        let mut edge = [0f32; MR * NR];
+        let mut p0 = 0;
+        while p0 < k {
+            let kc = KC.min(k - p0);
+            let add = accumulate || p0 > 0;
+            for jp in jp0..jp1 {
+                let b = b_packed.as_ptr().add(jp * NR * k + p0 * NR);
+                let (j, cols) = (jp * NR, NR.min(n - jp * NR));
+                for ip in ip0..ip1 {
+                    let (ap, a_rs, a_ks) = a.panel(ip);
+                    let ap = ap.add(p0 * a_ks);
+                    let (i, rows) = (ip * MR, MR.min(m - ip * MR));
+                    let c = out.0.add(i * ldc + j);
+                    if rows == MR && cols == NR {
+                        avx512::kernel(kc, ap, a_rs, a_ks, b, c, ldc, add);
+                    } else {
+                        // Partial tile: compute the whole padded tile aside, then add the valid part.
+                        avx512::kernel(kc, ap, a_rs, a_ks, b, edge.as_mut_ptr(), NR, false);
+                        for r in 0..rows {
+                            let crow = c.add(r * ldc);
+                            for q in 0..cols {
+                                let v = edge[r * NR + q];
+                                *crow.add(q) = if add { *crow.add(q) + v } else { v };
+                            }
+                        }
+                    }
+                }
+            }
+            p0 += kc;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::gemm_f32_reference;
+
+    fn check(m: usize, n: usize, k: usize, transpose_a: bool, transpose_b: bool, acc: bool) {
+        if !available() {
+            eprintln!("skipped: no AVX-512 on this machine");
+            return;
+        }
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7919) % 23) as f32 / 11.0 - 1.0)
+            .collect();
+        let b: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 104729) % 29) as f32 / 13.0 - 1.0)
+            .collect();
+        let want = gemm_f32_reference(m, n, k, &a, &b);
+        // Same values, stored transposed when asked (the view's strides undo it).
+        let (a_store, l) = if transpose_a {
+            let t: Vec<f32> = (0..k * m).map(|x| a[(x % m) * k + x / m]).collect();
+            (
+                t,
+                MatRef {
+                    offset: 0,
+                    row_stride: 1,
+                    col_stride: m,
+                },
+            )
+        } else {
+            (
+                a.clone(),
+                MatRef {
+                    offset: 0,
+                    row_stride: k,
+                    col_stride: 1,
+                },
+            )
+        };
+        let (b_store, r) = if transpose_b {
+            let t: Vec<f32> = (0..n * k).map(|x| b[(x % k) * n + x / k]).collect();
+            (
+                t,
+                MatRef {
+                    offset: 0,
+                    row_stride: 1,
+                    col_stride: k,
+                },
+            )
+        } else {
+            (
+                b.clone(),
+                MatRef {
+                    offset: 0,
+                    row_stride: n,
+                    col_stride: 1,
+                },
+            )
+        };
+        let mut got = vec![if acc { 1.0 } else { f32::NAN }; m * n];
+        sgemm(m, n, k, &mut got, &a_store, l, &b_store, r, acc, true);
+        for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
+            let w = if acc { w + 1.0 } else { *w };
+            assert!(
+                (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                "{m}x{n}x{k} at {idx}: {g} vs {w}"
+            );
+        }
+        // One thread gives the same bits as many.
+        let mut serial = vec![if acc { 1.0 } else { f32::NAN }; m * n];
+        sgemm(m, n, k, &mut serial, &a_store, l, &b_store, r, acc, false);
+        assert_eq!(got, serial);
+    }
+
+    #[test]
+    fn matches_the_reference_on_full_and_ragged_tiles() {
+        check(24, 64, 16, false, false, false);
+        check(13, 33, 7, false, false, false);
+        check(100, 70, 300, false, false, false);
+        check(1, 1, 1, false, false, false);
+        check(97, 131, 513, true, false, true);
+        check(37, 45, 260, false, true, false);
+        check(37, 45, 260, true, true, true);
+    }
+}

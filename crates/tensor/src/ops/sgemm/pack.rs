@@ -1,0 +1,108 @@
+//! Packing for [`super::sgemm`]: the ragged last panel of `A` into 12 values per k, `B` into
+//! 32-column panels stored k-major (one 128-byte row per k), zero-padded
+//! past the matrix edge; and the reusable, 64-byte aligned buffer they live in.
+
+use std::cell::Cell;
+
+use rayon::prelude::*;
+
+use super::{MatRef, MR, NR};
+
+/// Elements packed below which one thread packs everything.
+const PARALLEL_PACK: usize = 1 << 15;
+
+/// 16 floats on a 64-byte boundary: the unit the packing buffer is allocated in, so every
+/// `B` row starts on a cache line.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub(super) struct Line([f32; 16]);
+
+/// A packing buffer; [`PackBuffer::floats`] views it as `f32`s.
+pub(super) struct PackBuffer {
+    lines: Vec<Line>,
+    len: usize,
+}
+
+impl PackBuffer {
+    /// The first `len` floats (as asked of [`take_buffer`]).
+    pub(super) fn floats(&mut self) -> &mut [f32] {
+        // SAFETY: Line is 16 f32s with no padding (repr(C)); `len <= 16 * lines.len()`.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<f32>(), self.len) }
+    }
+}
+
+thread_local! {
+    /// The calling thread's packing buffer, kept between products so steady-state training
+    /// neither allocates nor zeroes memory for packing.
+    static BUFFER: Cell<Vec<Line>> = const { Cell::new(Vec::new()) };
+}
+
+/// A buffer of at least `len` floats. It is taken out of the thread's slot (not borrowed), so a
+/// product started while this thread waits inside rayon simply gets a fresh buffer.
+pub(super) fn take_buffer(len: usize) -> PackBuffer {
+    let mut lines = BUFFER.with(|b| b.take());
+    let need = len.div_ceil(16);
+    if lines.len() < need {
+        lines.resize(need, Line([0.0; 16]));
+    }
+    PackBuffer { lines, len }
+}
+
+/// Puts a buffer back for the thread's next product (keeping the larger one).
+pub(super) fn return_buffer(buf: PackBuffer) {
+    BUFFER.with(|b| {
+        let old = b.take();
+        b.set(if old.len() > buf.lines.len() {
+            old
+        } else {
+            buf.lines
+        });
+    });
+}
+
+/// Packs rows `[row0, row0 + rows)` of `lhs` (`? x k` through `l`, `rows <= MR`) into one
+/// zero-padded panel of `MR * k` floats (12 values per k): the ragged last panel of `A`, which
+/// the micro-kernel cannot read in place.
+pub(super) fn pack_a_panel(out: &mut [f32], lhs: &[f32], l: MatRef, row0: usize, rows: usize, k: usize) {
+    for p in 0..k {
+        let base = l.offset + row0 * l.row_stride + p * l.col_stride;
+        for r in 0..MR {
+            out[p * MR + r] = if r < rows {
+                lhs[base + r * l.row_stride]
+            } else {
+                0.0
+            };
+        }
+    }
+}
+
+/// Packs `rhs` (`k x n` through `r`) into `n.div_ceil(NR)` panels of `NR * k` floats.
+pub(super) fn pack_b(dst: &mut [f32], rhs: &[f32], r: MatRef, k: usize, n: usize, threads: bool) {
+    let panel = |(jp, out): (usize, &mut [f32])| {
+        let cols = NR.min(n - jp * NR);
+        let j0 = jp * NR;
+        if r.col_stride == 1 {
+            for (p, row) in out.chunks_exact_mut(NR).enumerate() {
+                let base = r.offset + p * r.row_stride + j0;
+                row[..cols].copy_from_slice(&rhs[base..base + cols]);
+                row[cols..].fill(0.0);
+            }
+        } else {
+            // Transposed view: read each column contiguously (when row_stride is 1), scatter by k.
+            for q in 0..cols {
+                let base = r.offset + (j0 + q) * r.col_stride;
+                for p in 0..k {
+                    out[p * NR + q] = rhs[base + p * r.row_stride];
+                }
+            }
+            for row in out.chunks_exact_mut(NR) {
+                row[cols..].fill(0.0);
+            }
+        }
+    };
+    if threads && dst.len() >= PARALLEL_PACK {
+        dst.par_chunks_mut(NR * k).enumerate().for_each(panel);
+    } else {
+        dst.chunks_mut(NR * k).enumerate().for_each(panel);
+    }
+}
