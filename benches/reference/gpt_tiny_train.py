@@ -40,12 +40,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 class Block(nn.Module):
-    def __init__(self, d, heads):
+    def __init__(self, d, heads, bias=True):
         super().__init__()
         self.heads = heads
-        self.ln_1, self.ln_2 = nn.LayerNorm(d, eps=1e-5), nn.LayerNorm(d, eps=1e-5)
-        self.c_attn, self.attn_proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
-        self.c_fc, self.mlp_proj = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+        self.ln_1, self.ln_2 = nn.LayerNorm(d, eps=1e-5, bias=bias), nn.LayerNorm(d, eps=1e-5, bias=bias)
+        self.c_attn, self.attn_proj = nn.Linear(d, 3 * d, bias=bias), nn.Linear(d, d, bias=bias)
+        self.c_fc, self.mlp_proj = nn.Linear(d, 4 * d, bias=bias), nn.Linear(4 * d, d, bias=bias)
 
     def attn(self, x):
         b, t, d = x.shape
@@ -60,11 +60,11 @@ class Block(nn.Module):
 
 
 class Gpt(nn.Module):
-    def __init__(self, vocab, block, d, layers, heads):
+    def __init__(self, vocab, block, d, layers, heads, bias=True):
         super().__init__()
         self.wte, self.wpe = nn.Embedding(vocab, d), nn.Embedding(block, d)
-        self.blocks = nn.ModuleList(Block(d, heads) for _ in range(layers))
-        self.ln_f = nn.LayerNorm(d, eps=1e-5)
+        self.blocks = nn.ModuleList(Block(d, heads, bias) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(d, eps=1e-5, bias=bias)
         for name, p in self.named_parameters():
             if name.endswith("bias"):
                 nn.init.zeros_(p)
@@ -96,6 +96,9 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-every", type=int, default=0)
+    p.add_argument("--no-bias", action="store_true", help="no Linear/LayerNorm biases (nanoGPT's bias=False)")
+    p.add_argument("--decay-embeddings", action="store_true",
+                   help="weight decay on wte/wpe too (nanoGPT decays every 2-D parameter)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     text = (ROOT / "data/text/tinyshakespeare.txt").read_text()
@@ -110,8 +113,9 @@ def main():
 
     torch.manual_seed(a.seed)
     g = torch.Generator().manual_seed(a.seed)
-    model = Gpt(len(chars), a.block, a.d, a.layers, a.heads)
-    decay = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+    model = Gpt(len(chars), a.block, a.d, a.layers, a.heads, bias=not a.no_bias)
+    decay = [m.weight for m in model.modules()
+             if isinstance(m, nn.Linear) or (a.decay_embeddings and isinstance(m, nn.Embedding))]
     no_decay = [p for p in model.parameters() if all(p is not q for q in decay)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],

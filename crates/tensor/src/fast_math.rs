@@ -53,3 +53,26 @@ pub fn fast_tanh<F: FastExp>(x: F) -> F {
     let two = F::one() + F::one();
     F::one() - two / ((two * x).fast_exp() + F::one())
 }
+
+/// `√(2/π)`, GELU's tanh-approximation constant.
+pub const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+
+/// GPT-2's tanh-approximate GELU, `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))` (PyTorch's
+/// `gelu(x, approximate="tanh")`), on [`fast_tanh`].
+#[inline(always)]
+pub fn gelu_tanh<F: FastExp>(x: F) -> F {
+    let c = |v: f64| <F as crate::WithDType>::from_f64(v);
+    c(0.5) * x * (F::one() + fast_tanh(c(SQRT_2_OVER_PI) * (x + c(0.044715) * x * x * x)))
+}
+
+#[inline(always)]
+fn gelu_tanh_slice_kernel(xs: &mut [f32]) {
+    for v in xs.iter_mut() {
+        *v = gelu_tanh(*v);
+    }
+}
+
+crate::multiversion! {
+    /// [`gelu_tanh`] in place over a slice, vectorised for this machine's widest registers.
+    pub fn gelu_tanh_in_place[](xs: &mut [f32]) = gelu_tanh_slice_kernel[]
+}

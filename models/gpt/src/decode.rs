@@ -53,7 +53,11 @@ impl KvCache {
 /// output is a dot product over one contiguous row and a decode step streams the matrix once,
 /// front to back; and the bias.
 struct Dense {
+    /// `[out, in]`, for the row kernel.
     weight_t: Tensor,
+    /// `[in, out]` as stored (shares the parameter's storage when it is f32), for prefill GEMMs,
+    /// whose packing reads it row by row.
+    weight: Tensor,
     bias: Tensor,
     input: usize,
     output: usize,
@@ -69,6 +73,7 @@ impl Dense {
         let (input, output) = (weight.dims()[0], weight.dims()[1]);
         Ok(Dense {
             weight_t: f32_contiguous(&weight.t()?)?,
+            weight: f32_contiguous(&weight)?,
             bias: f32_contiguous(&c.bias.value())?,
             input,
             output,
@@ -87,7 +92,7 @@ impl Dense {
                 }
             }
         } else {
-            let y = Tensor::from_slice(x, [rows, self.input])?.matmul(&self.weight_t.t()?)?;
+            let y = Tensor::from_slice(x, [rows, self.input])?.matmul(&self.weight)?;
             let y = y.contiguous_slice::<f32>()?;
             for (dst, src) in out.chunks_exact_mut(self.output).zip(y.chunks_exact(self.output)) {
                 for ((o, &v), &bv) in dst.iter_mut().zip(src).zip(b.iter()) {
@@ -133,12 +138,6 @@ struct LayerWeights {
     ln_2: NormWeights,
     c_fc: Dense,
     mlp_proj: Dense,
-}
-
-/// GPT-2's tanh-approximate GELU.
-fn gelu_tanh(v: f32) -> f32 {
-    const C: f32 = 0.797_884_6;
-    0.5 * v * (1.0 + (C * (v + 0.044715 * v * v * v)).tanh())
 }
 
 /// A contiguous run of rows in the batch and how its products run.
@@ -372,7 +371,7 @@ impl<'a> GptBatchDecoder<'a> {
             x.iter_mut().zip(&proj).for_each(|(x, p)| *x += p);
             w.ln_2.apply(&x, eps, &mut hbuf);
             dense(&w.c_fc, &hbuf, d, &mut fc, inner)?;
-            fc.iter_mut().for_each(|v| *v = gelu_tanh(*v));
+            kiln_tensor::fast_math::gelu_tanh_in_place(&mut fc);
             dense(&w.mlp_proj, &fc, inner, &mut proj, d)?;
             x.iter_mut().zip(&proj).for_each(|(x, p)| *x += p);
         }

@@ -104,7 +104,7 @@ mm_gemm_impl!(
         accumulate: bool,
         threads: bool,
     ) -> Option<()> {
-        super::sgemm::available()
+        (super::sgemm::available() && super::sgemm::worthwhile(m, n, k))
             .then(|| super::sgemm::sgemm(m, n, k, dst, lhs, l, rhs, r, accumulate, threads))
     }
 );

@@ -1,7 +1,7 @@
 //! Element-wise unary operations. Float ops run natively on f32/f64; f16/bf16 compute in f32
 //! and round back, as PyTorch does on the CPU.
 
-use crate::fast_math::{fast_tanh, FastExp};
+use crate::fast_math::{fast_tanh, FastExp, SQRT_2_OVER_PI};
 use crate::{DType, Error, FloatDType, Result, Tensor, WithDType};
 
 /// An element-wise function of one float tensor. Backends implement the enum, not one
@@ -56,8 +56,6 @@ pub enum UnaryOp {
     },
 }
 
-const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
-
 impl UnaryOp {
     /// The op's name, used in error messages.
     pub fn name(self) -> &'static str {
@@ -108,9 +106,7 @@ impl UnaryOp {
                 let erf = F::from_f64(libm::erf(x.to_f64() * std::f64::consts::FRAC_1_SQRT_2));
                 c(0.5) * x * (F::ONE + erf)
             }
-            UnaryOp::GeluTanh => {
-                c(0.5) * x * (F::ONE + fast_tanh(c(SQRT_2_OVER_PI) * (x + c(0.044715) * x * x * x)))
-            }
+            UnaryOp::GeluTanh => crate::fast_math::gelu_tanh(x),
             UnaryOp::Silu => x * sigmoid(x),
             UnaryOp::Powf(p) => x.powf(c(p)),
             UnaryOp::Recip => x.recip(),

@@ -45,6 +45,12 @@ pub(crate) fn available() -> bool {
     })
 }
 
+/// Whether a product is big enough in every dimension for this path: packing `B` pays off only
+/// when many rows of `A` reuse it, and a short depth spends the kernel on loading and storing `C`.
+pub(crate) fn worthwhile(m: usize, n: usize, k: usize) -> bool {
+    m >= 4 * MR && n >= NR && k >= 32
+}
+
 /// A raw pointer to the destination that tasks on several threads write through, each to its own
 /// disjoint tile.
 #[derive(Clone, Copy)]
