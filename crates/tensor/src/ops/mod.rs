@@ -61,27 +61,35 @@ pub(crate) fn map_slices<A: Copy + Sync, B: Copy + Sync, U: Send>(
     b: &[B],
     f: impl Fn(A, B) -> U + Sync,
 ) -> Vec<U> {
-    use std::mem::MaybeUninit;
     let n = a.len();
     assert_eq!(n, b.len(), "map_slices: operands of different lengths");
     let mut out: Vec<U> = Vec::with_capacity(n);
-    let fill = |o: &mut [MaybeUninit<U>], a: &[A], b: &[B]| {
-        for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
-            o.write(f(x, y));
-        }
-    };
     let dst = &mut out.spare_capacity_mut()[..n];
     if n >= PARALLEL_THRESHOLD {
         use rayon::prelude::*;
         dst.par_chunks_mut(PARALLEL_CHUNK)
             .zip(a.par_chunks(PARALLEL_CHUNK).zip(b.par_chunks(PARALLEL_CHUNK)))
-            .for_each(|(o, (a, b))| crate::simd::dispatch(|| fill(o, a, b)));
+            .for_each(|(o, (a, b))| fill_mv(o, a, b, &f));
     } else {
-        crate::simd::dispatch(|| fill(dst, a, b));
+        fill_mv(dst, a, b, &f);
     }
     // SAFETY: `fill` wrote every one of the first `n` elements (the chunks cover `dst`).
     unsafe { out.set_len(n) };
     out
+}
+
+/// `o[i] = f(a[i], b[i])`: [`map_slices`]' loop (inlined into each instruction-set copy, and the
+/// element function with it).
+#[inline(always)]
+fn fill<A: Copy, B: Copy, U, G: Fn(A, B) -> U>(o: &mut [std::mem::MaybeUninit<U>], a: &[A], b: &[B], f: &G) {
+    for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
+        o.write(f(x, y));
+    }
+}
+
+crate::multiversion! {
+    /// [`fill`] for this machine's widest vectors.
+    fn fill_mv[A: Copy, B: Copy, U, G: Fn(A, B) -> U](o: &mut [std::mem::MaybeUninit<U>], a: &[A], b: &[B], f: &G) = fill[A, B, U, G]
 }
 
 /// Element counts above which element-wise kernels split work across rayon threads.
