@@ -10,31 +10,12 @@
 
 use rayon::prelude::*;
 
+use crate::simd::{isa, Isa};
+
 /// Output columns (weight rows) per task of [`matmul_rows_nk`].
 const NK_CHUNK: usize = 64;
 /// Multiply-adds below which one thread does everything.
 const PARALLEL_WORK: usize = 1 << 17;
-
-/// Which instruction set the kernels use on this machine.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Isa {
-    Avx512,
-    Avx2Fma,
-    Portable,
-}
-
-fn isa() -> Isa {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return Isa::Avx512;
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            return Isa::Avx2Fma;
-        }
-    }
-    Isa::Portable
-}
 
 /// `Σ a_i b_i` over 64 independent lanes (four vector accumulators, so the FMAs do not wait on
 /// each other), folded in a fixed order; the tail past a multiple of 64 is summed in order.

@@ -29,20 +29,9 @@ const TILE_MR: usize = 8;
 /// Micro-panels of `B` per task tile (columns = `TILE_NR * NR`).
 const TILE_NR: usize = 4;
 
-/// Whether this machine runs the AVX-512 path (checked once).
+/// Whether this machine runs the AVX-512 path.
 pub(crate) fn available() -> bool {
-    use std::sync::OnceLock;
-    static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            std::arch::is_x86_feature_detected!("avx512f")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    })
+    crate::simd::isa() == crate::simd::Isa::Avx512
 }
 
 /// Whether a product is big enough in every dimension for this path: packing `B` pays off only
