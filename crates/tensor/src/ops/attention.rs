@@ -515,7 +515,13 @@ mod tests {
 
     #[test]
     fn backward_matches_finite_differences() {
-        let (b, t, d, h) = (2, 4, 6, 2);
+        // Head width 3 and 20; 18 positions pad the transposed values past one 16-column block.
+        for (b, t, d, h) in [(2, 4, 6, 2), (1, 18, 40, 2)] {
+            check_backward(b, t, d, h);
+        }
+    }
+
+    fn check_backward(b: usize, t: usize, d: usize, h: usize) {
         let x = input(b, t, d);
         let go: Vec<f64> = (0..b * t * d)
             .map(|i| ((i * 13 % 17) as f64 / 8.0) - 1.0)
