@@ -25,6 +25,7 @@ mod layout;
 #[cfg(feature = "linalg")]
 pub mod linalg;
 pub mod ops;
+pub mod quant;
 mod random;
 mod shape;
 pub mod simd;

@@ -1,0 +1,132 @@
+//! Activations quantized per block of 32 to signed 8 bits, the other operand of the quantized
+//! products (llama.cpp's Q8 activations).
+
+use crate::{Error, Result};
+
+/// Values per activation block.
+pub(crate) const QK: usize = 32;
+
+/// Rows of f32 activations quantized per block of 32: `x ≈ q * d` with `d = max|x| / 127`,
+/// `q = round(x / d)` in `[-127, 127]`. Each block also keeps `d * Σq` (the term the formats
+/// with an offset or a minimum need).
+#[derive(Clone, Debug, Default)]
+pub struct QuantizedActivations {
+    rows: usize,
+    cols: usize,
+    qs: Vec<i8>,
+    scales: Vec<f32>,
+    scaled_sums: Vec<f32>,
+}
+
+/// One quantized row: `cols` codes, a scale and a scaled sum per block.
+#[derive(Clone, Copy)]
+pub(crate) struct ActRow<'a> {
+    pub qs: &'a [i8],
+    pub scales: &'a [f32],
+    pub scaled_sums: &'a [f32],
+}
+
+#[inline(always)]
+fn quantize_rows_kernel(x: &[f32], qs: &mut [i8], scales: &mut [f32], scaled_sums: &mut [f32]) {
+    for (b, (xb, qb)) in x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).enumerate() {
+        let amax = xb.iter().fold(0f32, |m, &v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        for (q, &v) in qb.iter_mut().zip(xb) {
+            *q = (v * id).round() as i8;
+        }
+        let sum: i32 = qb.iter().map(|&q| q as i32).sum();
+        scales[b] = d;
+        scaled_sums[b] = d * sum as f32;
+    }
+}
+
+crate::multiversion!(
+    /// Quantizes whole blocks of `x`, compiled for the widest instruction set.
+    fn quantize_rows[](x: &[f32], qs: &mut [i8], scales: &mut [f32], scaled_sums: &mut [f32]) = quantize_rows_kernel[]
+);
+
+impl QuantizedActivations {
+    /// An empty buffer, to be filled by [`QuantizedActivations::quantize_into`].
+    pub fn new() -> QuantizedActivations {
+        QuantizedActivations::default()
+    }
+
+    /// Quantizes `rows` rows of `cols` values (`cols` a multiple of 32).
+    pub fn quantize(x: &[f32], rows: usize, cols: usize) -> Result<QuantizedActivations> {
+        let mut q = QuantizedActivations::new();
+        q.quantize_into(x, rows, cols)?;
+        Ok(q)
+    }
+
+    /// Quantizes into this buffer, reusing its memory.
+    pub fn quantize_into(&mut self, x: &[f32], rows: usize, cols: usize) -> Result<()> {
+        if !cols.is_multiple_of(QK) || x.len() != rows * cols {
+            return Err(Error::InvalidArgument {
+                op: "quantize activations",
+                reason: format!(
+                    "{} values as {rows} rows of {cols}: need rows × cols values and cols a multiple of {QK}",
+                    x.len()
+                ),
+            });
+        }
+        let blocks = rows * cols / QK;
+        self.rows = rows;
+        self.cols = cols;
+        self.qs.resize(rows * cols, 0);
+        self.scales.resize(blocks, 0.0);
+        self.scaled_sums.resize(blocks, 0.0);
+        quantize_rows(x, &mut self.qs, &mut self.scales, &mut self.scaled_sums);
+        Ok(())
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Values per row.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Row `r`.
+    pub(crate) fn row(&self, r: usize) -> ActRow<'_> {
+        let (c, b) = (self.cols, self.cols / QK);
+        ActRow {
+            qs: &self.qs[r * c..(r + 1) * c],
+            scales: &self.scales[r * b..(r + 1) * b],
+            scaled_sums: &self.scaled_sums[r * b..(r + 1) * b],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_reconstruct_the_values_within_half_a_step() {
+        let x: Vec<f32> = (0..128).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013).collect();
+        let q = QuantizedActivations::quantize(&x, 2, 64).unwrap();
+        for r in 0..2 {
+            let row = q.row(r);
+            for (j, &v) in x[r * 64..(r + 1) * 64].iter().enumerate() {
+                let d = row.scales[j / QK];
+                assert!((row.qs[j] as f32 * d - v).abs() <= d * 0.5 + 1e-7);
+            }
+            for b in 0..2 {
+                let s: i32 = row.qs[b * QK..(b + 1) * QK].iter().map(|&q| q as i32).sum();
+                assert_eq!(row.scaled_sums[b], row.scales[b] * s as f32);
+            }
+        }
+        assert!(QuantizedActivations::quantize(&x, 1, 100).is_err());
+    }
+
+    #[test]
+    fn an_all_zero_block_has_zero_codes() {
+        let q = QuantizedActivations::quantize(&[0.0; 32], 1, 32).unwrap();
+        assert!(q.row(0).qs.iter().all(|&c| c == 0));
+        assert_eq!(q.row(0).scales[0], 0.0);
+    }
+}

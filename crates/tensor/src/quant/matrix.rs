@@ -1,0 +1,357 @@
+//! [`QMatrix`]: a weight matrix kept in its quantized blocks, and its products with f32 rows.
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use super::activations::QuantizedActivations;
+use super::dot::{dot_f32, dot_rows};
+use super::formats::{dequantize, QuantFormat};
+use crate::{Error, Result, Tensor};
+
+/// Bytes a [`QMatrix`] reads its blocks from: an owned buffer or a shared memory map.
+pub type QBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// How a product treats the activations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QuantPath {
+    /// Activations quantized per block of 32 to 8 bits, integer dot products (llama.cpp's way;
+    /// the fast one).
+    #[default]
+    Int8Activations,
+    /// f32 activations against the dequantized blocks (slower; no activation rounding).
+    F32Activations,
+}
+
+/// A `[rows, cols]` weight matrix stored as blocks of a [`QuantFormat`], row after row (ggml's
+/// layout: a GGUF tensor with dims `[cols, rows]`). Products compute `x @ Wᵀ`, the layout of a
+/// linear layer's `[out, in]` weight.
+#[derive(Clone)]
+pub struct QMatrix {
+    format: QuantFormat,
+    rows: usize,
+    cols: usize,
+    bytes: QBytes,
+    offset: usize,
+    row_bytes: usize,
+}
+
+impl std::fmt::Debug for QMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QMatrix({} [{}, {}])", self.format, self.rows, self.cols)
+    }
+}
+
+/// Output rows per parallel task: enough to amortise the task, small enough to balance.
+const ROWS_PER_TASK: usize = 32;
+
+impl QMatrix {
+    /// The matrix whose blocks are `bytes[offset..]` (exactly `rows` rows of `cols` weights).
+    pub fn new(
+        format: QuantFormat,
+        rows: usize,
+        cols: usize,
+        bytes: QBytes,
+        offset: usize,
+    ) -> Result<QMatrix> {
+        let row_bytes = format.bytes_for(cols)?;
+        let need = row_bytes
+            .checked_mul(rows)
+            .ok_or_else(|| Error::InvalidArgument {
+                op: "QMatrix",
+                reason: format!("{rows} rows of {cols} {format} weights overflow the address space"),
+            })?;
+        let have = (*bytes).as_ref().len();
+        if offset.checked_add(need).is_none_or(|end| end > have) {
+            return Err(Error::InvalidArgument {
+                op: "QMatrix",
+                reason: format!(
+                    "{rows} × {cols} {format} weights need {need} bytes at offset {offset}, but the buffer holds {have}"
+                ),
+            });
+        }
+        Ok(QMatrix {
+            format,
+            rows,
+            cols,
+            bytes,
+            offset,
+            row_bytes,
+        })
+    }
+
+    /// The matrix over an owned buffer of blocks.
+    pub fn from_bytes(format: QuantFormat, rows: usize, cols: usize, bytes: Vec<u8>) -> Result<QMatrix> {
+        QMatrix::new(format, rows, cols, Arc::new(bytes), 0)
+    }
+
+    /// The block format.
+    pub fn format(&self) -> QuantFormat {
+        self.format
+    }
+
+    /// Output features (rows of the weight).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input features (weights per row).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes the blocks take.
+    pub fn size_bytes(&self) -> usize {
+        self.row_bytes * self.rows
+    }
+
+    fn blocks(&self) -> &[u8] {
+        &(*self.bytes).as_ref()[self.offset..self.offset + self.size_bytes()]
+    }
+
+    /// The blocks of row `r`.
+    pub fn row_bytes(&self, r: usize) -> &[u8] {
+        &self.blocks()[r * self.row_bytes..(r + 1) * self.row_bytes]
+    }
+
+    /// Dequantizes row `r` into `out` (`cols` values): an embedding lookup.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) -> Result<()> {
+        if r >= self.rows {
+            return Err(Error::IndexOutOfRange {
+                op: "QMatrix::dequantize_row",
+                index: r as i64,
+                dim: 0,
+                size: self.rows,
+            });
+        }
+        dequantize(self.format, self.row_bytes(r), out)
+    }
+
+    /// The whole matrix as a dense f32 tensor `[rows, cols]`.
+    pub fn dequantize(&self) -> Result<Tensor> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        dequantize(self.format, self.blocks(), &mut out)?;
+        Tensor::from_vec(out, [self.rows, self.cols])
+    }
+
+    fn check_rows(&self, op: &'static str, rows: usize, cols: usize, out: usize) -> Result<()> {
+        if cols != self.cols || out != rows * self.rows {
+            return Err(Error::InvalidArgument {
+                op,
+                reason: format!(
+                    "{rows} rows of {cols} values into {out} outputs against a [{}, {}] {} matrix: expected rows of {} and rows × {} outputs",
+                    self.rows, self.cols, self.format, self.cols, self.rows
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// `out = x @ Wᵀ` for `m` rows of `x` (`[m, cols]` → `[m, rows]`) along `path`.
+    pub fn matmul(&self, x: &[f32], m: usize, path: QuantPath, out: &mut [f32]) -> Result<()> {
+        if x.len() != m * self.cols {
+            return Err(Error::InvalidArgument {
+                op: "QMatrix::matmul",
+                reason: format!(
+                    "{} values are not {m} rows of the matrix's {} columns",
+                    x.len(),
+                    self.cols
+                ),
+            });
+        }
+        match path {
+            QuantPath::Int8Activations => {
+                let acts = QuantizedActivations::quantize(x, m, self.cols)?;
+                self.matmul_quantized(&acts, out)
+            }
+            QuantPath::F32Activations => {
+                self.check_rows("QMatrix::matmul", m, self.cols, out.len())?;
+                self.for_row_tiles(m, out, |r, col| {
+                    for (i, o) in col.iter_mut().enumerate() {
+                        *o = dot_f32(
+                            self.format,
+                            self.row_bytes(r),
+                            &x[i * self.cols..(i + 1) * self.cols],
+                        );
+                    }
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// `out = acts @ Wᵀ` with activations already quantized (one quantization shared by the
+    /// products that read the same input).
+    pub fn matmul_quantized(&self, acts: &QuantizedActivations, out: &mut [f32]) -> Result<()> {
+        let m = acts.rows();
+        self.check_rows("QMatrix::matmul_quantized", m, acts.cols(), out.len())?;
+        let rows: Vec<_> = (0..m).map(|i| acts.row(i)).collect();
+        self.for_row_tiles(m, out, |r, col| {
+            dot_rows(self.format, self.row_bytes(r), &rows, col)
+        });
+        Ok(())
+    }
+
+    /// Runs `f(weight_row, outputs of that row for all m inputs)` over every weight row, tiles of
+    /// rows in parallel, and scatters the results into `out` (`[m, rows]`).
+    fn for_row_tiles(&self, m: usize, out: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync) {
+        let n = self.rows;
+        let run = |tile: usize, chunk: &mut [f32]| {
+            for (k, col) in chunk.chunks_exact_mut(m).enumerate() {
+                f(tile * ROWS_PER_TASK + k, col);
+            }
+        };
+        if m == 1 {
+            out.par_chunks_mut(ROWS_PER_TASK)
+                .enumerate()
+                .for_each(|(t, c)| run(t, c));
+            return;
+        }
+        let mut by_row = vec![0f32; n * m];
+        by_row
+            .par_chunks_mut(ROWS_PER_TASK * m)
+            .enumerate()
+            .for_each(|(t, c)| run(t, c));
+        for (r, col) in by_row.chunks_exact(m).enumerate() {
+            for (i, &v) in col.iter().enumerate() {
+                out[i * n + r] = v;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::dot::dot_portable;
+    use rand::{Rng, SeedableRng};
+
+    /// Random blocks with finite, moderate f16 scales.
+    fn random_blocks(format: QuantFormat, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut bytes: Vec<u8> = (0..format.bytes_for(rows * cols).unwrap())
+            .map(|_| rng.gen())
+            .collect();
+        let scale = |rng: &mut rand_chacha::ChaCha8Rng| {
+            half::f16::from_f32(rng.gen_range(-0.05f32..0.05)).to_le_bytes()
+        };
+        for blk in bytes.chunks_exact_mut(format.block_bytes()) {
+            let spots: &[usize] = match format {
+                QuantFormat::Q4_0 | QuantFormat::Q8_0 => &[0],
+                QuantFormat::Q4_1 | QuantFormat::Q4K => &[0, 2],
+                QuantFormat::Q6K => &[208],
+            };
+            for &at in spots {
+                blk[at..at + 2].copy_from_slice(&scale(&mut rng));
+            }
+        }
+        bytes
+    }
+
+    fn reference(w: &Tensor, x: &[f32], m: usize) -> Vec<f64> {
+        let w = w.to_vec::<f32>().unwrap();
+        let (n, k) = (w.len() / (x.len() / m), x.len() / m);
+        let mut out = vec![0f64; m * n];
+        for i in 0..m {
+            for r in 0..n {
+                out[i * n + r] = (0..k).map(|j| x[i * k + j] as f64 * w[r * k + j] as f64).sum();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn products_match_the_dequantized_matrix_for_every_format_and_path() {
+        let (rows, cols, m) = (40, 512, 5);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let x: Vec<f32> = (0..m * cols).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+        for (s, format) in QuantFormat::ALL.into_iter().enumerate() {
+            let q =
+                QMatrix::from_bytes(format, rows, cols, random_blocks(format, rows, cols, s as u64)).unwrap();
+            let want = reference(&q.dequantize().unwrap(), &x, m);
+            let scale = want.iter().fold(0f64, |a, &v| a.max(v.abs()));
+            for path in [QuantPath::F32Activations, QuantPath::Int8Activations] {
+                let mut got = vec![0f32; m * rows];
+                q.matmul(&x, m, path, &mut got).unwrap();
+                // f32 path: rounding only; int8 path: activation codes are within 1/254 of max.
+                let tol = if path == QuantPath::F32Activations {
+                    1e-5
+                } else {
+                    2e-2
+                };
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(
+                        (*g as f64 - w).abs() <= tol * scale,
+                        "{format} {path:?}: {g} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn simd_kernels_agree_with_the_portable_kernel() {
+        let (rows, cols, m) = (8, 32 * 7, 6);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let x: Vec<f32> = (0..m * cols).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
+        let acts = QuantizedActivations::quantize(&x, m, cols).unwrap();
+        for format in [QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q8_0] {
+            let q = QMatrix::from_bytes(format, rows, cols, random_blocks(format, rows, cols, 11)).unwrap();
+            let mut got = vec![0f32; m * rows];
+            q.matmul_quantized(&acts, &mut got).unwrap();
+            for i in 0..m {
+                for r in 0..rows {
+                    let p = dot_portable(format, q.row_bytes(r), &acts.row(i));
+                    let g = got[i * rows + r];
+                    assert!((g - p).abs() <= 1e-4 * p.abs().max(1.0), "{format}: {g} vs {p}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_row_does_not_depend_on_the_other_rows_or_the_thread_count() {
+        let (rows, cols) = (100, 256);
+        let q = QMatrix::from_bytes(
+            QuantFormat::Q4_1,
+            rows,
+            cols,
+            random_blocks(QuantFormat::Q4_1, rows, cols, 5),
+        )
+        .unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let x: Vec<f32> = (0..7 * cols).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+        let mut all = vec![0f32; 7 * rows];
+        q.matmul(&x, 7, QuantPath::Int8Activations, &mut all).unwrap();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        for i in 0..7 {
+            let mut one = vec![0f32; rows];
+            pool.install(|| {
+                q.matmul(
+                    &x[i * cols..(i + 1) * cols],
+                    1,
+                    QuantPath::Int8Activations,
+                    &mut one,
+                )
+            })
+            .unwrap();
+            assert_eq!(one, all[i * rows..(i + 1) * rows]);
+        }
+    }
+
+    #[test]
+    fn wrong_sizes_are_errors() {
+        assert!(QMatrix::from_bytes(QuantFormat::Q8_0, 2, 32, vec![0; 67]).is_err());
+        assert!(QMatrix::from_bytes(QuantFormat::Q8_0, 2, 30, vec![0; 68]).is_err());
+        let q = QMatrix::from_bytes(QuantFormat::Q8_0, 2, 32, vec![0; 68]).unwrap();
+        let mut out = vec![0f32; 2];
+        assert!(q
+            .matmul(&[0.0; 31], 1, QuantPath::Int8Activations, &mut out)
+            .is_err());
+        assert!(q
+            .matmul(&[0.0; 32], 1, QuantPath::Int8Activations, &mut [0f32; 3])
+            .is_err());
+        assert!(q.dequantize_row(2, &mut [0f32; 32]).is_err());
+    }
+}
