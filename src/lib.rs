@@ -15,6 +15,7 @@
 
 pub use kiln_autograd as autograd;
 pub use kiln_data as data;
+pub use kiln_gguf as gguf;
 pub use kiln_nn as nn;
 pub use kiln_optim as optim;
 pub use kiln_tensor as tensor;
@@ -25,6 +26,7 @@ pub use kiln_zoo as zoo;
 pub mod model_crates {
     pub use kiln_gpt as gpt;
     pub use kiln_lenet as lenet;
+    pub use kiln_llama as llama;
     pub use kiln_lstm as lstm;
     pub use kiln_resnet as resnet;
 }
@@ -37,7 +39,9 @@ pub const CRATES: &[&str] = &[
     "kiln-optim",
     "kiln-data",
     "kiln-zoo",
+    "kiln-gguf",
     "kiln-gpt",
+    "kiln-llama",
     "kiln-lenet",
     "kiln-lstm",
     "kiln-resnet",
@@ -48,6 +52,7 @@ pub const CRATES: &[&str] = &[
 fn link_model_crates() {
     std::hint::black_box(kiln_gpt::Gpt::new as fn(_, _, _) -> _);
     std::hint::black_box(kiln_lenet::LeNet5::new as fn(_, _) -> _);
+    std::hint::black_box(kiln_llama::Llama::new as fn(_, _, _) -> _);
     std::hint::black_box(kiln_lstm::LstmLm::new as fn(_, _) -> _);
     std::hint::black_box(kiln_resnet::ResNet::<kiln_resnet::BasicBlock>::new as fn(_, _, _, _) -> _);
 }

@@ -113,3 +113,10 @@ fn lstm_models_batch_through_the_default_decoder() {
     tg.set_training(false);
     check(tg.as_causal_lm().unwrap());
 }
+
+#[test]
+fn llama_batches_match_decoding_alone() {
+    let e = kiln::find_model("llama-tiny").unwrap();
+    let lm = (e.build)(&(e.default_config)(), Scope::init(5, DType::F32, Device::Cpu)).unwrap();
+    check(lm.as_causal_lm().unwrap());
+}

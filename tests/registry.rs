@@ -8,6 +8,7 @@ use kiln::zoo::{Batch, Task};
 const EXPECTED: &[(&str, &[&str])] = &[
     ("kiln-gpt", &["gpt2", "gpt2-medium", "gpt-tiny"]),
     ("kiln-lenet", &["lenet5", "mnist-cnn"]),
+    ("kiln-llama", &["smollm2-135m", "llama-tiny"]),
     ("kiln-lstm", &["lstm-lm", "lstm-classifier", "textgenrnn"]),
     (
         "kiln-resnet",
@@ -92,4 +93,6 @@ fn parameter_counts_match_the_architectures() {
     // GPT2LMHeadModel's count (the head is tied to wte); nanoGPT's 0.80M plus 8192 positions.
     assert_eq!(count("gpt2"), 124_439_808);
     assert_eq!(count("gpt-tiny"), 809_856);
+    // 2 × (q 64², k and v 64·32, o 64², MLP 3·64·128, two norms) + embedding, head, final norm.
+    assert_eq!(count("llama-tiny"), 106_816);
 }

@@ -76,3 +76,21 @@ crate::multiversion! {
     /// [`gelu_tanh`] in place over a slice, vectorised for this machine's widest registers.
     pub fn gelu_tanh_in_place[](xs: &mut [f32]) = gelu_tanh_slice_kernel[]
 }
+
+/// SiLU (`x · σ(x)`) through [`FastExp`].
+#[inline(always)]
+pub fn silu<F: FastExp>(x: F) -> F {
+    x / (F::one() + (-x).fast_exp())
+}
+
+#[inline(always)]
+fn swiglu_kernel(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = silu(*g) * u;
+    }
+}
+
+crate::multiversion! {
+    /// The SwiGLU of a Llama MLP in place: `gate[i] = silu(gate[i]) · up[i]`, vectorised.
+    pub fn swiglu_in_place[](gate: &mut [f32], up: &[f32]) = swiglu_kernel[]
+}
