@@ -33,6 +33,15 @@ pub struct BenchArgs {
     /// `decode`: layers of the GPT-2-small shape (default 12).
     #[arg(long)]
     layers: Option<usize>,
+    /// `llama`: the GGUF file (default: SmolLM2-135M-Instruct Q4_1 as fetched into data/registry).
+    #[arg(
+        long,
+        default_value = "data/registry/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
+    )]
+    weights: std::path::PathBuf,
+    /// `llama`: only this activation path (`int8` or `f32`; default both).
+    #[arg(long)]
+    activations: Option<String>,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -42,9 +51,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "train-resnet20" => train_step("resnet20", &args),
         "decode" => crate::bench_decode::run(args.reps, args.layers),
         "train-gpt-tiny" => train_gpt_tiny(&args),
+        "llama" => crate::bench_llama::run(&args.weights, args.reps, args.activations.as_deref()),
         other => {
             anyhow::bail!(
-                "unknown benchmark {other:?}; known: train-lenet, train-mnist-cnn, train-resnet20, decode, train-gpt-tiny"
+                "unknown benchmark {other:?}; known: train-lenet, train-mnist-cnn, train-resnet20, decode, train-gpt-tiny, llama"
             )
         }
     }
@@ -161,6 +171,6 @@ fn train_gpt_tiny(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn rayon_threads() -> usize {
+pub fn rayon_threads() -> usize {
     rayon::current_num_threads()
 }

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_decode;
+mod bench_llama;
 mod datasets;
 mod generate;
 mod models;

@@ -107,6 +107,13 @@ impl<'a> LlamaBatchDecoder<'a> {
         all_positions: bool,
     ) -> Result<Vec<Vec<f32>>> {
         self.check(feeds)?;
+        // Inside the pool, the products' parallel loops start on this worker: called from outside
+        // it, each of the ~240 loops of a token would hand over to the pool and back (two context
+        // switches each).
+        rayon::scope(|_| self.forward_in_pool(feeds, all_positions))
+    }
+
+    fn forward_in_pool(&mut self, feeds: &[(SeqId, &[u32])], all_positions: bool) -> Result<Vec<Vec<f32>>> {
         let model = self.model;
         let cfg = &model.cfg;
         let (d, f, kv, dh) = (

@@ -14,20 +14,34 @@ pub struct QuantizedActivations {
     rows: usize,
     cols: usize,
     qs: Vec<i8>,
-    scales: Vec<f32>,
-    scaled_sums: Vec<f32>,
+    /// Per block: the scale `d`, then `d · Σq`.
+    meta: Vec<f32>,
 }
 
 /// One quantized row: `cols` codes, a scale and a scaled sum per block.
 #[derive(Clone, Copy)]
 pub(crate) struct ActRow<'a> {
     pub qs: &'a [i8],
-    pub scales: &'a [f32],
-    pub scaled_sums: &'a [f32],
+    /// Per block `[d, d · Σq]`.
+    pub meta: &'a [f32],
+}
+
+impl ActRow<'_> {
+    /// The scale of block `b`.
+    #[inline(always)]
+    pub fn scale(&self, b: usize) -> f32 {
+        self.meta[2 * b]
+    }
+
+    /// `d · Σq` of block `b`.
+    #[inline(always)]
+    pub fn scaled_sum(&self, b: usize) -> f32 {
+        self.meta[2 * b + 1]
+    }
 }
 
 #[inline(always)]
-fn quantize_rows_kernel(x: &[f32], qs: &mut [i8], scales: &mut [f32], scaled_sums: &mut [f32]) {
+fn quantize_rows_kernel(x: &[f32], qs: &mut [i8], meta: &mut [f32]) {
     for (b, (xb, qb)) in x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).enumerate() {
         let amax = xb.iter().fold(0f32, |m, &v| m.max(v.abs()));
         let d = amax / 127.0;
@@ -36,14 +50,14 @@ fn quantize_rows_kernel(x: &[f32], qs: &mut [i8], scales: &mut [f32], scaled_sum
             *q = (v * id).round() as i8;
         }
         let sum: i32 = qb.iter().map(|&q| q as i32).sum();
-        scales[b] = d;
-        scaled_sums[b] = d * sum as f32;
+        meta[2 * b] = d;
+        meta[2 * b + 1] = d * sum as f32;
     }
 }
 
 crate::multiversion!(
     /// Quantizes whole blocks of `x`, compiled for the widest instruction set.
-    fn quantize_rows[](x: &[f32], qs: &mut [i8], scales: &mut [f32], scaled_sums: &mut [f32]) = quantize_rows_kernel[]
+    fn quantize_rows[](x: &[f32], qs: &mut [i8], meta: &mut [f32]) = quantize_rows_kernel[]
 );
 
 impl QuantizedActivations {
@@ -74,9 +88,8 @@ impl QuantizedActivations {
         self.rows = rows;
         self.cols = cols;
         self.qs.resize(rows * cols, 0);
-        self.scales.resize(blocks, 0.0);
-        self.scaled_sums.resize(blocks, 0.0);
-        quantize_rows(x, &mut self.qs, &mut self.scales, &mut self.scaled_sums);
+        self.meta.resize(2 * blocks, 0.0);
+        quantize_rows(x, &mut self.qs, &mut self.meta);
         Ok(())
     }
 
@@ -95,8 +108,7 @@ impl QuantizedActivations {
         let (c, b) = (self.cols, self.cols / QK);
         ActRow {
             qs: &self.qs[r * c..(r + 1) * c],
-            scales: &self.scales[r * b..(r + 1) * b],
-            scaled_sums: &self.scaled_sums[r * b..(r + 1) * b],
+            meta: &self.meta[2 * r * b..2 * (r + 1) * b],
         }
     }
 }
@@ -112,12 +124,12 @@ mod tests {
         for r in 0..2 {
             let row = q.row(r);
             for (j, &v) in x[r * 64..(r + 1) * 64].iter().enumerate() {
-                let d = row.scales[j / QK];
+                let d = row.scale(j / QK);
                 assert!((row.qs[j] as f32 * d - v).abs() <= d * 0.5 + 1e-7);
             }
             for b in 0..2 {
                 let s: i32 = row.qs[b * QK..(b + 1) * QK].iter().map(|&q| q as i32).sum();
-                assert_eq!(row.scaled_sums[b], row.scales[b] * s as f32);
+                assert_eq!(row.scaled_sum(b), row.scale(b) * s as f32);
             }
         }
         assert!(QuantizedActivations::quantize(&x, 1, 100).is_err());
@@ -127,6 +139,6 @@ mod tests {
     fn an_all_zero_block_has_zero_codes() {
         let q = QuantizedActivations::quantize(&[0.0; 32], 1, 32).unwrap();
         assert!(q.row(0).qs.iter().all(|&c| c == 0));
-        assert_eq!(q.row(0).scales[0], 0.0);
+        assert_eq!(q.row(0).scale(0), 0.0);
     }
 }

@@ -4,15 +4,24 @@
 use super::activations::{ActRow, QK};
 use super::formats::{dequantize_block, f16_at, q4k_scale_min, QuantFormat};
 
-/// `out[r] = w · acts[r]` for one weight row `w` (whole blocks of `format`), on the widest
-/// kernel this machine has.
-pub(crate) fn dot_rows(format: QuantFormat, w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
+/// `out[i · m + j] = row i of w · acts[j]` for a tile of weight rows `w` (`row_bytes` each,
+/// whole blocks of `format`) and `m = acts.len()` activation rows, on the widest kernel this
+/// machine has.
+pub(crate) fn dot_tile(
+    format: QuantFormat,
+    w: &[u8],
+    row_bytes: usize,
+    acts: &[ActRow<'_>],
+    out: &mut [f32],
+) {
     #[cfg(target_arch = "x86_64")]
-    if super::x86::dot_rows(format, w, acts, out) {
+    if super::x86::dot_tile(format, w, row_bytes, acts, out) {
         return;
     }
-    for (o, a) in out.iter_mut().zip(acts) {
-        *o = dot_portable(format, w, a);
+    for (row, o) in w.chunks_exact(row_bytes).zip(out.chunks_exact_mut(acts.len())) {
+        for (o, a) in o.iter_mut().zip(acts) {
+            *o = dot_portable(format, row, a);
+        }
     }
 }
 
@@ -36,11 +45,11 @@ pub(crate) fn dot_portable(format: QuantFormat, w: &[u8], a: &ActRow<'_>) -> f32
             for (b, blk) in w.chunks_exact(bb).enumerate() {
                 let d = f16_at(blk, 0);
                 let isum = nibble_dot(&blk[off..off + 16], &a.qs[b * QK..(b + 1) * QK]);
-                acc += d * a.scales[b] * isum as f32;
+                acc += d * a.scale(b) * isum as f32;
                 acc += if off == 4 {
-                    f16_at(blk, 2) * a.scaled_sums[b]
+                    f16_at(blk, 2) * a.scaled_sum(b)
                 } else {
-                    -8.0 * d * a.scaled_sums[b]
+                    -8.0 * d * a.scaled_sum(b)
                 };
             }
         }
@@ -51,7 +60,7 @@ pub(crate) fn dot_portable(format: QuantFormat, w: &[u8], a: &ActRow<'_>) -> f32
                     .zip(&a.qs[b * QK..(b + 1) * QK])
                     .map(|(&q, &x)| q as i8 as i32 * x as i32)
                     .sum();
-                acc += f16_at(blk, 0) * a.scales[b] * isum as f32;
+                acc += f16_at(blk, 0) * a.scale(b) * isum as f32;
             }
         }
         QuantFormat::Q4K => {
@@ -69,8 +78,8 @@ pub(crate) fn dot_portable(format: QuantFormat, w: &[u8], a: &ActRow<'_>) -> f32
                         .zip(act)
                         .map(|(&q, &x)| ((q >> shift) & 0xF) as i32 * x as i32)
                         .sum();
-                    acc += d * sc as f32 * a.scales[ab] * isum as f32;
-                    acc -= dmin * m as f32 * a.scaled_sums[ab];
+                    acc += d * sc as f32 * a.scale(ab) * isum as f32;
+                    acc -= dmin * m as f32 * a.scaled_sum(ab);
                 }
             }
         }
@@ -98,7 +107,7 @@ pub(crate) fn dot_portable(format: QuantFormat, w: &[u8], a: &ActRow<'_>) -> f32
                         .zip(act)
                         .map(|(&q, &x)| q as i32 * x as i32)
                         .sum();
-                    acc += d * (blk[192 + s] as i8) as f32 * a.scales[ab] * isum as f32;
+                    acc += d * (blk[192 + s] as i8) as f32 * a.scale(ab) * isum as f32;
                 }
             }
         }

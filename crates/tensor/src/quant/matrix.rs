@@ -5,7 +5,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use super::activations::QuantizedActivations;
-use super::dot::{dot_f32, dot_rows};
+use super::dot::{dot_f32, dot_tile};
 use super::formats::{dequantize, QuantFormat};
 use crate::{Error, Result, Tensor};
 
@@ -167,13 +167,11 @@ impl QMatrix {
             }
             QuantPath::F32Activations => {
                 self.check_rows("QMatrix::matmul", m, self.cols, out.len())?;
-                self.for_row_tiles(m, out, |r, col| {
-                    for (i, o) in col.iter_mut().enumerate() {
-                        *o = dot_f32(
-                            self.format,
-                            self.row_bytes(r),
-                            &x[i * self.cols..(i + 1) * self.cols],
-                        );
+                self.for_row_tiles(m, out, |w, tile| {
+                    for (row, o) in w.chunks_exact(self.row_bytes).zip(tile.chunks_exact_mut(m)) {
+                        for (i, o) in o.iter_mut().enumerate() {
+                            *o = dot_f32(self.format, row, &x[i * self.cols..(i + 1) * self.cols]);
+                        }
                     }
                 });
                 Ok(())
@@ -187,20 +185,21 @@ impl QMatrix {
         let m = acts.rows();
         self.check_rows("QMatrix::matmul_quantized", m, acts.cols(), out.len())?;
         let rows: Vec<_> = (0..m).map(|i| acts.row(i)).collect();
-        self.for_row_tiles(m, out, |r, col| {
-            dot_rows(self.format, self.row_bytes(r), &rows, col)
+        self.for_row_tiles(m, out, |w, tile| {
+            dot_tile(self.format, w, self.row_bytes, &rows, tile)
         });
         Ok(())
     }
 
-    /// Runs `f(weight_row, outputs of that row for all m inputs)` over every weight row, tiles of
+    /// Runs `f(blocks of a tile of weight rows, their outputs [tile rows, m])` over tiles of
     /// rows in parallel, and scatters the results into `out` (`[m, rows]`).
-    fn for_row_tiles(&self, m: usize, out: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync) {
-        let n = self.rows;
-        let run = |tile: usize, chunk: &mut [f32]| {
-            for (k, col) in chunk.chunks_exact_mut(m).enumerate() {
-                f(tile * ROWS_PER_TASK + k, col);
-            }
+    fn for_row_tiles(&self, m: usize, out: &mut [f32], f: impl Fn(&[u8], &mut [f32]) + Sync) {
+        let (n, rb) = (self.rows, self.row_bytes);
+        let blocks = self.blocks();
+        let run = |t: usize, chunk: &mut [f32]| {
+            let first = t * ROWS_PER_TASK;
+            let rows = chunk.len() / m;
+            f(&blocks[first * rb..(first + rows) * rb], chunk)
         };
         if m == 1 {
             out.par_chunks_mut(ROWS_PER_TASK)

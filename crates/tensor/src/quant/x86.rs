@@ -1,6 +1,8 @@
-//! x86-64 kernels of the quantized dot products: AVX-512 VNNI (two 32-blocks per 512-bit
-//! `vpdpbusd`) and AVX2 (`vpmaddubsw`), for the 32-block formats Q4_0, Q4_1 and Q8_0. Each block's
-//! integer sums are converted to f32 and scaled into per-lane accumulators, summed at the end.
+//! x86-64 kernels of the quantized dot products, for the 32-block formats Q4_0, Q4_1 and Q8_0:
+//! AVX-512 VNNI (two blocks per 512-bit `vpdpbusd`) and AVX2 (`vpmaddubsw`). A call covers a
+//! tile of weight rows, so the dispatch is paid once per tile. Each block's integer sums are
+//! converted to f32 and scaled into per-lane accumulators; the blocks' offset terms (Q4_1's
+//! minimum, Q4_0's −8) go to a second accumulator; both are summed at the end of a row.
 
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
@@ -44,47 +46,6 @@ fn level() -> Level {
     })
 }
 
-/// Runs the SIMD kernel for `format` when this machine has one; false when the caller must use
-/// the portable kernel.
-pub(super) fn dot_rows(format: QuantFormat, w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) -> bool {
-    let kind = match format {
-        QuantFormat::Q4_0 => Kind::Q4_0,
-        QuantFormat::Q4_1 => Kind::Q4_1,
-        QuantFormat::Q8_0 => Kind::Q8_0,
-        QuantFormat::Q4K | QuantFormat::Q6K => return false,
-    };
-    let bb = format.block_bytes();
-    assert!(w.len().is_multiple_of(bb) && out.len() == acts.len());
-    for a in acts {
-        assert!(a.qs.len() == w.len() / bb * QK && a.scales.len() == w.len() / bb);
-    }
-    match level() {
-        Level::Vnni512 => {
-            for (acts, out) in acts.chunks(4).zip(out.chunks_mut(4)) {
-                // SAFETY: `level()` checked every feature the kernels enable; the asserts above
-                // bound every load (each block of `w` and each 32 codes of the activations).
-                unsafe {
-                    match acts.len() {
-                        1 => vnni512::<1>(kind, w, acts, out),
-                        2 => vnni512::<2>(kind, w, acts, out),
-                        3 => vnni512::<3>(kind, w, acts, out),
-                        _ => vnni512::<4>(kind, w, acts, out),
-                    }
-                }
-            }
-            true
-        }
-        Level::Avx2 => {
-            for (a, o) in acts.iter().zip(out.iter_mut()) {
-                // SAFETY: as above.
-                *o = unsafe { avx2(kind, w, a) };
-            }
-            true
-        }
-        Level::None => false,
-    }
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Q4_0,
@@ -102,13 +63,56 @@ impl Kind {
     }
 }
 
-/// The f16 at `p` as f32.
-#[inline(always)]
-unsafe fn f16_at(p: *const u8) -> f32 {
-    // SAFETY: the caller guarantees two readable bytes at `p`; F16C is enabled by the callers.
-    unsafe {
-        let bits = (p as *const u16).read_unaligned();
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+/// Runs the SIMD kernel for `format` over a tile of weight rows when this machine has one;
+/// false when the caller must use the portable kernel.
+pub(super) fn dot_tile(
+    format: QuantFormat,
+    w: &[u8],
+    row_bytes: usize,
+    acts: &[ActRow<'_>],
+    out: &mut [f32],
+) -> bool {
+    let kind = match format {
+        QuantFormat::Q4_0 => Kind::Q4_0,
+        QuantFormat::Q4_1 => Kind::Q4_1,
+        QuantFormat::Q8_0 => Kind::Q8_0,
+        QuantFormat::Q4K | QuantFormat::Q6K => return false,
+    };
+    let m = acts.len();
+    let blocks = row_bytes / kind.block_bytes();
+    assert!(row_bytes == blocks * kind.block_bytes() && w.len().is_multiple_of(row_bytes.max(1)));
+    assert!(out.len() == w.len() / row_bytes.max(1) * m);
+    for a in acts {
+        assert!(a.qs.len() == blocks * QK && a.meta.len() == 2 * blocks);
+    }
+    match level() {
+        Level::Vnni512 => {
+            for j0 in (0..m).step_by(4) {
+                let acts = &acts[j0..(j0 + 4).min(m)];
+                // SAFETY: `level()` checked every feature the kernel enables; the asserts above
+                // bound every load (each block of `w`, 32 codes and 2 floats per activation block)
+                // and every store (`out` holds rows × m values).
+                unsafe {
+                    match acts.len() {
+                        1 => vnni512::<1>(kind, w, blocks, acts, out, m, j0),
+                        2 => vnni512::<2>(kind, w, blocks, acts, out, m, j0),
+                        3 => vnni512::<3>(kind, w, blocks, acts, out, m, j0),
+                        _ => vnni512::<4>(kind, w, blocks, acts, out, m, j0),
+                    }
+                }
+            }
+            true
+        }
+        Level::Avx2 => {
+            for (row, o) in w.chunks_exact(row_bytes).zip(out.chunks_exact_mut(m)) {
+                for (o, a) in o.iter_mut().zip(acts) {
+                    // SAFETY: as above.
+                    *o = unsafe { avx2(kind, row, a) };
+                }
+            }
+            true
+        }
+        Level::None => false,
     }
 }
 
@@ -132,84 +136,129 @@ unsafe fn block_codes(kind: Kind, p: *const u8) -> __m256i {
     }
 }
 
-/// The offset term of one block: Q4_1's `m · d_a Σq_a`, Q4_0's `-8 d · d_a Σq_a`.
+/// `[a, b, c, d]` of the weight side for two blocks, to multiply by an activation pair's
+/// `[d_a0, s_0, d_a1, s_1]` (scale, scaled sum): `[d0, m0, d1, m1]` for Q4_1, `[d0, d0, d1, d1]`
+/// for Q4_0 (its offset −8 · d · s is applied at the end), `[d0, 0, d1, 0]` for Q8_0.
 #[inline(always)]
-unsafe fn block_offset(kind: Kind, p: *const u8, scaled_sum: f32) -> f32 {
-    // SAFETY: `p` points at a whole block (caller).
+unsafe fn weight_meta(kind: Kind, p0: *const u8, p1: *const u8) -> __m128 {
+    // SAFETY: `p0` and `p1` point at whole blocks (caller); F16C is enabled by the callers.
     unsafe {
         match kind {
-            Kind::Q4_1 => f16_at(p.add(2)) * scaled_sum,
-            Kind::Q4_0 => -8.0 * f16_at(p) * scaled_sum,
-            Kind::Q8_0 => 0.0,
+            Kind::Q4_1 => {
+                let (a, b) = (
+                    (p0 as *const i32).read_unaligned(),
+                    (p1 as *const i32).read_unaligned(),
+                );
+                _mm_cvtph_ps(_mm_set_epi32(0, 0, b, a))
+            }
+            Kind::Q4_0 | Kind::Q8_0 => {
+                let (a, b) = (
+                    (p0 as *const u16).read_unaligned() as i32,
+                    (p1 as *const u16).read_unaligned() as i32,
+                );
+                let d = _mm_cvtph_ps(_mm_set_epi32(0, 0, b, a));
+                if kind == Kind::Q4_0 {
+                    _mm_moveldup_ps(d)
+                } else {
+                    d
+                }
+            }
         }
     }
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn vnni512<const R: usize>(kind: Kind, w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
-    let bb = kind.block_bytes();
-    let nb = w.len() / bb;
-    let mut acc = [_mm512_setzero_ps(); R];
-    let mut extra = [0f32; R];
-    let zero = _mm512_setzero_si512();
-    let mut b = 0;
-    // SAFETY (whole body): blocks b and b + 1 lie inside `w` and the activations hold 32 codes
-    // per block (checked by `dot_rows`).
-    unsafe {
-        while b + 2 <= nb {
-            let p0 = w.as_ptr().add(b * bb);
-            let p1 = p0.add(bb);
-            let (c0, c1) = (block_codes(kind, p0), block_codes(kind, p1));
-            let codes = _mm512_inserti64x4(_mm512_castsi256_si512(c0), c1, 1);
-            // Q8_0 is signed × signed: |w| against the activations with w's sign.
-            let (wv, neg) = if kind == Kind::Q8_0 {
-                (_mm512_abs_epi8(codes), _mm512_movepi8_mask(codes))
-            } else {
-                (codes, 0)
-            };
-            let (d0, d1) = (f16_at(p0), f16_at(p1));
-            for r in 0..R {
-                let a = &acts[r];
-                let mut av = _mm512_loadu_si512(a.qs.as_ptr().add(b * QK) as *const _);
-                if kind == Kind::Q8_0 {
-                    av = _mm512_mask_sub_epi8(av, neg, zero, av);
-                }
-                let dot = _mm512_dpbusd_epi32(zero, wv, av);
-                let scale = _mm512_insertf32x8(
-                    _mm512_set1_ps(d0 * a.scales[b]),
-                    _mm256_set1_ps(d1 * a.scales[b + 1]),
-                    1,
-                );
-                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[r]);
-                extra[r] +=
-                    block_offset(kind, p0, a.scaled_sums[b]) + block_offset(kind, p1, a.scaled_sums[b + 1]);
-            }
-            b += 2;
-        }
-        if b < nb {
-            let p = w.as_ptr().add(b * bb);
-            let codes = block_codes(kind, p);
-            let (wv, neg) = if kind == Kind::Q8_0 {
-                (_mm256_abs_epi8(codes), _mm256_movepi8_mask(codes))
-            } else {
-                (codes, 0)
-            };
-            let d = f16_at(p);
-            for r in 0..R {
-                let a = &acts[r];
-                let mut av = _mm256_loadu_si256(a.qs.as_ptr().add(b * QK) as *const __m256i);
-                if kind == Kind::Q8_0 {
-                    av = _mm256_mask_sub_epi8(av, neg, _mm256_setzero_si256(), av);
-                }
-                let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wv, av);
-                let part = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d * a.scales[b]));
-                acc[r] = _mm512_add_ps(acc[r], _mm512_zextps256_ps512(part));
-                extra[r] += block_offset(kind, p, a.scaled_sums[b]);
-            }
-        }
+/// The row's offset terms from the second accumulator (lanes 1 and 3 of each 4).
+#[inline(always)]
+fn finish_offsets(kind: Kind, lanes: [f32; 4]) -> f32 {
+    match kind {
+        Kind::Q4_1 => lanes[1] + lanes[3],
+        Kind::Q4_0 => -8.0 * (lanes[1] + lanes[3]),
+        Kind::Q8_0 => 0.0,
     }
-    for r in 0..R {
-        out[r] = _mm512_reduce_add_ps(acc[r]) + extra[r];
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn vnni512<const R: usize>(
+    kind: Kind,
+    w: &[u8],
+    blocks: usize,
+    acts: &[ActRow<'_>],
+    out: &mut [f32],
+    m: usize,
+    j0: usize,
+) {
+    let bb = kind.block_bytes();
+    let row_bytes = blocks * bb;
+    let zero = _mm512_setzero_si512();
+    // Lane i of the 16: block 0 for lanes 0..8, block 1 for 8..16.
+    let spread = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
+    // SAFETY (whole body): blocks b and b + 1 lie inside each row of `w`, the activations hold
+    // 32 codes and 2 floats per block, `out` holds rows × m values (checked by `dot_tile`).
+    unsafe {
+        for (row, o) in w.chunks_exact(row_bytes).zip(out.chunks_exact_mut(m)) {
+            let mut acc = [_mm512_setzero_ps(); R];
+            let mut offs = [_mm_setzero_ps(); R];
+            let base = row.as_ptr();
+            let mut b = 0;
+            while b + 2 <= blocks {
+                let (p0, p1) = (base.add(b * bb), base.add((b + 1) * bb));
+                let (c0, c1) = (block_codes(kind, p0), block_codes(kind, p1));
+                let codes = _mm512_inserti64x4(_mm512_castsi256_si512(c0), c1, 1);
+                // Q8_0 is signed × signed: |w| against the activations with w's sign.
+                let (wv, neg) = if kind == Kind::Q8_0 {
+                    (_mm512_abs_epi8(codes), _mm512_movepi8_mask(codes))
+                } else {
+                    (codes, 0)
+                };
+                let wm = weight_meta(kind, p0, p1);
+                for r in 0..R {
+                    let a = &acts[r];
+                    let mut av = _mm512_loadu_si512(a.qs.as_ptr().add(b * QK) as *const _);
+                    if kind == Kind::Q8_0 {
+                        av = _mm512_mask_sub_epi8(av, neg, zero, av);
+                    }
+                    let dot = _mm512_dpbusd_epi32(zero, wv, av);
+                    let prod = _mm_mul_ps(wm, _mm_loadu_ps(a.meta.as_ptr().add(2 * b)));
+                    let scale = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(prod));
+                    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[r]);
+                    offs[r] = _mm_add_ps(offs[r], prod);
+                }
+                b += 2;
+            }
+            if b < blocks {
+                // The last block alone: its pair partner contributes zeros.
+                let p = base.add(b * bb);
+                let codes = block_codes(kind, p);
+                let (wv, neg) = if kind == Kind::Q8_0 {
+                    (_mm256_abs_epi8(codes), _mm256_movepi8_mask(codes))
+                } else {
+                    (codes, 0)
+                };
+                let wm = _mm_and_ps(
+                    weight_meta(kind, p, p),
+                    _mm_castsi128_ps(_mm_set_epi32(0, 0, -1, -1)),
+                );
+                for r in 0..R {
+                    let a = &acts[r];
+                    let mut av = _mm256_loadu_si256(a.qs.as_ptr().add(b * QK) as *const __m256i);
+                    if kind == Kind::Q8_0 {
+                        av = _mm256_mask_sub_epi8(av, neg, _mm256_setzero_si256(), av);
+                    }
+                    let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wv, av);
+                    let meta =
+                        _mm_castsi128_ps(_mm_loadl_epi64(a.meta.as_ptr().add(2 * b) as *const __m128i));
+                    let prod = _mm_mul_ps(wm, meta);
+                    let part = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(_mm_cvtss_f32(prod)));
+                    acc[r] = _mm512_add_ps(acc[r], _mm512_zextps256_ps512(part));
+                    offs[r] = _mm_add_ps(offs[r], prod);
+                }
+            }
+            for r in 0..R {
+                let mut lanes = [0f32; 4];
+                _mm_storeu_ps(lanes.as_mut_ptr(), offs[r]);
+                o[j0 + r] = _mm512_reduce_add_ps(acc[r]) + finish_offsets(kind, lanes);
+            }
+        }
     }
 }
 
@@ -218,7 +267,7 @@ unsafe fn avx2(kind: Kind, w: &[u8], a: &ActRow<'_>) -> f32 {
     let bb = kind.block_bytes();
     let ones = _mm256_set1_epi16(1);
     let mut acc = _mm256_setzero_ps();
-    let mut extra = 0f32;
+    let mut offs = _mm_setzero_ps();
     // SAFETY (whole body): as in `vnni512`, one block at a time.
     unsafe {
         for b in 0..w.len() / bb {
@@ -232,17 +281,18 @@ unsafe fn avx2(kind: Kind, w: &[u8], a: &ActRow<'_>) -> f32 {
             };
             // u8 × i8 pairs fit i16 (at most 2 · 128 · 127), then pairs of i16 into i32.
             let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, av), ones);
-            acc = _mm256_fmadd_ps(
-                _mm256_cvtepi32_ps(dot),
-                _mm256_set1_ps(f16_at(p) * a.scales[b]),
-                acc,
-            );
-            extra += block_offset(kind, p, a.scaled_sums[b]);
+            let meta = _mm_castsi128_ps(_mm_loadl_epi64(a.meta.as_ptr().add(2 * b) as *const __m128i));
+            let prod = _mm_mul_ps(weight_meta(kind, p, p), meta);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(_mm_cvtss_f32(prod)), acc);
+            offs = _mm_add_ps(offs, prod);
         }
         let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        _mm_cvtss_f32(s) + extra
+        let mut lanes = [0f32; 4];
+        _mm_storeu_ps(lanes.as_mut_ptr(), offs);
+        // Only lanes 0 and 1 are filled here (meta loaded as 2 floats): lane 3 stays 0.
+        _mm_cvtss_f32(s) + finish_offsets(kind, lanes)
     }
 }
 

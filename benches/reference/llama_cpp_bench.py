@@ -1,0 +1,44 @@
+#!/usr/bin/env python3
+"""llama.cpp (through llama-cpp-python) on the benchmark of `cargo xtask bench llama`: process a
+128-token prompt, then 128 greedy tokens one at a time; tokens/s as medians.
+
+Setup (never in CI): python3 -m venv /tmp/llamavenv && /tmp/llamavenv/bin/pip install numpy llama-cpp-python
+Usage: llama_cpp_bench.py GGUF [--threads N] [--reps 3] [--prompt 128] [--gen 128]
+The prompt ids come from the same fixed sequence as kiln's (xtask/src/bench_llama.rs)."""
+import argparse, statistics, time
+import numpy as np
+from llama_cpp import Llama
+
+ap = argparse.ArgumentParser()
+ap.add_argument("gguf")
+ap.add_argument("--threads", type=int, default=2)
+ap.add_argument("--reps", type=int, default=3)
+ap.add_argument("--prompt", type=int, default=128)
+ap.add_argument("--gen", type=int, default=128)
+a = ap.parse_args()
+
+llm = Llama(model_path=a.gguf, n_threads=a.threads, n_threads_batch=a.threads, n_ctx=512, n_batch=512,
+            verbose=False)
+vocab = llm.n_vocab()
+s, ids = 0x9E3779B9, []
+for _ in range(a.prompt):
+    s = (s * 6364136223846793005 + 1442695040888963407) % (1 << 64)
+    ids.append(17 + (s >> 33) % (vocab - 17))
+
+
+def measure(prompt, gen):
+    llm.reset()
+    t = time.perf_counter()
+    llm.eval(prompt)
+    pp = len(prompt) / (time.perf_counter() - t)
+    t = time.perf_counter()
+    for _ in range(gen):
+        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        llm.eval([tok])
+    return pp, gen / (time.perf_counter() - t)
+
+
+measure(ids[:16], 4)
+res = [measure(ids, a.gen) for _ in range(a.reps)]
+pp, tg = statistics.median(r[0] for r in res), statistics.median(r[1] for r in res)
+print(f"llama.cpp {a.threads} threads: prompt {pp:.1f} tok/s, decode {tg:.1f} tok/s")
