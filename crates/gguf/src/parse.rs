@@ -72,9 +72,12 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Header> {
         }
     };
 
-    let mut tensors = Vec::with_capacity(tensor_count);
-    let mut relative_offsets = Vec::with_capacity(tensor_count);
-    let mut names = HashSet::with_capacity(tensor_count);
+    // The count is bounded by the bytes left, which include the tensor data (gigabytes for a
+    // real model): grow with the infos actually read instead of reserving for the declared count.
+    let reserve = tensor_count.min(1024);
+    let mut tensors = Vec::with_capacity(reserve);
+    let mut relative_offsets = Vec::with_capacity(reserve);
+    let mut names = HashSet::with_capacity(reserve);
     for i in 0..tensor_count {
         let at = r.pos();
         let (info, rel_offset) = read_tensor_info(&mut r, i, alignment)?;
@@ -191,10 +194,12 @@ fn read_tensor_info(r: &mut Reader<'_>, i: usize, alignment: usize) -> Result<(T
     let rel_offset = r.u64(&what)?;
     let n_bytes = match (dtype.block_len(), dtype.block_bytes()) {
         (Some(block_len), Some(block_bytes)) => {
-            if !n_elements.is_multiple_of(block_len) {
+            // As ggml: each row (dims[0] elements) is a whole number of blocks.
+            if !dims[0].is_multiple_of(block_len) {
                 return Err(invalid(format!(
-                    "{n_elements} elements (dims {dims:?}) are not a whole number of {dtype} blocks \
-                     of {block_len}"
+                    "rows of {} elements (dims {dims:?}) are not a whole number of {dtype} blocks \
+                     of {block_len}",
+                    dims[0]
                 )));
             }
             (n_elements / block_len)

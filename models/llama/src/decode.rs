@@ -18,24 +18,55 @@ use crate::model::Llama;
 use crate::rope::RopeTable;
 use crate::weights::{rms_norm, Input, Segment};
 
-/// The keys and values of one sequence, per layer `[kv_heads, capacity, head_dim]`, allocated
-/// for the whole context (zeroed pages are only backed by memory once written).
+/// The keys and values of one sequence, per layer `[kv_heads, capacity, head_dim]`. The
+/// capacity grows by doubling (from 256 positions) up to the context length, so a short chat
+/// does not hold memory for 8192 positions and no token ever pays for a reallocation beyond the
+/// amortised doubling.
 pub struct KvCache {
     keys: Vec<Vec<f32>>,
     values: Vec<Vec<f32>>,
     len: usize,
     capacity: usize,
+    limit: usize,
+    kv_heads: usize,
+    head_dim: usize,
 }
 
+/// Positions a fresh cache holds before its first growth.
+const INITIAL_POSITIONS: usize = 256;
+
 impl KvCache {
-    fn new(layers: usize, kv_heads: usize, capacity: usize, head_dim: usize) -> KvCache {
-        let size = kv_heads * capacity * head_dim;
+    fn new(layers: usize, kv_heads: usize, limit: usize, head_dim: usize) -> KvCache {
         KvCache {
-            keys: (0..layers).map(|_| vec![0f32; size]).collect(),
-            values: (0..layers).map(|_| vec![0f32; size]).collect(),
+            keys: vec![Vec::new(); layers],
+            values: vec![Vec::new(); layers],
             len: 0,
-            capacity,
+            capacity: 0,
+            limit,
+            kv_heads,
+            head_dim,
         }
+    }
+
+    /// Makes room for `positions` positions (at most the context length).
+    fn reserve(&mut self, positions: usize) {
+        if positions <= self.capacity {
+            return;
+        }
+        let cap = positions
+            .max(2 * self.capacity)
+            .max(INITIAL_POSITIONS)
+            .min(self.limit);
+        let (old, len, dh) = (self.capacity, self.len, self.head_dim);
+        for buf in self.keys.iter_mut().chain(self.values.iter_mut()) {
+            let mut grown = vec![0f32; self.kv_heads * cap * dh];
+            for g in 0..self.kv_heads {
+                grown[g * cap * dh..(g * cap + len) * dh]
+                    .copy_from_slice(&buf[g * old * dh..(g * old + len) * dh]);
+            }
+            *buf = grown;
+        }
+        self.capacity = cap;
     }
 
     /// Positions filled so far.
@@ -88,11 +119,11 @@ impl<'a> LlamaBatchDecoder<'a> {
             if let Some(&bad) = ids.iter().find(|&&t| t as usize >= v) {
                 return Err(self.err(format!("token {bad} is not below the vocabulary size {v}")));
             }
-            if cache.len + ids.len() > cache.capacity {
+            if cache.len + ids.len() > cache.limit {
                 return Err(self.err(format!(
                     "sequence {id} would hold {} tokens, beyond the context of {} positions",
                     cache.len + ids.len(),
-                    cache.capacity
+                    cache.limit
                 )));
             }
         }
@@ -156,6 +187,11 @@ impl<'a> LlamaBatchDecoder<'a> {
             positions.extend(start..start + ids.len());
         }
         let rows = positions.len();
+        for &(id, ids) in feeds {
+            if let Some(c) = self.caches.get_mut(&id) {
+                c.reserve(c.len + ids.len());
+            }
+        }
         let rope = RopeTable::new(positions.iter().copied(), dh, cfg.rope_theta, cfg.rope_layout);
         let mut x = vec![0f32; rows * d];
         for &i in &order {
@@ -301,6 +337,9 @@ impl BatchDecoder for LlamaBatchDecoder<'_> {
             values: src.values.clone(),
             len: src.len,
             capacity: src.capacity,
+            limit: src.limit,
+            kv_heads: src.kv_heads,
+            head_dim: src.head_dim,
         };
         let new = self.next;
         self.next += 1;

@@ -44,10 +44,16 @@ impl ActRow<'_> {
 fn quantize_rows_kernel(x: &[f32], qs: &mut [i8], meta: &mut [f32]) {
     for (b, (xb, qb)) in x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).enumerate() {
         let amax = xb.iter().fold(0f32, |m, &v| m.max(v.abs()));
-        let d = amax / 127.0;
+        // A block below the normal range quantizes to zeros (1/d would overflow), and codes stay
+        // in [-127, 127] (the Q8_0 kernels negate them).
+        let d = if amax / 127.0 >= f32::MIN_POSITIVE {
+            amax / 127.0
+        } else {
+            0.0
+        };
         let id = if d > 0.0 { 1.0 / d } else { 0.0 };
         for (q, &v) in qb.iter_mut().zip(xb) {
-            *q = (v * id).round() as i8;
+            *q = (v * id).round().clamp(-127.0, 127.0) as i8;
         }
         let sum: i32 = qb.iter().map(|&q| q as i32).sum();
         meta[2 * b] = d;
@@ -75,7 +81,7 @@ impl QuantizedActivations {
 
     /// Quantizes into this buffer, reusing its memory.
     pub fn quantize_into(&mut self, x: &[f32], rows: usize, cols: usize) -> Result<()> {
-        if !cols.is_multiple_of(QK) || x.len() != rows * cols {
+        if !cols.is_multiple_of(QK) || rows.checked_mul(cols) != Some(x.len()) {
             return Err(Error::InvalidArgument {
                 op: "quantize activations",
                 reason: format!(

@@ -55,6 +55,12 @@ impl QMatrix {
         bytes: QBytes,
         offset: usize,
     ) -> Result<QMatrix> {
+        if cols == 0 {
+            return Err(Error::InvalidArgument {
+                op: "QMatrix",
+                reason: format!("a {format} matrix needs at least one column"),
+            });
+        }
         let row_bytes = format.bytes_for(cols)?;
         let need = row_bytes
             .checked_mul(rows)
@@ -195,6 +201,9 @@ impl QMatrix {
     /// rows in parallel, and scatters the results into `out` (`[m, rows]`).
     fn for_row_tiles(&self, m: usize, out: &mut [f32], f: impl Fn(&[u8], &mut [f32]) + Sync) {
         let (n, rb) = (self.rows, self.row_bytes);
+        if m == 0 || n == 0 {
+            return;
+        }
         let blocks = self.blocks();
         let run = |t: usize, chunk: &mut [f32]| {
             let first = t * ROWS_PER_TASK;
