@@ -34,7 +34,7 @@ impl Int8Matrix {
                 reason: format!("the weights hold a non-finite value ({bad})"),
             });
         }
-        if threshold.is_some_and(|t| !(t > 0.0)) {
+        if threshold.is_some_and(|t| t.is_nan() || t <= 0.0) {
             return Err(Error::InvalidArgument {
                 op: "Int8Matrix::quantize",
                 reason: format!("the outlier threshold must be positive, got {threshold:?}"),

@@ -140,7 +140,7 @@ impl Nf4Matrix {
             for (j, &v) in block.iter().enumerate() {
                 let e = b * NF4_BLOCK + j;
                 let q = nf4_code(v * inv);
-                codes[e / 2] |= if e % 2 == 0 { q << 4 } else { q };
+                codes[e / 2] |= if e.is_multiple_of(2) { q << 4 } else { q };
             }
         }
         let (scales, used) = if double_quant {
@@ -219,7 +219,7 @@ impl Nf4Matrix {
         for (k, o) in out.iter_mut().enumerate() {
             let e = start + k;
             let byte = self.codes[e / 2];
-            let q = if e % 2 == 0 { byte >> 4 } else { byte & 0xF };
+            let q = if e.is_multiple_of(2) { byte >> 4 } else { byte & 0xF };
             *o = NF4_CODEBOOK[q as usize] * self.absmax[e / NF4_BLOCK];
         }
     }
