@@ -55,9 +55,12 @@ fn argmin(code: &[f32], x: f32) -> u8 {
     best as u8
 }
 
+/// Double-quantized block maxima: codes, maxima per 256, offset.
+type DoubleQuant = (Vec<u8>, Vec<f32>, f32);
+
 /// bitsandbytes `quantize_4bit(quant_type="nf4", blocksize=64, compress_statistics=dq)`:
 /// packed codes, and the block maxima (or their double quantization: codes, maxima, offset).
-fn reference_nf4(w: &[f32], dq: bool) -> (Vec<u8>, Vec<f32>, Option<(Vec<u8>, Vec<f32>, f32)>) {
+fn reference_nf4(w: &[f32], dq: bool) -> (Vec<u8>, Vec<f32>, Option<DoubleQuant>) {
     let absmax: Vec<f32> = w
         .chunks(64)
         .map(|b| b.iter().fold(0f32, |m, v| m.max(v.abs())))
