@@ -120,3 +120,19 @@ fn llama_batches_match_decoding_alone() {
     let lm = (e.build)(&(e.default_config)(), Scope::init(5, DType::F32, Device::Cpu)).unwrap();
     check(lm.as_causal_lm().unwrap());
 }
+
+#[test]
+fn quantized_models_batch_like_they_decode_alone() {
+    use kiln::zoo::Model;
+    for scheme in ["int8-outliers", "nf4-dq"] {
+        let scheme = kiln::tensor::quant::QuantScheme::parse(scheme).unwrap();
+        let (mut gpt, _) =
+            load_hf_dir(&root().join("models/gpt/tests/fixtures/gpt2-synthetic"), "gpt2").unwrap();
+        gpt.quantize(scheme).unwrap();
+        check(&gpt);
+        let e = kiln::find_model("llama-tiny").unwrap();
+        let mut lm = (e.build)(&(e.default_config)(), Scope::init(5, DType::F32, Device::Cpu)).unwrap();
+        lm.quantize(scheme).unwrap();
+        check(lm.as_causal_lm().unwrap());
+    }
+}

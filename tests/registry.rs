@@ -96,3 +96,18 @@ fn parameter_counts_match_the_architectures() {
     // 2 × (q 64², k and v 64·32, o 64², MLP 3·64·128, two norms) + embedding, head, final norm.
     assert_eq!(count("llama-tiny"), 106_816);
 }
+
+#[test]
+fn quantization_is_offered_by_the_language_models_and_refused_by_the_others() {
+    let scheme = kiln::tensor::quant::QuantScheme::parse("int8").unwrap();
+    let build = |name: &str| {
+        let e = kiln::find_model(name).unwrap();
+        (e.build)(&(e.default_config)(), Scope::init(0, DType::F32, Device::Cpu)).unwrap()
+    };
+    let err = build("lenet5").quantize(scheme).unwrap_err().to_string();
+    assert!(err.contains("gpt and llama"), "{err}");
+    let report = build("gpt-tiny").quantize(scheme).unwrap();
+    assert_eq!(report.matrices, 16);
+    // 4 bytes a weight to 1 (plus a scale per row).
+    assert!(report.bytes_after * 3 < report.bytes_before, "{report:?}");
+}

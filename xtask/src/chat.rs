@@ -14,7 +14,7 @@ use kiln::data::text::ChatMessage;
 use kiln::zoo::generate::{CausalLm, DecodeState, Sampler, SamplingParams, TextStream, TokenHistory};
 use kiln::zoo::Task;
 
-use crate::generate::{load, Codec, Loaded};
+use crate::generate::{apply_quantize, load, Codec, Loaded};
 
 /// Options of `cargo xtask chat`.
 #[derive(clap::Args)]
@@ -52,6 +52,9 @@ pub struct ChatArgs {
     /// Use at most this many positions of the model's context.
     #[arg(long)]
     context: Option<usize>,
+    /// Quantize the weights: nf4, nf4-dq, int8, int8-outliers (f32: dequantize).
+    #[arg(long)]
+    quantize: Option<String>,
     /// Print each answer as a JSON object on one line (for scripts).
     #[arg(long)]
     json: bool,
@@ -94,12 +97,13 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
         );
     }
     let Loaded {
-        model,
+        mut model,
         codec,
         tokenizer_dir,
         template,
     } = load(entry, &args.weights)?;
     model.set_training(false);
+    apply_quantize(&mut model, args.quantize.as_deref())?;
     let lm = model
         .as_causal_lm()
         .with_context(|| format!("model {} does not implement generation", entry.name))?;

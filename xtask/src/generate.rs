@@ -10,9 +10,10 @@ use kiln::data::text::{ChatMessage, ChatTemplate};
 use kiln::gguf::GgufFile;
 use kiln::model_crates::lstm::TextGenRnnVocab;
 use kiln::nn::Scope;
+use kiln::tensor::quant::QuantScheme;
 use kiln::tensor::{DType, Device};
 use kiln::zoo::generate::{generate, BatchGenerator, CausalLm, Detokenizer, SamplingParams, TextStream};
-use kiln::zoo::{Model, ModelEntry, Task};
+use kiln::zoo::{Model, ModelEntry, QuantReport, Task};
 
 use crate::train::RunSpec;
 
@@ -73,6 +74,9 @@ pub struct GenerateArgs {
     /// model's chat template, from its GGUF file or tokenizer_config.json, as one user turn).
     #[arg(long)]
     template: Option<String>,
+    /// Quantize the weights for generation: nf4, nf4-dq, int8, int8-outliers (f32: dequantize).
+    #[arg(long)]
+    quantize: Option<String>,
     /// Print {"prompt_ids": [...], "output_ids": [...], "text": "..."} (new tokens only) instead
     /// of streaming the text.
     #[arg(long)]
@@ -238,6 +242,27 @@ fn locate_checkpoint(path: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     }
 }
 
+/// Applies `--quantize` (`nf4`, `nf4-dq`, `int8`, `int8-outliers`, or `f32` to dequantize) to a
+/// loaded model, and says what it did on stderr.
+pub fn apply_quantize(
+    model: &mut Box<dyn Model>,
+    scheme: Option<&str>,
+) -> anyhow::Result<Option<QuantReport>> {
+    let Some(scheme) = scheme else { return Ok(None) };
+    let report = if scheme == "f32" {
+        model.dequantize_weights()?
+    } else {
+        model.quantize(QuantScheme::parse(scheme)?)?
+    };
+    eprintln!(
+        "note: --quantize {scheme}: {} matrices, weights {:.1} MB -> {:.1} MB",
+        report.matrices,
+        report.bytes_before as f64 / 1e6,
+        report.bytes_after as f64 / 1e6
+    );
+    Ok(Some(report))
+}
+
 /// The model `entry` with the weights at `path` (see `--weights`), its tokenizer and template.
 pub fn load(entry: &ModelEntry, path: &Path) -> anyhow::Result<Loaded> {
     if !path.exists() {
@@ -366,12 +391,13 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         bail!("--template {t:?} is not known; the templates are \"instruction\" and \"chat\"");
     }
     let Loaded {
-        model,
+        mut model,
         codec,
         tokenizer_dir,
         template,
     } = load(entry, &args.weights)?;
     model.set_training(false);
+    apply_quantize(&mut model, args.quantize.as_deref())?;
     let lm = model
         .as_causal_lm()
         .with_context(|| format!("model {} does not implement generation", entry.name))?;

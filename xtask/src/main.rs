@@ -8,6 +8,7 @@ mod chat;
 mod datasets;
 mod generate;
 mod models;
+mod perplexity;
 mod prepare_data;
 mod train;
 
@@ -40,6 +41,8 @@ enum Command {
     Generate(Box<generate::GenerateArgs>),
     /// Chat with a causal LM in the terminal (its chat template, streamed answers, history).
     Chat(Box<chat::ChatArgs>),
+    /// Held-out perplexity of a causal LM on a text file (optionally with quantized weights).
+    Perplexity(perplexity::PerplexityArgs),
     /// Tokenize a text corpus into train/validation token shards (gpt2, char or a tokenizer.json).
     PrepareData(prepare_data::PrepareDataArgs),
     /// List the registered models: name, family, task, parameter count.
@@ -76,6 +79,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => train::eval(args),
         Command::Generate(args) => generate::run(*args),
         Command::Chat(args) => chat::run(*args),
+        Command::Perplexity(args) => perplexity::run(args),
         Command::PrepareData(args) => prepare_data::run(args),
         Command::Models(args) => models::run(args),
         Command::Bench(args) => bench::run(args),

@@ -57,6 +57,17 @@ pub struct Output {
     pub loss: Option<Var>,
 }
 
+/// What [`Model::quantize`] or [`Model::dequantize_weights`] changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QuantReport {
+    /// Weight matrices converted.
+    pub matrices: usize,
+    /// Bytes of weights before.
+    pub bytes_before: usize,
+    /// Bytes of weights after.
+    pub bytes_after: usize,
+}
+
 /// A model of the zoo: a forward pass over batches plus access to its parameters.
 pub trait Model: Send + Sync {
     /// The registered name of the architecture.
@@ -75,6 +86,23 @@ pub trait Model: Send + Sync {
     /// (causal language models); `None` otherwise.
     fn as_causal_lm(&self) -> Option<&dyn crate::generate::CausalLm> {
         None
+    }
+    /// Quantizes the weights of the linear layers for inference (`--quantize nf4|int8`):
+    /// generation then reads them quantized. Models without support say so.
+    fn quantize(&mut self, scheme: kiln_tensor::quant::QuantScheme) -> Result<QuantReport> {
+        Err(crate::Error::Config {
+            model: self.name().into(),
+            reason: format!(
+                "weight quantization ({scheme:?}) is available for the gpt and llama models only"
+            ),
+        })
+    }
+    /// Converts quantized weights (GGUF blocks, NF4, int8) back to dense f32.
+    fn dequantize_weights(&mut self) -> Result<QuantReport> {
+        Err(crate::Error::Config {
+            model: self.name().into(),
+            reason: "this model holds no quantized weights".into(),
+        })
     }
     /// Number of trainable scalar parameters (buffers such as batch-norm running statistics are
     /// not counted, as in PyTorch's `sum(p.numel() for p in model.parameters())`).

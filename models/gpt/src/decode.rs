@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use kiln_tensor::ops::attention::attend_to_cache;
 use kiln_tensor::ops::rowwise::matmul_rows_nk;
+use kiln_tensor::quant::{QWeight, QuantPath, QuantScheme};
 use kiln_tensor::{DType, Tensor};
 use kiln_zoo::generate::{BatchDecoder, DecodeState, SeqId};
 use kiln_zoo::{Error, Result};
@@ -53,6 +54,8 @@ impl KvCache {
 /// output is a dot product over one contiguous row and a decode step streams the matrix once,
 /// front to back; and the bias.
 struct Dense {
+    /// The weight quantized `[out, in]`, when the model's generation is quantized.
+    quant: Option<QWeight>,
     /// `[out, in]`, for the row kernel.
     weight_t: Tensor,
     /// `[in, out]` as stored (shares the parameter's storage when it is f32), for prefill GEMMs,
@@ -68,11 +71,17 @@ fn f32_contiguous(t: &Tensor) -> Result<Tensor> {
 }
 
 impl Dense {
-    fn new(c: &Conv1D) -> Result<Dense> {
+    fn new(c: &Conv1D, quant: Option<QuantScheme>) -> Result<Dense> {
         let weight = c.weight.value();
         let (input, output) = (weight.dims()[0], weight.dims()[1]);
+        let weight_t = f32_contiguous(&weight.t()?)?;
+        let quant = match quant {
+            Some(s) => Some(s.quantize(&weight_t.contiguous_slice::<f32>()?, output, input)?),
+            None => None,
+        };
         Ok(Dense {
-            weight_t: f32_contiguous(&weight.t()?)?,
+            quant,
+            weight_t,
             weight: f32_contiguous(&weight)?,
             bias: f32_contiguous(&c.bias.value())?,
             input,
@@ -84,7 +93,14 @@ impl Dense {
     fn apply(&self, x: &[f32], rows: usize, rowwise: bool, out: &mut [f32]) -> Result<()> {
         let w = self.weight_t.contiguous_slice::<f32>()?;
         let b = self.bias.contiguous_slice::<f32>()?;
-        if rowwise {
+        if let Some(q) = &self.quant {
+            q.matmul(x, rows, QuantPath::Int8Activations, out)?;
+            for row in out.chunks_exact_mut(self.output) {
+                for (o, &bv) in row.iter_mut().zip(b.iter()) {
+                    *o += bv;
+                }
+            }
+        } else if rowwise {
             matmul_rows_nk(x, rows, self.input, &w, self.output, out);
             for row in out.chunks_exact_mut(self.output) {
                 for (o, &bv) in row.iter_mut().zip(b.iter()) {
@@ -152,6 +168,8 @@ struct Segment {
 pub(crate) struct DecodeWeights {
     /// The parameter values these were made from.
     sources: Vec<Tensor>,
+    /// The quantization they were made with.
+    quant: Option<QuantScheme>,
     layers: Vec<LayerWeights>,
     ln_f: NormWeights,
     wte: Tensor,
@@ -159,10 +177,24 @@ pub(crate) struct DecodeWeights {
 }
 
 impl DecodeWeights {
+    /// Bytes the blocks' matrices take as generation reads them (quantized or f32).
+    pub(crate) fn matrix_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flat_map(|l| [&l.c_attn, &l.attn_proj, &l.c_fc, &l.mlp_proj])
+            .map(|d| {
+                d.quant
+                    .as_ref()
+                    .map_or(4 * d.input * d.output, QWeight::size_bytes)
+            })
+            .sum()
+    }
+
     /// Whether these were made from the model's current parameter values.
     fn is_current(&self, model: &Gpt) -> bool {
         let now = model.param_values();
-        now.len() == self.sources.len()
+        self.quant == model.decode_quant
+            && now.len() == self.sources.len()
             && now
                 .iter()
                 .zip(&self.sources)
@@ -176,15 +208,16 @@ impl DecodeWeights {
             .map(|b| {
                 Ok(LayerWeights {
                     ln_1: NormWeights::new(&b.ln_1)?,
-                    c_attn: Dense::new(&b.c_attn)?,
-                    attn_proj: Dense::new(&b.attn_proj)?,
+                    c_attn: Dense::new(&b.c_attn, model.decode_quant)?,
+                    attn_proj: Dense::new(&b.attn_proj, model.decode_quant)?,
                     ln_2: NormWeights::new(&b.ln_2)?,
-                    c_fc: Dense::new(&b.c_fc)?,
-                    mlp_proj: Dense::new(&b.mlp_proj)?,
+                    c_fc: Dense::new(&b.c_fc, model.decode_quant)?,
+                    mlp_proj: Dense::new(&b.mlp_proj, model.decode_quant)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(DecodeWeights {
+            quant: model.decode_quant,
             sources: model.param_values(),
             layers,
             ln_f: NormWeights::new(&model.ln_f)?,

@@ -122,6 +122,8 @@ pub struct Gpt {
     pub(crate) ln_f: Norm,
     /// Weights in decoding layout, kept between generations (see `decode::DecodeWeights`).
     pub(crate) decode_weights: std::sync::Mutex<Option<std::sync::Arc<crate::decode::DecodeWeights>>>,
+    /// How generation quantizes the blocks' matrices (`Model::quantize`); `None`: dense f32.
+    pub(crate) decode_quant: Option<kiln_tensor::quant::QuantScheme>,
 }
 
 impl Gpt {
@@ -152,6 +154,7 @@ impl Gpt {
             blocks,
             ln_f,
             decode_weights: std::sync::Mutex::new(None),
+            decode_quant: None,
         })
     }
 
@@ -297,6 +300,18 @@ impl Model for Gpt {
     }
     fn as_causal_lm(&self) -> Option<&dyn CausalLm> {
         Some(self)
+    }
+    /// Generation reads the four matrices of every block quantized; training and `forward`
+    /// keep the f32 parameters.
+    fn quantize(&mut self, scheme: kiln_tensor::quant::QuantScheme) -> Result<kiln_zoo::QuantReport> {
+        let before = crate::decode::DecodeWeights::of(self)?.matrix_bytes();
+        self.decode_quant = Some(scheme);
+        let after = crate::decode::DecodeWeights::of(self)?;
+        Ok(kiln_zoo::QuantReport {
+            matrices: 4 * self.blocks.len(),
+            bytes_before: before,
+            bytes_after: after.matrix_bytes(),
+        })
     }
 }
 

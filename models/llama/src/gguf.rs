@@ -7,7 +7,7 @@ use std::path::Path;
 use kiln_autograd::Param;
 use kiln_data::text::{ChatTemplate, Tokenizer};
 use kiln_gguf::{GgmlType, GgufFile};
-use kiln_tensor::quant::QMatrix;
+use kiln_tensor::quant::{QMatrix, QWeight};
 use kiln_zoo::{Error, Result};
 
 use crate::config::LlamaConfig;
@@ -89,13 +89,13 @@ impl WeightSource for GgufSource<'_> {
     fn matrix(&mut self, hf: &str, rows: usize, cols: usize) -> Result<Linear> {
         let (name, dtype, offset) = self.info(hf, &[cols, rows])?;
         match dtype {
-            GgmlType::Quant(format) => Ok(Linear::Quant(QMatrix::new(
+            GgmlType::Quant(format) => Ok(Linear::Quant(QWeight::Blocks(QMatrix::new(
                 format,
                 rows,
                 cols,
                 self.file.backing(),
                 offset,
-            )?)),
+            )?))),
             _ => {
                 let t = self.file.tensor_to_f32(&name).map_err(gg)?;
                 let p = Param::new(hf, t);

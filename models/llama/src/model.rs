@@ -5,7 +5,7 @@ use kiln_autograd::{Param, Var};
 use kiln_nn::{Init, Scope};
 use kiln_tensor::{DType, Tensor};
 use kiln_zoo::generate::{BatchDecoder, CausalLm, DecodeState};
-use kiln_zoo::{Batch, Error, Model, Output, Result, Task};
+use kiln_zoo::{Batch, Error, Model, Output, QuantReport, Result, Task};
 
 use crate::config::LlamaConfig;
 use crate::decode::{LlamaBatchDecoder, LlamaState};
@@ -31,6 +31,18 @@ impl LlamaLayer {
     fn linears(&self) -> [&Linear; 7] {
         [
             &self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down,
+        ]
+    }
+
+    fn linears_mut(&mut self) -> [(&'static str, &mut Linear); 7] {
+        [
+            ("self_attn.q_proj", &mut self.q),
+            ("self_attn.k_proj", &mut self.k),
+            ("self_attn.v_proj", &mut self.v),
+            ("self_attn.o_proj", &mut self.o),
+            ("mlp.gate_proj", &mut self.gate),
+            ("mlp.up_proj", &mut self.up),
+            ("mlp.down_proj", &mut self.down),
         ]
     }
 }
@@ -263,6 +275,53 @@ impl Model for Llama {
     }
     fn as_causal_lm(&self) -> Option<&dyn CausalLm> {
         Some(self)
+    }
+    /// Quantizes the seven matrices of every block; the embedding (and the tied or separate
+    /// head) stay as they are, as bitsandbytes leaves embeddings and `lm_head`.
+    fn quantize(&mut self, scheme: kiln_tensor::quant::QuantScheme) -> Result<QuantReport> {
+        let before = self.weight_bytes();
+        let mut matrices = 0;
+        for layer in &mut self.layers {
+            for (_, lin) in layer.linears_mut() {
+                *lin = lin.quantized(scheme)?;
+                matrices += 1;
+            }
+        }
+        Ok(QuantReport {
+            matrices,
+            bytes_before: before,
+            bytes_after: self.weight_bytes(),
+        })
+    }
+    fn dequantize_weights(&mut self) -> Result<QuantReport> {
+        let before = self.weight_bytes();
+        let mut matrices = 0;
+        let mut fresh = Vec::new();
+        let mut densify = |lin: &mut Linear, name: String| -> Result<()> {
+            if matches!(lin, Linear::Quant(_)) {
+                *lin = lin.densified(&name)?;
+                if let Linear::Dense(p) = lin {
+                    fresh.push(p.clone());
+                }
+                matrices += 1;
+            }
+            Ok(())
+        };
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            for (part, lin) in layer.linears_mut() {
+                densify(lin, format!("model.layers.{i}.{part}.weight"))?;
+            }
+        }
+        densify(&mut self.embed, "model.embed_tokens.weight".into())?;
+        if let Some(head) = self.head.as_mut() {
+            densify(head, "lm_head.weight".into())?;
+        }
+        self.params.extend(fresh);
+        Ok(QuantReport {
+            matrices,
+            bytes_before: before,
+            bytes_after: self.weight_bytes(),
+        })
     }
 }
 

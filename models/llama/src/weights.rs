@@ -7,7 +7,7 @@ use std::cell::OnceCell;
 
 use kiln_autograd::Param;
 use kiln_tensor::ops::rowwise::matmul_rows_nk;
-use kiln_tensor::quant::{QMatrix, QuantPath, QuantizedActivations};
+use kiln_tensor::quant::{QWeight, QuantPath, QuantScheme, QuantizedActivations};
 use kiln_tensor::{DType, Tensor};
 use kiln_zoo::Result;
 
@@ -15,8 +15,8 @@ use kiln_zoo::Result;
 pub enum Linear {
     /// Dense f32 weights (trainable parameter, or a dense tensor of a GGUF file).
     Dense(Param),
-    /// Quantized blocks (inference only: autograd never sees them).
-    Quant(QMatrix),
+    /// Quantized weights: GGUF blocks, NF4 or int8 (inference only: autograd never sees them).
+    Quant(QWeight),
 }
 
 /// A contiguous run of rows of a batch and how its dense products run: a single-token rows
@@ -88,10 +88,10 @@ impl Linear {
     ) -> Result<()> {
         let (n, k) = self.dims();
         match self {
-            Linear::Quant(q) => match path {
-                QuantPath::Int8Activations => q.matmul_quantized(input.quantized()?, out)?,
-                QuantPath::F32Activations => q.matmul(input.x, input.x.len() / k, path, out)?,
-            },
+            Linear::Quant(QWeight::Blocks(q)) if path == QuantPath::Int8Activations => {
+                q.matmul_quantized(input.quantized()?, out)?
+            }
+            Linear::Quant(q) => q.matmul(input.x, input.x.len() / k, path, out)?,
             Linear::Dense(p) => {
                 let w = Self::dense(p)?;
                 let ws: Cow<'_, [f32]> = w.contiguous_slice::<f32>()?;
@@ -108,6 +108,30 @@ impl Linear {
             }
         }
         Ok(())
+    }
+
+    /// The weights as dense f32 values `[out, in]`.
+    pub fn dense_values(&self) -> Result<Vec<f32>> {
+        Ok(match self {
+            Linear::Dense(p) => Self::dense(p)?.to_vec::<f32>()?,
+            Linear::Quant(q) => q.dequantize()?,
+        })
+    }
+
+    /// The layer quantized with `scheme` (from its dense values; GGUF blocks are dequantized
+    /// first).
+    pub fn quantized(&self, scheme: QuantScheme) -> Result<Linear> {
+        let (n, k) = self.dims();
+        Ok(Linear::Quant(scheme.quantize(&self.dense_values()?, n, k)?))
+    }
+
+    /// The layer as a dense f32 parameter named `name`.
+    pub fn densified(&self, name: &str) -> Result<Linear> {
+        let (n, k) = self.dims();
+        Ok(Linear::Dense(Param::new(
+            name,
+            Tensor::from_vec(self.dense_values()?, [n, k])?,
+        )))
     }
 
     /// Row `r` of the matrix (an embedding lookup) into `out`.

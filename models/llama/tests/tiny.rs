@@ -100,3 +100,26 @@ fn bad_input_is_an_error() {
     };
     assert!(Llama::new("llama-tiny", bad_cfg, Scope::init(0, DType::F32, Device::Cpu)).is_err());
 }
+
+#[test]
+fn quantized_weights_give_nearly_the_dense_logits_in_less_memory() {
+    let ids = Tensor::from_vec(tokens(24).iter().map(|&t| t as i64).collect::<Vec<_>>(), [1, 24]).unwrap();
+    let dense = Llama::new("llama-tiny", config(64), Scope::init(4, DType::F32, Device::Cpu)).unwrap();
+    let want = dense.logits(&ids).unwrap().to_vec::<f32>().unwrap();
+    for scheme in ["int8", "int8-outliers", "nf4", "nf4-dq"] {
+        let mut q = Llama::new("llama-tiny", config(64), Scope::init(4, DType::F32, Device::Cpu)).unwrap();
+        let report = q
+            .quantize(kiln_tensor::quant::QuantScheme::parse(scheme).unwrap())
+            .unwrap();
+        assert_eq!(report.matrices, 14);
+        assert!(report.bytes_after < report.bytes_before, "{scheme}: {report:?}");
+        let got = q.logits(&ids).unwrap().to_vec::<f32>().unwrap();
+        let dot: f64 = got.iter().zip(&want).map(|(a, b)| *a as f64 * *b as f64).sum();
+        let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        let cosine = dot / (norm(&got) * norm(&want));
+        assert!(cosine > 0.99, "{scheme}: cosine {cosine}");
+        // And back to dense f32.
+        let r = q.dequantize_weights().unwrap();
+        assert_eq!(r.matrices, 14);
+    }
+}

@@ -1,8 +1,8 @@
 //! LLM.int8()-style 8-bit weights: each output row scaled by its absolute maximum
 //! (`q = round(127 · w / max|w_row|)`), products with the activations quantized per row to 8 bits
 //! and summed in integers; with an outlier threshold, the input features whose activations exceed
-//! it in any row are left out of the integer product and added in f32 against the dequantized
-//! weights (the mixed-precision decomposition of LLM.int8()).
+//! it are left out of the integer product and added in f32 against the dequantized weights (the
+//! mixed-precision decomposition of LLM.int8(), taken per row rather than per batch).
 
 use crate::{Error, Result};
 
@@ -109,23 +109,23 @@ impl Int8Matrix {
                 ),
             });
         }
-        let outlier: Vec<bool> = (0..k)
-            .map(|c| {
-                self.threshold
-                    .is_some_and(|t| (0..m).any(|i| x[i * k + c].abs() > t))
+        // Outlier features per input row (LLM.int8() takes them per batch; per row, a row's
+        // result does not depend on the other rows of the batch).
+        let outliers: Vec<Vec<usize>> = (0..m)
+            .map(|i| match self.threshold {
+                Some(t) => (0..k).filter(|&c| x[i * k + c].abs() > t).collect(),
+                None => Vec::new(),
             })
             .collect();
-        let outliers: Vec<usize> = (0..k).filter(|&c| outlier[c]).collect();
         // Activations quantized per row over the regular features.
         let mut xq = vec![0i8; m * k];
         let mut x_absmax = vec![0f32; m];
         for i in 0..m {
             let row = &x[i * k..(i + 1) * k];
-            let amax = (0..k)
-                .filter(|&c| !outlier[c])
-                .fold(0f32, |a, c| a.max(row[c].abs()));
+            let regular = |c: &usize| !outliers[i].contains(c);
+            let amax = (0..k).filter(regular).fold(0f32, |a, c| a.max(row[c].abs()));
             let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-            for c in (0..k).filter(|&c| !outlier[c]) {
+            for c in (0..k).filter(regular) {
                 xq[i * k + c] = (row[c] * inv).round().clamp(-127.0, 127.0) as i8;
             }
             x_absmax[i] = amax;
@@ -137,7 +137,7 @@ impl Int8Matrix {
             for (i, o) in o.iter_mut().enumerate() {
                 let isum = int_dot(w, &xq[i * k..(i + 1) * k]);
                 let mut v = isum as f32 * (x_absmax[i] / 127.0) * (self.row_absmax[r] / 127.0);
-                for &c in &outliers {
+                for &c in &outliers[i] {
                     v += x[i * k + c] * self.weight(r, c);
                 }
                 *o = v;

@@ -219,7 +219,11 @@ impl Nf4Matrix {
         for (k, o) in out.iter_mut().enumerate() {
             let e = start + k;
             let byte = self.codes[e / 2];
-            let q = if e.is_multiple_of(2) { byte >> 4 } else { byte & 0xF };
+            let q = if e.is_multiple_of(2) {
+                byte >> 4
+            } else {
+                byte & 0xF
+            };
             *o = NF4_CODEBOOK[q as usize] * self.absmax[e / NF4_BLOCK];
         }
     }
