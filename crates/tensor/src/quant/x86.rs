@@ -46,6 +46,11 @@ fn level() -> Level {
     })
 }
 
+/// How far ahead of the current block the weights are prefetched, in bytes. Far: the weights of
+/// a GGUF file are a memory map of 4 KiB pages, and the hardware prefetchers stop at page
+/// boundaries; SmolLM2 decode on one thread went 50 → 108 tokens/s (1 KiB ahead: 83).
+const PREFETCH_AHEAD: usize = 8192;
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Q4_0,
@@ -202,6 +207,10 @@ unsafe fn vnni512<const R: usize>(
             let mut b = 0;
             while b + 2 <= blocks {
                 let (p0, p1) = (base.add(b * bb), base.add((b + 1) * bb));
+                // The weights stream from memory once: ask for them well ahead (a few rows'
+                // worth), past what the out-of-order window would reach by itself. Prefetches
+                // never fault, so running past the tile's end is harmless.
+                _mm_prefetch::<_MM_HINT_T0>(p0.wrapping_add(PREFETCH_AHEAD) as *const i8);
                 let (c0, c1) = (block_codes(kind, p0), block_codes(kind, p1));
                 let codes = _mm512_inserti64x4(_mm512_castsi256_si512(c0), c1, 1);
                 // Q8_0 is signed × signed: |w| against the activations with w's sign.
@@ -272,6 +281,7 @@ unsafe fn avx2(kind: Kind, w: &[u8], a: &ActRow<'_>) -> f32 {
     unsafe {
         for b in 0..w.len() / bb {
             let p = w.as_ptr().add(b * bb);
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_AHEAD) as *const i8);
             let codes = block_codes(kind, p);
             let av = _mm256_loadu_si256(a.qs.as_ptr().add(b * QK) as *const __m256i);
             let (wv, av) = if kind == Kind::Q8_0 {
