@@ -123,3 +123,33 @@ fn quantized_weights_give_nearly_the_dense_logits_in_less_memory() {
         assert_eq!(r.matrices, 14);
     }
 }
+
+#[test]
+fn a_hugging_face_directory_loads_to_the_same_model() {
+    let dir = std::env::temp_dir().join(format!("kiln-llama-hf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = Llama::new("llama-tiny", config(64), Scope::init(6, DType::F32, Device::Cpu)).unwrap();
+    kiln_nn::save_state_dict(&model.parameters(), dir.join("model.safetensors")).unwrap();
+    let cfg = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 256, "hidden_size": 64,
+        "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 64, "tie_word_embeddings": false,
+        "torch_dtype": "float32"
+    });
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let loaded = kiln_llama::load_hf_dir(&dir, "llama-tiny").unwrap();
+    let ids = Tensor::from_vec(tokens(12).iter().map(|&t| t as i64).collect::<Vec<_>>(), [1, 12]).unwrap();
+    let (a, b) = (model.logits(&ids).unwrap(), loaded.logits(&ids).unwrap());
+    assert_eq!(a.to_vec::<f32>().unwrap(), b.to_vec::<f32>().unwrap());
+    // A config that does not fit the weights is an error naming the problem.
+    let bad = serde_json::json!({"vocab_size": 256, "hidden_size": 64, "intermediate_size": 96,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "max_position_embeddings": 64});
+    std::fs::write(dir.join("config.json"), bad.to_string()).unwrap();
+    let e = kiln_llama::load_hf_dir(&dir, "llama-tiny")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("mlp"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
