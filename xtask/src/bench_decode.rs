@@ -11,12 +11,14 @@ use kiln::nn::Scope;
 use kiln::tensor::{DType, Device};
 use kiln::zoo::generate::{BatchGenerator, DecodeState, SamplingParams};
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median of `v`.
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
-fn argmax(l: &[f32]) -> u32 {
+/// The index of the largest logit.
+pub(crate) fn argmax(l: &[f32]) -> u32 {
     l.iter()
         .enumerate()
         .fold(

@@ -12,20 +12,7 @@ use kiln::tensor::quant::QuantPath;
 use kiln::zoo::generate::CausalLm;
 use rayon::prelude::*;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn argmax(l: &[f32]) -> u32 {
-    l.iter()
-        .enumerate()
-        .fold(
-            (0, f32::NEG_INFINITY),
-            |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-        )
-        .0 as u32
-}
+use crate::bench_decode::{argmax, median};
 
 /// The benchmark prompt: `len` ids from a fixed sequence (the same every run, as in the peer
 /// script), avoiding the 17 special ids.

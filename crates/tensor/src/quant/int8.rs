@@ -143,11 +143,7 @@ impl Int8Matrix {
                 *o = v;
             }
         });
-        for (r, col) in by_row.chunks_exact(m).enumerate() {
-            for (i, &v) in col.iter().enumerate() {
-                out[i * n + r] = v;
-            }
-        }
+        super::matrix::scatter_rows(&by_row, m, out);
         Ok(())
     }
 }

@@ -221,10 +221,17 @@ impl QMatrix {
             .par_chunks_mut(ROWS_PER_TASK * m)
             .enumerate()
             .for_each(|(t, c)| run(t, c));
-        for (r, col) in by_row.chunks_exact(m).enumerate() {
-            for (i, &v) in col.iter().enumerate() {
-                out[i * n + r] = v;
-            }
+        scatter_rows(&by_row, m, out);
+    }
+}
+
+/// Writes results computed per weight row (`by_row`: `[n, m]`) into the product's layout
+/// (`out`: `[m, n]`).
+pub(crate) fn scatter_rows(by_row: &[f32], m: usize, out: &mut [f32]) {
+    let n = by_row.len() / m.max(1);
+    for (r, col) in by_row.chunks_exact(m.max(1)).enumerate() {
+        for (i, &v) in col.iter().enumerate() {
+            out[i * n + r] = v;
         }
     }
 }

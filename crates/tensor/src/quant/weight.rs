@@ -148,11 +148,7 @@ impl QWeight {
                         *o = f32_dot(&w, &x[i * k..(i + 1) * k]);
                     }
                 });
-                for (r, col) in by_row.chunks_exact(m.max(1)).enumerate() {
-                    for (i, &v) in col.iter().enumerate() {
-                        out[i * n + r] = v;
-                    }
-                }
+                super::matrix::scatter_rows(&by_row, m, out);
                 Ok(())
             }
         }
