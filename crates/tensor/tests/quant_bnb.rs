@@ -223,3 +223,32 @@ fn every_scheme_multiplies_like_its_dequantized_matrix() {
     assert!(Nf4Matrix::quantize(&[f32::NAN; 64], 1, 64, false).is_err());
     assert!(Int8Matrix::quantize(&[0.0; 6], 2, 4, None).is_err());
 }
+
+#[test]
+fn nf4_ranges_dequantize_like_the_whole_matrix_from_any_start() {
+    // 3 × 45: rows start at odd elements and cross block boundaries.
+    let w = weights(135, 6);
+    let q = Nf4Matrix::quantize(&w, 3, 45, false).unwrap();
+    let Nf4Scales::F32(absmax) = q.scales() else {
+        panic!("plain NF4 keeps f32 maxima")
+    };
+    // The definition, element by element: codebook value of the code times its block maximum.
+    let all: Vec<f32> = (0..135)
+        .map(|e| {
+            let byte = q.codes()[e / 2];
+            let code = if e % 2 == 0 { byte >> 4 } else { byte & 0xF };
+            NF4_CODEBOOK[code as usize] * absmax[e / NF4_BLOCK]
+        })
+        .collect();
+    assert_eq!(q.dequantize(), all);
+    for start in [0usize, 1, 44, 45, 63, 64, 90, 133] {
+        for len in [0usize, 1, 2, 3, 45, 135 - start] {
+            if start + len > 135 {
+                continue;
+            }
+            let mut part = vec![0f32; len];
+            q.dequantize_range(start, &mut part);
+            assert_eq!(part, all[start..start + len], "start {start} len {len}");
+        }
+    }
+}

@@ -216,15 +216,38 @@ impl Nf4Matrix {
 
     /// Dequantizes elements `start..start + out.len()` of the flattened matrix.
     pub fn dequantize_range(&self, start: usize, out: &mut [f32]) {
-        for (k, o) in out.iter_mut().enumerate() {
-            let e = start + k;
+        let value = |e: usize| {
             let byte = self.codes[e / 2];
             let q = if e.is_multiple_of(2) {
                 byte >> 4
             } else {
                 byte & 0xF
             };
-            *o = NF4_CODEBOOK[q as usize] * self.absmax[e / NF4_BLOCK];
+            NF4_CODEBOOK[q as usize] * self.absmax[e / NF4_BLOCK]
+        };
+        // Whole bytes (two codes) within whole blocks on the fast path; the odd ends one by one.
+        let mut e = start;
+        let end = start + out.len();
+        let mut o = 0;
+        if !e.is_multiple_of(2) && e < end {
+            out[o] = value(e);
+            (e, o) = (e + 1, o + 1);
+        }
+        while e + 2 <= end {
+            let block_end = ((e / NF4_BLOCK + 1) * NF4_BLOCK).min(end) & !1;
+            let scale = self.absmax[e / NF4_BLOCK];
+            for (byte, pair) in self.codes[e / 2..block_end / 2]
+                .iter()
+                .zip(out[o..o + (block_end - e)].chunks_exact_mut(2))
+            {
+                pair[0] = NF4_CODEBOOK[(byte >> 4) as usize] * scale;
+                pair[1] = NF4_CODEBOOK[(byte & 0xF) as usize] * scale;
+            }
+            o += block_end - e;
+            e = block_end;
+        }
+        if e < end {
+            out[o] = value(e);
         }
     }
 

@@ -139,15 +139,22 @@ impl QWeight {
                         ),
                     });
                 }
-                // Each weight row dequantized once, against every input row.
+                // Each weight row dequantized once (into one buffer per tile of rows), against
+                // every input row.
+                const TILE: usize = 32;
                 let mut by_row = vec![0f32; n * m];
-                by_row.par_chunks_mut(m.max(1)).enumerate().for_each(|(r, o)| {
-                    let mut w = vec![0f32; k];
-                    q.dequantize_range(r * k, &mut w);
-                    for (i, o) in o.iter_mut().enumerate() {
-                        *o = f32_dot(&w, &x[i * k..(i + 1) * k]);
-                    }
-                });
+                by_row
+                    .par_chunks_mut(TILE * m.max(1))
+                    .enumerate()
+                    .for_each(|(t, tile)| {
+                        let mut w = vec![0f32; k];
+                        for (j, o) in tile.chunks_exact_mut(m.max(1)).enumerate() {
+                            q.dequantize_range((t * TILE + j) * k, &mut w);
+                            for (i, o) in o.iter_mut().enumerate() {
+                                *o = f32_dot(&w, &x[i * k..(i + 1) * k]);
+                            }
+                        }
+                    });
                 super::matrix::scatter_rows(&by_row, m, out);
                 Ok(())
             }
