@@ -59,6 +59,8 @@ pub struct Llama {
     /// `None` when the head is the token embedding.
     pub(crate) head: Option<Linear>,
     params: Vec<Param>,
+    /// Set by `Model::set_training`: training is refused (inference-only model).
+    training: std::sync::atomic::AtomicBool,
 }
 
 /// Where a [`Llama`]'s tensors come from: what [`Llama::from_parts`] asks for by Hugging Face
@@ -142,6 +144,7 @@ impl Llama {
             norm,
             head,
             params: src.params(),
+            training: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -254,6 +257,12 @@ impl Model for Llama {
     /// Logits (and the next-token loss) with the inference kernels; no gradients flow through
     /// them (kiln trains Llama models not yet: the result is a constant).
     fn forward(&self, batch: &Batch) -> Result<Output> {
+        if self.training.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(self.input_err(
+                "kiln runs Llama models for inference only (generate, chat, perplexity); training them is not supported yet"
+                    .into(),
+            ));
+        }
         let logits = self.logits(&batch.inputs)?;
         let loss = match &batch.targets {
             None => None,
@@ -267,8 +276,10 @@ impl Model for Llama {
     fn parameters(&self) -> Vec<Param> {
         self.params.clone()
     }
-    fn set_training(&self, _training: bool) {
-        // No dropout: training and evaluation compute the same thing.
+    fn set_training(&self, training: bool) {
+        // No dropout; the flag only lets `forward` refuse training.
+        self.training
+            .store(training, std::sync::atomic::Ordering::Relaxed);
     }
     fn config(&self) -> serde_json::Value {
         serde_json::to_value(&self.cfg).unwrap_or_default()

@@ -94,6 +94,16 @@ fn bad_input_is_an_error() {
     assert!(state.feed(&tokens(32)).is_ok());
     let bad = Tensor::from_vec(vec![1.5f32, 2.0], [1, 2]).unwrap();
     assert!(model.logits(&bad).is_err());
+    // Inference only: a training forward is refused by name.
+    let batch = kiln_zoo::Batch {
+        inputs: Tensor::from_vec(vec![1i64, 2, 3], [1, 3]).unwrap(),
+        targets: Some(Tensor::from_vec(vec![2i64, 3, 4], [1, 3]).unwrap()),
+    };
+    let out = model.forward(&batch).unwrap();
+    assert!(out.loss.unwrap().value().to_scalar::<f32>().unwrap().is_finite());
+    model.set_training(true);
+    let e = model.forward(&batch).err().unwrap().to_string();
+    assert!(e.contains("inference only"), "{e}");
     let bad_cfg = LlamaConfig {
         num_key_value_heads: 3,
         ..LlamaConfig::tiny()
