@@ -1,4 +1,4 @@
-//! x86-64 kernels of the quantized dot products, for the 32-block formats Q4_0, Q4_1 and Q8_0:
+//! x86-64 kernels of the quantized dot products, for Q4_0, Q4_1, Q8_0 and Q4_K (Q6_K stays portable):
 //! AVX-512 VNNI (two blocks per 512-bit `vpdpbusd`) and AVX2 (`vpmaddubsw`). A call covers a
 //! tile of weight rows, so the dispatch is paid once per tile. Each block's integer sums are
 //! converted to f32 and scaled into per-lane accumulators; the blocks' offset terms (Q4_1's
@@ -81,7 +81,8 @@ pub(super) fn dot_tile(
         QuantFormat::Q4_0 => Kind::Q4_0,
         QuantFormat::Q4_1 => Kind::Q4_1,
         QuantFormat::Q8_0 => Kind::Q8_0,
-        QuantFormat::Q4K | QuantFormat::Q6K => return false,
+        QuantFormat::Q4K => return q4k_tile(w, row_bytes, acts, out),
+        QuantFormat::Q6K => return false,
     };
     let m = acts.len();
     let blocks = row_bytes / kind.block_bytes();
@@ -118,6 +119,125 @@ pub(super) fn dot_tile(
             true
         }
         Level::None => false,
+    }
+}
+
+/// Q4_K rows: each 32-weight sub-block is a Q4_1-like block with scale `d · sc` and minimum
+/// `−dmin · m`, and two sub-blocks share 32 bytes of codes (low nibbles, then high).
+fn q4k_tile(w: &[u8], row_bytes: usize, acts: &[ActRow<'_>], out: &mut [f32]) -> bool {
+    let m = acts.len();
+    let supers = row_bytes / 144;
+    assert!(row_bytes == supers * 144 && w.len().is_multiple_of(row_bytes.max(1)));
+    assert!(out.len() == w.len() / row_bytes.max(1) * m);
+    for a in acts {
+        assert!(a.qs.len() == supers * 256 && a.meta.len() == 2 * supers * 8);
+    }
+    let lvl = level();
+    if lvl == Level::None {
+        return false;
+    }
+    for (row, o) in w.chunks_exact(row_bytes).zip(out.chunks_exact_mut(m)) {
+        for (o, a) in o.iter_mut().zip(acts) {
+            // SAFETY: `level()` checked the features; the asserts bound every load (144-byte
+            // super-blocks of the row, 256 codes and 16 floats of activations per super-block).
+            *o = unsafe {
+                match lvl {
+                    Level::Vnni512 => q4k_vnni512(row, a),
+                    _ => q4k_avx2(row, a),
+                }
+            };
+        }
+    }
+    true
+}
+
+/// `[d, dmin]` of a K-quant super-block at `p`, and its sub-block scales and minimums.
+#[inline(always)]
+unsafe fn q4k_header(p: *const u8) -> (f32, f32, [(f32, f32); 8]) {
+    // SAFETY: `p` points at a whole 144-byte block (caller); F16C is enabled by the callers.
+    unsafe {
+        let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((p as *const i32).read_unaligned()));
+        let mut lanes = [0f32; 4];
+        _mm_storeu_ps(lanes.as_mut_ptr(), dm);
+        let scales = std::slice::from_raw_parts(p.add(4), 12);
+        let mut sm = [(0f32, 0f32); 8];
+        for (j, v) in sm.iter_mut().enumerate() {
+            let (sc, m) = super::formats::q4k_scale_min(j, scales);
+            *v = (sc as f32, m as f32);
+        }
+        (lanes[0], lanes[1], sm)
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q4k_vnni512(row: &[u8], a: &ActRow<'_>) -> f32 {
+    let spread = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
+    let m0f = _mm256_set1_epi8(0x0F);
+    let zero = _mm512_setzero_si512();
+    let mut acc = _mm512_setzero_ps();
+    let mut offs = _mm_setzero_ps();
+    // SAFETY (whole body): each 144-byte super-block lies in `row`; activation block `ab` and
+    // `ab + 1` hold 64 codes and 4 floats (checked by `q4k_tile`).
+    unsafe {
+        for (sb, blk) in row.chunks_exact(144).enumerate() {
+            let p = blk.as_ptr();
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_AHEAD) as *const i8);
+            let (d, dmin, sm) = q4k_header(p);
+            for c in 0..4 {
+                let q = _mm256_loadu_si256(p.add(16 + 32 * c) as *const __m256i);
+                let lo = _mm256_and_si256(q, m0f);
+                let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m0f);
+                let codes = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+                let ((sc0, m0), (sc1, m1)) = (sm[2 * c], sm[2 * c + 1]);
+                let wm = _mm_set_ps(-dmin * m1, d * sc1, -dmin * m0, d * sc0);
+                let ab = sb * 8 + 2 * c;
+                let av = _mm512_loadu_si512(a.qs.as_ptr().add(ab * QK) as *const _);
+                let dot = _mm512_dpbusd_epi32(zero, codes, av);
+                let prod = _mm_mul_ps(wm, _mm_loadu_ps(a.meta.as_ptr().add(2 * ab)));
+                let scale = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(prod));
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc);
+                offs = _mm_add_ps(offs, prod);
+            }
+        }
+        let mut lanes = [0f32; 4];
+        _mm_storeu_ps(lanes.as_mut_ptr(), offs);
+        _mm512_reduce_add_ps(acc) + lanes[1] + lanes[3]
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4k_avx2(row: &[u8], a: &ActRow<'_>) -> f32 {
+    let m0f = _mm256_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_ps();
+    let mut offs = 0f32;
+    // SAFETY (whole body): as in `q4k_vnni512`.
+    unsafe {
+        for (sb, blk) in row.chunks_exact(144).enumerate() {
+            let p = blk.as_ptr();
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_AHEAD) as *const i8);
+            let (d, dmin, sm) = q4k_header(p);
+            for c in 0..4 {
+                let q = _mm256_loadu_si256(p.add(16 + 32 * c) as *const __m256i);
+                let halves = [
+                    _mm256_and_si256(q, m0f),
+                    _mm256_and_si256(_mm256_srli_epi16(q, 4), m0f),
+                ];
+                for (h, codes) in halves.into_iter().enumerate() {
+                    let j = 2 * c + h;
+                    let ab = sb * 8 + j;
+                    let av = _mm256_loadu_si256(a.qs.as_ptr().add(ab * QK) as *const __m256i);
+                    let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(codes, av), ones);
+                    let (sc, m) = sm[j];
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d * sc * a.scale(ab)), acc);
+                    offs -= dmin * m * a.scaled_sum(ab);
+                }
+            }
+        }
+        let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s) + offs
     }
 }
 
