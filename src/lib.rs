@@ -18,6 +18,7 @@ pub use kiln_data as data;
 pub use kiln_gguf as gguf;
 pub use kiln_nn as nn;
 pub use kiln_optim as optim;
+pub use kiln_serve as serve;
 pub use kiln_tensor as tensor;
 pub use kiln_train as train;
 pub use kiln_zoo as zoo;
@@ -40,6 +41,7 @@ pub const CRATES: &[&str] = &[
     "kiln-data",
     "kiln-zoo",
     "kiln-gguf",
+    "kiln-serve",
     "kiln-gpt",
     "kiln-llama",
     "kiln-lenet",

@@ -42,6 +42,24 @@ pub struct BenchArgs {
     /// `llama`: only this activation path (`int8` or `f32`; default both).
     #[arg(long)]
     activations: Option<String>,
+    /// `serve`: requests sent in all.
+    #[arg(long, default_value_t = 64)]
+    requests: usize,
+    /// `serve`: concurrent clients (and the batching engine's running limit).
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// `serve`: Poisson arrival rate in requests/s (default: as fast as the clients go).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// `serve`: prompt tokens per request.
+    #[arg(long, default_value_t = 128)]
+    prompt_len: usize,
+    /// `serve`: output tokens per request.
+    #[arg(long, default_value_t = 64)]
+    gen_tokens: usize,
+    /// `serve`: KV cache memory in MiB.
+    #[arg(long, default_value_t = 512)]
+    kv_memory: usize,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -52,9 +70,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "decode" => crate::bench_decode::run(args.reps, args.layers),
         "train-gpt-tiny" => train_gpt_tiny(&args),
         "llama" => crate::bench_llama::run(&args.weights, args.reps, args.activations.as_deref()),
+        "serve" => {
+            let load = crate::bench_serve::Load {
+                requests: args.requests,
+                clients: args.clients,
+                rate: args.rate,
+                prompt_len: args.prompt_len,
+                gen: args.gen_tokens,
+            };
+            crate::bench_serve::run(&args.weights, &load, args.kv_memory)
+        }
         other => {
             anyhow::bail!(
-                "unknown benchmark {other:?}; known: train-lenet, train-mnist-cnn, train-resnet20, decode, train-gpt-tiny, llama"
+                "unknown benchmark {other:?}; known: train-lenet, train-mnist-cnn, train-resnet20, decode, train-gpt-tiny, llama, serve"
             )
         }
     }

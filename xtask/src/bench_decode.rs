@@ -6,9 +6,10 @@
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use kiln::model_crates::gpt::{Gpt, GptConfig, GptState};
+use kiln::model_crates::gpt::{Gpt, GptConfig};
 use kiln::nn::Scope;
 use kiln::tensor::{DType, Device};
+use kiln::zoo::generate::KvState;
 use kiln::zoo::generate::{BatchGenerator, DecodeState, SamplingParams};
 
 /// The median of `v`.
@@ -63,7 +64,7 @@ pub fn run(reps: usize, layers: Option<usize>) -> anyhow::Result<()> {
     let mut decode_tps = Vec::new();
     let mut first_tokens = None;
     for rep in 0..reps.max(1) {
-        let mut state = GptState::new(&model)?;
+        let mut state = KvState::new(&model)?;
         let t0 = Instant::now();
         let mut logits = state.feed(&prompt(p_len, 0))?;
         prefill_ms.push(t0.elapsed().as_secs_f64() * 1e3);
@@ -85,7 +86,7 @@ pub fn run(reps: usize, layers: Option<usize>) -> anyhow::Result<()> {
     // (each on a fresh copy of the filled state would cost a prefill; instead step forward a few
     // tokens and take the median).
     let step_ms_at = |pos: usize| -> anyhow::Result<f64> {
-        let mut state = GptState::new(&model)?;
+        let mut state = KvState::new(&model)?;
         state.feed(&prompt(pos, 1))?;
         let mut times = Vec::new();
         for i in 0..9 {

@@ -129,6 +129,13 @@ impl Codec {
             Codec::Tokenizer(t) => t.vocab_size(),
         }
     }
+    /// The tokenizer, when this is one (serving needs a `TextTokenizer`).
+    pub fn into_tokenizer(self) -> Option<Box<dyn TextTokenizer>> {
+        match self {
+            Codec::TextGenRnn(_) => None,
+            Codec::Tokenizer(t) => Some(t),
+        }
+    }
 }
 
 /// What `--json` prints, in this key order; `text` is null without a tokenizer. With `--n`, one

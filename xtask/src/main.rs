@@ -4,12 +4,14 @@
 mod bench;
 mod bench_decode;
 mod bench_llama;
+mod bench_serve;
 mod chat;
 mod datasets;
 mod generate;
 mod models;
 mod perplexity;
 mod prepare_data;
+mod serve;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -41,6 +43,8 @@ enum Command {
     Generate(Box<generate::GenerateArgs>),
     /// Chat with a causal LM in the terminal (its chat template, streamed answers, history).
     Chat(Box<chat::ChatArgs>),
+    /// Serve a causal LM over an OpenAI-compatible HTTP API (completions, chat, SSE streaming).
+    Serve(Box<serve::ServeArgs>),
     /// Held-out perplexity of a causal LM on a text file (optionally with quantized weights).
     Perplexity(perplexity::PerplexityArgs),
     /// Tokenize a text corpus into train/validation token shards (gpt2, char or a tokenizer.json).
@@ -79,6 +83,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => train::eval(args),
         Command::Generate(args) => generate::run(*args),
         Command::Chat(args) => chat::run(*args),
+        Command::Serve(args) => serve::run(*args),
         Command::Perplexity(args) => perplexity::run(args),
         Command::PrepareData(args) => prepare_data::run(args),
         Command::Models(args) => models::run(args),

@@ -1,54 +1,21 @@
-//! Inference with a KV cache: [`GptBatchDecoder`] advances a ragged batch of sequences (each its
-//! own new tokens, positions and cache) in one forward pass; [`GptState`] is the one-sequence
-//! [`DecodeState`] built on it.
+//! Inference with a KV cache: [`Gpt`] implements [`KvCausalLm`], one forward pass over a ragged
+//! batch of sequences (each its own new tokens, positions and cache) through the zoo's
+//! [`KvStore`] — contiguous caches for generate and chat, a paged pool for kiln-serve.
 //!
 //! The dense products of the single-token rows (decode steps) run through
 //! `kiln_tensor::ops::rowwise`, which reads each weight once for all of them and sums every output
 //! in a fixed order; a multi-token feed (a prompt) runs through GEMM on its own rows. Attention,
 //! norms and activations are per row. So a sequence's logits never depend on its batch-mates.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use kiln_tensor::ops::attention::attend_to_cache;
 use kiln_tensor::ops::rowwise::matmul_rows_nk;
 use kiln_tensor::quant::{QWeight, QuantPath, QuantScheme};
 use kiln_tensor::{DType, Tensor};
-use kiln_zoo::generate::{BatchDecoder, DecodeState, SeqId};
+use kiln_zoo::generate::{attend_feeds, CachedFeed, CausalLm, KvCausalLm, KvShape, KvStore, Logits};
 use kiln_zoo::{Error, Result};
 
 use crate::model::{Conv1D, Gpt, Norm};
-
-/// The keys and values of one sequence, per layer `[n_head, capacity, head_dim]`, preallocated to
-/// the context length.
-pub struct KvCache {
-    keys: Vec<Vec<f32>>,
-    values: Vec<Vec<f32>>,
-    len: usize,
-    capacity: usize,
-}
-
-impl KvCache {
-    fn new(layers: usize, heads: usize, capacity: usize, head_dim: usize) -> KvCache {
-        let size = heads * capacity * head_dim;
-        KvCache {
-            keys: (0..layers).map(|_| vec![0f32; size]).collect(),
-            values: (0..layers).map(|_| vec![0f32; size]).collect(),
-            len: 0,
-            capacity,
-        }
-    }
-
-    /// Positions filled so far.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether nothing was fed yet.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
 
 /// A dense layer for decoding: the weight transposed to `[out, in]` (contiguous f32), so each
 /// output is a dot product over one contiguous row and a decode step streams the matrix once,
@@ -241,71 +208,65 @@ impl DecodeWeights {
     }
 }
 
-/// The batched decoder of [`Gpt`]: a KV cache per open sequence.
-pub struct GptBatchDecoder<'a> {
-    model: &'a Gpt,
-    weights: Arc<DecodeWeights>,
-    caches: BTreeMap<SeqId, KvCache>,
-    next: SeqId,
+impl KvCausalLm for Gpt {
+    fn kv_shape(&self) -> KvShape {
+        KvShape {
+            layers: self.cfg.n_layer,
+            kv_heads: self.cfg.n_head,
+            head_dim: self.cfg.head_dim(),
+        }
+    }
+
+    fn forward_cached(&self, feeds: &[CachedFeed<'_>], kv: &mut dyn KvStore) -> Result<Vec<Vec<f32>>> {
+        self.check_feeds(feeds, kv)?;
+        let weights = DecodeWeights::of(self)?;
+        self.forward_with(&weights, feeds, kv)
+    }
 }
 
-impl<'a> GptBatchDecoder<'a> {
-    /// A decoder over `model`'s current weights (as f32; the transposed copies are made once and
-    /// kept by the model until its parameters change).
-    pub fn new(model: &'a Gpt) -> Result<GptBatchDecoder<'a>> {
-        Ok(GptBatchDecoder {
-            model,
-            weights: DecodeWeights::of(model)?,
-            caches: BTreeMap::new(),
-            next: 0,
-        })
+impl Gpt {
+    fn feed_err(&self, reason: String) -> Error {
+        Error::Generation(format!("{}: {reason}", self.name))
     }
 
-    fn err(&self, reason: String) -> Error {
-        Error::Generation(format!("{}: {reason}", self.model.name))
-    }
-
-    /// Check every feed before touching any cache: known sequence, non-empty, ids in the
-    /// vocabulary, room in the context.
-    fn check(&self, feeds: &[(SeqId, &[u32])]) -> Result<()> {
-        let cfg = &self.model.cfg;
-        for (i, &(id, ids)) in feeds.iter().enumerate() {
-            let cache = self
-                .caches
-                .get(&id)
-                .ok_or_else(|| self.err(format!("sequence {id} is not open")))?;
-            if feeds[..i].iter().any(|f| f.0 == id) {
-                return Err(self.err(format!("sequence {id} is fed twice in one step")));
+    /// Checks every feed before touching any cache: non-empty, ids in the vocabulary, room in
+    /// the context and in the store.
+    fn check_feeds(&self, feeds: &[CachedFeed<'_>], kv: &mut dyn KvStore) -> Result<()> {
+        let v = self.cfg.vocab_size;
+        let limit = self.context_len().unwrap_or(usize::MAX);
+        for (i, f) in feeds.iter().enumerate() {
+            if f.tokens.is_empty() {
+                return Err(self.feed_err(format!("feed {i} has no tokens")));
             }
-            if ids.is_empty() {
-                return Err(self.err(format!("sequence {id} is fed no tokens")));
+            if let Some(&bad) = f.tokens.iter().find(|&&t| t as usize >= v) {
+                return Err(self.feed_err(format!("token {bad} is not below the vocabulary size {v}")));
             }
-            if let Some(&bad) = ids.iter().find(|&&t| t as usize >= cfg.vocab_size) {
-                return Err(self.err(format!(
-                    "token {bad} is not below the vocabulary size {}",
-                    cfg.vocab_size
+            let total = kv.cached(i) + f.tokens.len();
+            if total > limit {
+                return Err(self.feed_err(format!(
+                    "a sequence would hold {total} tokens, beyond the context of {limit} positions"
                 )));
             }
-            if cache.len + ids.len() > cache.capacity {
-                return Err(self.err(format!(
-                    "sequence {id} would hold {} tokens, beyond the context of {} positions",
-                    cache.len + ids.len(),
-                    cache.capacity
-                )));
-            }
+        }
+        for (i, f) in feeds.iter().enumerate() {
+            kv.reserve(i, kv.cached(i) + f.tokens.len())?;
         }
         Ok(())
     }
 
-    /// The forward pass over a ragged batch; returns the next-token logits of every feed.
-    fn forward(&mut self, feeds: &[(SeqId, &[u32])]) -> Result<Vec<Vec<f32>>> {
-        self.check(feeds)?;
-        let cfg = &self.model.cfg;
-        let (d, h, dh, eps) = (cfg.n_embd, cfg.n_head, cfg.head_dim(), cfg.layer_norm_epsilon);
+    /// The forward pass over a ragged batch with the decoding weights.
+    fn forward_with(
+        &self,
+        weights: &DecodeWeights,
+        feeds: &[CachedFeed<'_>],
+        kv: &mut dyn KvStore,
+    ) -> Result<Vec<Vec<f32>>> {
+        let cfg = &self.cfg;
+        let (d, h, eps) = (cfg.n_embd, cfg.n_head, cfg.layer_norm_epsilon);
         // Single-token feeds first (one row-kernel segment), then each prompt on its own.
-        let mut order: Vec<usize> = (0..feeds.len()).filter(|&i| feeds[i].1.len() == 1).collect();
+        let mut order: Vec<usize> = (0..feeds.len()).filter(|&i| feeds[i].tokens.len() == 1).collect();
         let singles = order.len();
-        order.extend((0..feeds.len()).filter(|&i| feeds[i].1.len() > 1));
+        order.extend((0..feeds.len()).filter(|&i| feeds[i].tokens.len() > 1));
         let mut segments = Vec::new();
         let mut row_of = vec![0usize; feeds.len()];
         let mut rows = 0;
@@ -318,7 +279,7 @@ impl<'a> GptBatchDecoder<'a> {
         }
         for (k, &i) in order.iter().enumerate() {
             row_of[i] = rows;
-            let t = feeds[i].1.len();
+            let t = feeds[i].tokens.len();
             if k >= singles {
                 segments.push(Segment {
                     start: rows,
@@ -329,14 +290,12 @@ impl<'a> GptBatchDecoder<'a> {
             rows += t;
         }
         // Embeddings.
-        let weights = self.weights.clone();
         let wte = weights.wte.contiguous_slice::<f32>()?;
         let wpe = weights.wpe.contiguous_slice::<f32>()?;
         let mut x = vec![0f32; rows * d];
         for &i in &order {
-            let (id, ids) = feeds[i];
-            let start = self.caches[&id].len;
-            for (j, &tok) in ids.iter().enumerate() {
+            let start = kv.cached(i);
+            for (j, &tok) in feeds[i].tokens.iter().enumerate() {
                 let r = row_of[i] + j;
                 let (te, pe) = (tok as usize * d, (start + j) * d);
                 for (c, o) in x[r * d..(r + 1) * d].iter_mut().enumerate() {
@@ -347,6 +306,9 @@ impl<'a> GptBatchDecoder<'a> {
         let inner = cfg.inner();
         let mut hbuf = vec![0f32; rows * d];
         let mut qkv = vec![0f32; rows * 3 * d];
+        let mut q = vec![0f32; rows * d];
+        let mut k = vec![0f32; rows * d];
+        let mut v = vec![0f32; rows * d];
         let mut attn = vec![0f32; rows * d];
         let mut proj = vec![0f32; rows * d];
         let mut fc = vec![0f32; rows * inner];
@@ -369,37 +331,12 @@ impl<'a> GptBatchDecoder<'a> {
         for (l, w) in weights.layers.iter().enumerate() {
             w.ln_1.apply(&x, eps, &mut hbuf);
             dense(&w.c_attn, &hbuf, d, &mut qkv, 3 * d)?;
-            for &i in &order {
-                let (id, ids) = feeds[i];
-                let cache = self
-                    .caches
-                    .get_mut(&id)
-                    .ok_or_else(|| Error::Generation(format!("sequence {id} is not open")))?;
-                let (start, t, cap, r0) = (cache.len, ids.len(), cache.capacity, row_of[i]);
-                let mut q = vec![0f32; t * d];
-                for j in 0..t {
-                    let row = &qkv[(r0 + j) * 3 * d..(r0 + j + 1) * 3 * d];
-                    q[j * d..(j + 1) * d].copy_from_slice(&row[..d]);
-                    for head in 0..h {
-                        let at = (head * cap + start + j) * dh;
-                        cache.keys[l][at..at + dh].copy_from_slice(&row[d + head * dh..d + (head + 1) * dh]);
-                        cache.values[l][at..at + dh]
-                            .copy_from_slice(&row[2 * d + head * dh..2 * d + (head + 1) * dh]);
-                    }
-                }
-                attend_to_cache(
-                    &q,
-                    &cache.keys[l],
-                    &cache.values[l],
-                    h,
-                    h,
-                    dh,
-                    cap,
-                    start,
-                    t,
-                    &mut attn[r0 * d..(r0 + t) * d],
-                );
+            for (r, row) in qkv.chunks_exact(3 * d).enumerate() {
+                q[r * d..(r + 1) * d].copy_from_slice(&row[..d]);
+                k[r * d..(r + 1) * d].copy_from_slice(&row[d..2 * d]);
+                v[r * d..(r + 1) * d].copy_from_slice(&row[2 * d..]);
             }
+            attend_feeds(kv, l, feeds, &row_of, self.kv_shape(), h, &q, &k, &v, &mut attn);
             dense(&w.attn_proj, &attn, d, &mut proj, d)?;
             x.iter_mut().zip(&proj).for_each(|(x, p)| *x += p);
             w.ln_2.apply(&x, eps, &mut hbuf);
@@ -408,95 +345,39 @@ impl<'a> GptBatchDecoder<'a> {
             dense(&w.mlp_proj, &fc, inner, &mut proj, d)?;
             x.iter_mut().zip(&proj).for_each(|(x, p)| *x += p);
         }
-        for &(id, ids) in feeds {
-            if let Some(c) = self.caches.get_mut(&id) {
-                c.len += ids.len();
-            }
-        }
-        // The head on each feed's last row only, all rows in one pass over the embedding table.
-        let mut last = vec![0f32; feeds.len() * d];
-        for (i, &(_, ids)) in feeds.iter().enumerate() {
-            let r = row_of[i] + ids.len() - 1;
+        // The head on the rows that need logits, all in one pass over the embedding table.
+        let picked: Vec<usize> = feeds
+            .iter()
+            .enumerate()
+            .flat_map(|(i, feed)| {
+                let (first, t) = (row_of[i], feed.tokens.len());
+                match feed.logits {
+                    Logits::None => first..first,
+                    Logits::Last => first + t - 1..first + t,
+                    Logits::All => first..first + t,
+                }
+            })
+            .collect();
+        let mut last = vec![0f32; picked.len() * d];
+        for (n, &r) in picked.iter().enumerate() {
             weights
                 .ln_f
-                .apply(&x[r * d..(r + 1) * d], eps, &mut last[i * d..(i + 1) * d]);
+                .apply(&x[r * d..(r + 1) * d], eps, &mut last[n * d..(n + 1) * d]);
         }
-        let v = cfg.vocab_size;
-        let mut logits = vec![0f32; feeds.len() * v];
-        matmul_rows_nk(&last, feeds.len(), d, &wte, v, &mut logits);
-        Ok(logits.chunks_exact(v).map(|c| c.to_vec()).collect())
-    }
-}
-
-impl BatchDecoder for GptBatchDecoder<'_> {
-    fn vocab_size(&self) -> usize {
-        self.model.cfg.vocab_size
-    }
-    fn add_sequence(&mut self) -> Result<SeqId> {
-        let cfg = &self.model.cfg;
-        let id = self.next;
-        self.next += 1;
-        self.caches.insert(
-            id,
-            KvCache::new(cfg.n_layer, cfg.n_head, cfg.n_positions, cfg.head_dim()),
-        );
-        Ok(id)
-    }
-    fn remove_sequence(&mut self, id: SeqId) -> Result<()> {
-        self.caches
-            .remove(&id)
-            .map(|_| ())
-            .ok_or_else(|| self.err(format!("sequence {id} is not open")))
-    }
-    fn fork_sequence(&mut self, id: SeqId) -> Result<Option<SeqId>> {
-        let src = self
-            .caches
-            .get(&id)
-            .ok_or_else(|| self.err(format!("sequence {id} is not open")))?;
-        let copy = KvCache {
-            keys: src.keys.clone(),
-            values: src.values.clone(),
-            len: src.len,
-            capacity: src.capacity,
-        };
-        let new = self.next;
-        self.next += 1;
-        self.caches.insert(new, copy);
-        Ok(Some(new))
-    }
-    fn step(&mut self, feeds: &[(SeqId, &[u32])]) -> Result<Vec<Vec<f32>>> {
-        self.forward(feeds)
-    }
-}
-
-/// One sequence's generation state: a [`GptBatchDecoder`] holding a single KV cache.
-pub struct GptState<'a> {
-    decoder: GptBatchDecoder<'a>,
-    seq: SeqId,
-}
-
-impl<'a> GptState<'a> {
-    /// A fresh state (an empty cache preallocated to the context length).
-    pub fn new(model: &'a Gpt) -> Result<GptState<'a>> {
-        let mut decoder = GptBatchDecoder::new(model)?;
-        let seq = decoder.add_sequence()?;
-        Ok(GptState { decoder, seq })
-    }
-
-    /// Tokens held in the cache.
-    pub fn len(&self) -> usize {
-        self.decoder.caches.get(&self.seq).map_or(0, KvCache::len)
-    }
-
-    /// Whether nothing was fed yet.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl DecodeState for GptState<'_> {
-    fn feed(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
-        let mut out = self.decoder.forward(&[(self.seq, ids)])?;
-        Ok(out.pop().unwrap_or_default())
+        let vocab = cfg.vocab_size;
+        let mut logits = vec![0f32; picked.len() * vocab];
+        matmul_rows_nk(&last, picked.len(), d, &wte, vocab, &mut logits);
+        let mut out = Vec::with_capacity(feeds.len());
+        let mut at = 0;
+        for feed in feeds {
+            let n = match feed.logits {
+                Logits::None => 0,
+                Logits::Last => 1,
+                Logits::All => feed.tokens.len(),
+            };
+            out.push(logits[at * vocab..(at + n) * vocab].to_vec());
+            at += n;
+        }
+        Ok(out)
     }
 }

@@ -6,19 +6,18 @@
 //! - [`Gpt`]: Hugging Face's parameter names and layouts (`h.3.attn.c_attn.weight` `[in, out]`,
 //!   head tied to `wte`), a training forward pass with a fused causal-attention node, and the
 //!   next-token loss that skips -100 targets (instruction tuning).
-//! - [`decode`]: a KV cache preallocated to the context, prefill of the whole prompt in one pass,
-//!   and [`GptBatchDecoder`], which advances many sequences (different lengths, joining and
-//!   leaving) in one forward pass with the same logits each would get alone.
+//! - decoding: [`Gpt`] implements the zoo's `KvCausalLm` — a forward pass over a ragged batch
+//!   (different lengths, joining and leaving) through a contiguous or paged KV cache, with the
+//!   same logits each sequence would get alone, prefill of a whole prompt in one pass.
 //! - [`load_hf_dir`]: a Hugging Face GPT-2 directory (`config.json` + `model.safetensors`, with
 //!   or without the `transformer.` prefix; the `attn.bias` buffers are ignored).
 
 mod config;
-pub mod decode;
+mod decode;
 mod hf;
 mod model;
 
 pub use config::GptConfig;
-pub use decode::{GptBatchDecoder, GptState, KvCache};
 pub use hf::{hf_to_kiln, load_hf_dir, load_weights, HfLoadReport};
 pub use model::{Gpt, IGNORE_INDEX};
 

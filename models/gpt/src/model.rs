@@ -3,7 +3,7 @@
 use kiln_autograd::{Param, Var};
 use kiln_nn::{Init, Scope};
 use kiln_tensor::{DType, Tensor};
-use kiln_zoo::generate::{CausalLm, DecodeState};
+use kiln_zoo::generate::{CausalLm, DecodeState, KvBatchDecoder, KvCausalLm, KvState};
 use kiln_zoo::{Batch, Error, Model, Output, Result, Task};
 
 use crate::config::GptConfig;
@@ -323,9 +323,12 @@ impl CausalLm for Gpt {
         Some(self.cfg.n_positions)
     }
     fn start(&self) -> Result<Box<dyn DecodeState + '_>> {
-        Ok(Box::new(crate::decode::GptState::new(self)?))
+        Ok(Box::new(KvState::new(self)?))
     }
     fn batch_decoder(&self) -> Result<Box<dyn kiln_zoo::generate::BatchDecoder + '_>> {
-        Ok(Box::new(crate::decode::GptBatchDecoder::new(self)?))
+        Ok(Box::new(KvBatchDecoder::new(self)))
+    }
+    fn as_kv(&self) -> Option<&dyn KvCausalLm> {
+        Some(self)
     }
 }

@@ -18,7 +18,7 @@
 //! ```
 
 mod config;
-pub mod decode;
+mod decode;
 mod gguf;
 mod hf;
 mod model;
@@ -26,7 +26,6 @@ mod rope;
 mod weights;
 
 pub use config::{LlamaConfig, RopeLayout};
-pub use decode::{KvCache, LlamaBatchDecoder, LlamaState};
 pub use gguf::{from_gguf_file, gguf_chat_template, gguf_tokenizer, load_gguf, GgufLoadReport};
 pub use hf::load_hf_dir;
 pub use model::{Llama, LlamaLayer, IGNORE_INDEX};

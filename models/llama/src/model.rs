@@ -4,11 +4,10 @@
 use kiln_autograd::{Param, Var};
 use kiln_nn::{Init, Scope};
 use kiln_tensor::{DType, Tensor};
-use kiln_zoo::generate::{BatchDecoder, CausalLm, DecodeState};
+use kiln_zoo::generate::{BatchDecoder, CausalLm, DecodeState, KvBatchDecoder, KvCausalLm, KvState, Logits};
 use kiln_zoo::{Batch, Error, Model, Output, QuantReport, Result, Task};
 
 use crate::config::LlamaConfig;
-use crate::decode::{LlamaBatchDecoder, LlamaState};
 use crate::weights::{Linear, Vector};
 
 /// Targets with this value are not learned (PyTorch's default `ignore_index`).
@@ -209,10 +208,10 @@ impl Llama {
             .chunks(t.max(1))
             .map(|r| r.iter().map(|&x| x as u32).collect())
             .collect();
-        let mut dec = LlamaBatchDecoder::new(self);
+        let mut dec = KvBatchDecoder::new(self);
         let seqs = (0..b).map(|_| dec.add_sequence()).collect::<Result<Vec<_>>>()?;
         let feeds: Vec<_> = seqs.iter().zip(&rows).map(|(&s, r)| (s, r.as_slice())).collect();
-        let logits = dec.forward(&feeds, true)?;
+        let logits = dec.forward(&feeds, Logits::All)?;
         Ok(Tensor::from_vec(logits.concat(), [b, t, v])?)
     }
 
@@ -344,9 +343,12 @@ impl CausalLm for Llama {
         Some(self.cfg.max_position_embeddings)
     }
     fn start(&self) -> Result<Box<dyn DecodeState + '_>> {
-        Ok(Box::new(LlamaState::new(self)?))
+        Ok(Box::new(KvState::new(self)?))
     }
     fn batch_decoder(&self) -> Result<Box<dyn BatchDecoder + '_>> {
-        Ok(Box::new(LlamaBatchDecoder::new(self)))
+        Ok(Box::new(KvBatchDecoder::new(self)))
+    }
+    fn as_kv(&self) -> Option<&dyn KvCausalLm> {
+        Some(self)
     }
 }

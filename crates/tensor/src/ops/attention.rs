@@ -207,7 +207,7 @@ crate::multiversion! {
 
 crate::multiversion! {
     /// [`cache_head`] for this machine's widest vectors.
-    fn cache_head_mv[](q: &[f32], q_stride: usize, keys: &[f32], values: &[f32], dh: usize, start: usize, t: usize, scale: f32) -> Vec<f32> = cache_head[]
+    fn cache_head_mv[](q: &[f32], q_stride: usize, keys: &[&[f32]], values: &[&[f32]], block_len: usize, dh: usize, start: usize, t: usize, scale: f32) -> Vec<f32> = cache_head[]
 }
 
 fn forward_impl<F: FastExp>(
@@ -372,17 +372,18 @@ impl Tensor {
     }
 }
 
-/// New queries attending over a key/value cache (inference).
-///
-/// One query head of [`attend_to_cache`]: `q` its first query (row stride `q_stride`), `keys` and
-/// `values` its cache head (`[capacity, dh]`); returns `[t, dh]`.
+/// One query head over the cached keys and values of its kv head, held in blocks of `block_len`
+/// positions (`keys[b]` and `values[b]` start at position `b * block_len`, `[block_len, dh]`).
+/// Scores, softmax and the weighted sum run over positions in order, so the split into blocks
+/// does not change a bit of the result.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn cache_head(
     q: &[f32],
     q_stride: usize,
-    keys: &[f32],
-    values: &[f32],
+    keys: &[&[f32]],
+    values: &[&[f32]],
+    block_len: usize,
     dh: usize,
     start: usize,
     t: usize,
@@ -393,16 +394,38 @@ fn cache_head(
     for i in 0..t {
         let qi = &q[i * q_stride..i * q_stride + dh];
         let n = start + i + 1;
-        for (j, sj) in s[..n].iter_mut().enumerate() {
-            *sj = dot(qi, &keys[j * dh..j * dh + dh]) * scale;
+        for (b, kb) in keys.iter().enumerate().take(n.div_ceil(block_len)) {
+            let from = b * block_len;
+            let m = (n - from).min(block_len);
+            for (o, sj) in s[from..from + m].iter_mut().enumerate() {
+                *sj = dot(qi, &kb[o * dh..o * dh + dh]) * scale;
+            }
         }
         softmax_in_place(&mut s[..n]);
-        let o = &mut res[i * dh..i * dh + dh];
-        for (j, &p) in s[..n].iter().enumerate() {
-            axpy(o, p, &values[j * dh..j * dh + dh]);
+        let out = &mut res[i * dh..i * dh + dh];
+        for (b, vb) in values.iter().enumerate().take(n.div_ceil(block_len)) {
+            let from = b * block_len;
+            let m = (n - from).min(block_len);
+            for (o, &p) in s[from..from + m].iter().enumerate() {
+                axpy(out, p, &vb[o * dh..o * dh + dh]);
+            }
         }
     }
     res
+}
+
+/// Where one sequence's cached keys and values live, as seen by one layer: blocks of
+/// `block_len` positions, each laid out `[kv_heads, block_len, head_dim]` (a contiguous cache is
+/// a single block whose length is its capacity; a paged cache lists the blocks of its block table
+/// in order).
+#[derive(Clone, Debug)]
+pub struct KvBlocks<'a> {
+    /// The key blocks, in position order.
+    pub keys: Vec<&'a [f32]>,
+    /// The value blocks, in position order.
+    pub values: Vec<&'a [f32]>,
+    /// Positions per block.
+    pub block_len: usize,
 }
 
 /// `q` holds `t` new positions `[t, H * dh]` (heads side by side); `k_cache` and `v_cache` are
@@ -424,26 +447,58 @@ pub fn attend_to_cache(
     t: usize,
     out: &mut [f32],
 ) {
-    let (h, dh) = (num_heads, head_dim);
-    assert!(
-        kv_heads > 0 && h % kv_heads == 0,
-        "attend_to_cache: heads must be a multiple of kv_heads"
-    );
     assert!(
         start + t <= capacity,
         "attend_to_cache: positions beyond the cache capacity"
     );
+    let blocks = KvBlocks {
+        keys: vec![k_cache],
+        values: vec![v_cache],
+        block_len: capacity,
+    };
+    attend_to_blocks(q, &blocks, num_heads, kv_heads, head_dim, start, t, out);
+}
+
+/// [`attend_to_cache`] over a cache held in blocks (a paged KV cache): the blocks must cover
+/// positions `0..start + t`. Gives bit for bit what the same keys and values in one contiguous
+/// cache give.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_to_blocks(
+    q: &[f32],
+    kv: &KvBlocks<'_>,
+    num_heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    start: usize,
+    t: usize,
+    out: &mut [f32],
+) {
+    let (h, dh, bl) = (num_heads, head_dim, kv.block_len);
+    assert!(
+        kv_heads > 0 && h % kv_heads == 0,
+        "attend_to_blocks: heads must be a multiple of kv_heads"
+    );
+    assert!(bl > 0 && kv.keys.len() == kv.values.len());
+    assert!(
+        start + t <= kv.keys.len() * bl,
+        "attend_to_blocks: positions beyond the cached blocks"
+    );
     assert!(q.len() >= t * h * dh && out.len() >= t * h * dh);
-    assert!(k_cache.len() >= kv_heads * capacity * dh && v_cache.len() >= kv_heads * capacity * dh);
+    assert!(kv
+        .keys
+        .iter()
+        .chain(&kv.values)
+        .all(|b| b.len() >= kv_heads * bl * dh));
     let group = h / kv_heads;
     let scale = 1.0 / (dh as f32).sqrt();
     // One task per head: each writes its own `dh` columns of every row.
     let head = |hq: usize| -> Vec<f32> {
         let kvh = hq / group;
-        let keys = &k_cache[kvh * capacity * dh..];
-        let values = &v_cache[kvh * capacity * dh..];
+        let (from, to) = (kvh * bl * dh, (kvh + 1) * bl * dh);
+        let keys: Vec<&[f32]> = kv.keys.iter().map(|b| &b[from..to]).collect();
+        let values: Vec<&[f32]> = kv.values.iter().map(|b| &b[from..to]).collect();
         let q = &q[hq * dh..];
-        cache_head_mv(q, h * dh, keys, values, dh, start, t, scale)
+        cache_head_mv(q, h * dh, &keys, &values, bl, dh, start, t, scale)
     };
     let work = h * t * (start + t) * dh;
     let per_head: Vec<Vec<f32>> = if work >= PARALLEL_WORK {
@@ -576,5 +631,42 @@ mod tests {
         for (a, w) in out.iter().zip(want.to_vec::<f32>().unwrap()) {
             assert!((a - w).abs() < 1e-6, "{a} vs {w}");
         }
+    }
+
+    #[test]
+    fn blocked_cache_gives_the_contiguous_result_bit_for_bit() {
+        let (h, kvh, dh, n, t, bl) = (4, 2, 8, 23, 5, 4);
+        let start = n - t;
+        let val = |i: usize| ((i * 53 % 97) as f32 / 48.0 - 1.0) * 0.9;
+        // Contiguous [kv_heads, n, dh].
+        let keys: Vec<f32> = (0..kvh * n * dh).map(val).collect();
+        let values: Vec<f32> = (0..kvh * n * dh).map(|i| val(i + 7)).collect();
+        let q: Vec<f32> = (0..t * h * dh).map(|i| val(i + 3)).collect();
+        let mut want = vec![0f32; t * h * dh];
+        attend_to_cache(&q, &keys, &values, h, kvh, dh, n, start, t, &mut want);
+        // The same positions in blocks of `bl`, stored out of order in a pool.
+        let nb = n.div_ceil(bl);
+        let order: Vec<usize> = (0..nb).map(|b| (b * 5 + 1) % nb).collect(); // a permutation (gcd(5, 6) = 1)
+        let mut pool_k = vec![0f32; nb * kvh * bl * dh];
+        let mut pool_v = pool_k.clone();
+        for (b, &slot) in order.iter().enumerate() {
+            for g in 0..kvh {
+                for o in 0..bl.min(n - b * bl) {
+                    let src = (g * n + b * bl + o) * dh;
+                    let dst = slot * kvh * bl * dh + (g * bl + o) * dh;
+                    pool_k[dst..dst + dh].copy_from_slice(&keys[src..src + dh]);
+                    pool_v[dst..dst + dh].copy_from_slice(&values[src..src + dh]);
+                }
+            }
+        }
+        let size = kvh * bl * dh;
+        let blocks = KvBlocks {
+            keys: order.iter().map(|&s| &pool_k[s * size..(s + 1) * size]).collect(),
+            values: order.iter().map(|&s| &pool_v[s * size..(s + 1) * size]).collect(),
+            block_len: bl,
+        };
+        let mut got = vec![0f32; t * h * dh];
+        attend_to_blocks(&q, &blocks, h, kvh, dh, start, t, &mut got);
+        assert_eq!(got, want);
     }
 }

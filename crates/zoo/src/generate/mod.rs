@@ -16,6 +16,8 @@
 //!   leaving between steps; every model gets a one-after-another [`SerialDecoder`] for free and
 //!   batching models (GPT) override [`CausalLm::batch_decoder`]. [`BatchGenerator`] runs many
 //!   requests (each with its own prompt and parameters, `n` samples each) on top of it;
+//! - [`kv`]: the one KV-cache interface of transformers ([`KvCausalLm`], [`KvStore`]) with a
+//!   contiguous cache per sequence ([`KvBatchDecoder`]) and a paged block pool ([`KvPool`]);
 //! - [`StopStrings`] and [`TextStream`]: stop strings matched on the decoded text across token
 //!   boundaries and never emitted.
 //!
@@ -42,12 +44,18 @@
 //! ```
 
 mod batch;
+pub mod kv;
+mod kv_decoder;
 mod params;
 mod sampler;
 mod stop;
 mod stream;
 
 pub use batch::{BatchDecoder, BatchGenerator, GenerationEvent, RequestId, SeqId, SerialDecoder};
+pub use kv::{
+    attend_feeds, CachedFeed, KvCache, KvCausalLm, KvPool, KvShape, KvStore, Logits, PagedKv, PagedSeq,
+};
+pub use kv_decoder::{KvBatchDecoder, KvState};
 pub use params::{SamplingParams, MAX_LOGPROBS};
 pub use sampler::{apply_penalties, logprobs, next_token_distribution, Sampled, Sampler, TokenHistory};
 pub use stop::{Detokenizer, StopStrings, TextStream};
@@ -72,6 +80,11 @@ pub trait CausalLm: Send + Sync {
     /// through [`CausalLm::start`] states; models with a batched forward pass override it.
     fn batch_decoder(&self) -> Result<Box<dyn BatchDecoder + '_>> {
         Ok(Box::new(SerialDecoder::new(self)))
+    }
+    /// The model as a [`KvCausalLm`] (a transformer whose forward pass reads and writes a
+    /// [`KvStore`]: what paged serving needs); `None` for models without a KV cache.
+    fn as_kv(&self) -> Option<&dyn KvCausalLm> {
+        None
     }
 }
 

@@ -23,26 +23,7 @@ pub fn next_token_distribution(
     top_p: f64,
     min_p: f64,
 ) -> Result<Vec<(u32, f64)>> {
-    if logits.is_empty() {
-        return Err(Error::Generation("the model returned no logits".into()));
-    }
-    if let Some(i) = logits.iter().position(|v| v.is_nan() || *v == f32::INFINITY) {
-        return Err(Error::Generation(format!(
-            "the model returned logit {} for token {i}; logits must be finite or -inf",
-            logits[i]
-        )));
-    }
-    // The arg-max, lowest id on ties.
-    let (best, &max) =
-        logits.iter().enumerate().fold(
-            (0, &logits[0]),
-            |acc, (i, v)| if *v > *acc.1 { (i, v) } else { acc },
-        );
-    if max == f32::NEG_INFINITY {
-        return Err(Error::Generation(
-            "every logit is -inf: no token can be chosen".into(),
-        ));
-    }
+    let (best, max) = check_logits(logits)?;
     if temperature == 0.0 {
         return Ok(vec![(best as u32, 1.0)]);
     }
@@ -79,6 +60,78 @@ pub fn next_token_distribution(
         normalise(&mut probs);
     }
     Ok(probs)
+}
+
+/// Checks logits (non-empty, no NaN or `+inf`, not all `-inf`); returns the arg-max (lowest id
+/// on ties) and the largest logit.
+fn check_logits(logits: &[f32]) -> Result<(usize, f32)> {
+    if logits.is_empty() {
+        return Err(Error::Generation("the model returned no logits".into()));
+    }
+    if let Some(i) = logits.iter().position(|v| v.is_nan() || *v == f32::INFINITY) {
+        return Err(Error::Generation(format!(
+            "the model returned logit {} for token {i}; logits must be finite or -inf",
+            logits[i]
+        )));
+    }
+    let (best, &max) =
+        logits.iter().enumerate().fold(
+            (0, &logits[0]),
+            |acc, (i, v)| if *v > *acc.1 { (i, v) } else { acc },
+        );
+    if max == f32::NEG_INFINITY {
+        return Err(Error::Generation(
+            "every logit is -inf: no token can be chosen".into(),
+        ));
+    }
+    Ok((best, max))
+}
+
+/// Candidates [`Sampler`] orders at a time when it draws from the whole vocabulary.
+const DRAW_CHUNK: usize = 256;
+
+/// The token whose cumulative probability first passes `u`, walking tokens from the most likely
+/// (lowest id on ties) — the draw of [`next_token_distribution`] without truncation — but
+/// ordering only as many candidates as the walk reaches, a chunk at a time (a draw almost always
+/// ends among the first few hundred of a 50k vocabulary).
+fn draw_untruncated(logits: &[f32], temperature: f64, u: f64) -> Result<u32> {
+    let (_, max) = check_logits(logits)?;
+    let max = max as f64;
+    let weights: Vec<f64> = logits
+        .iter()
+        .map(|&v| ((v as f64 - max) / temperature).exp())
+        .collect();
+    let total: f64 = weights.iter().sum();
+    let target = u * total;
+    let mut rest: Vec<u32> = (0..logits.len() as u32)
+        .filter(|&i| weights[i as usize] > 0.0)
+        .collect();
+    let order = |a: &u32, b: &u32| {
+        weights[*b as usize]
+            .total_cmp(&weights[*a as usize])
+            .then(a.cmp(b))
+    };
+    let mut cum = 0.0;
+    let mut last = rest[0];
+    let mut from = 0;
+    while from < rest.len() {
+        let chunk = &mut rest[from..];
+        let k = DRAW_CHUNK.min(chunk.len());
+        if k < chunk.len() {
+            chunk.select_nth_unstable_by(k - 1, order);
+        }
+        chunk[..k].sort_unstable_by(order);
+        for &id in &chunk[..k] {
+            cum += weights[id as usize];
+            last = id;
+            if target < cum {
+                return Ok(id);
+            }
+        }
+        from += k;
+    }
+    // Rounding left the total a hair below the target: the last candidate.
+    Ok(last)
 }
 
 /// The tokens a sequence has seen, for the penalties: every prompt and output token, and how
@@ -222,6 +275,10 @@ impl Sampler {
     /// The next token for these logits (no penalties).
     pub fn sample(&mut self, logits: &[f32]) -> Result<u32> {
         let p = &self.params;
+        if p.temperature > 0.0 && p.top_k.is_none() && p.top_p >= 1.0 && p.min_p == 0.0 {
+            let (temperature, u) = (p.temperature, self.rng.next_f64());
+            return draw_untruncated(logits, temperature, u);
+        }
         let dist = next_token_distribution(logits, p.temperature, p.top_k, p.top_p, p.min_p)?;
         if let [(only, _)] = dist[..] {
             if p.is_greedy() {
@@ -332,6 +389,37 @@ mod tests {
         let got = s.sample_with(&logits, &TokenHistory::default()).unwrap();
         assert_eq!((got.id, got.top_logprobs.len()), (1, 3));
         assert!((got.logprob.unwrap() - 0.4f64.ln()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn the_chunked_draw_picks_what_the_sorted_walk_picks() {
+        // 3000 tokens (several chunks), ties included, a few forbidden.
+        let logits: Vec<f32> = (0..3000)
+            .map(|i| {
+                if i % 97 == 0 {
+                    f32::NEG_INFINITY
+                } else {
+                    ((i * 7919 % 1000) as f32 / 150.0).sin() * 4.0
+                }
+            })
+            .collect();
+        for temperature in [0.3, 1.0, 2.5] {
+            let dist = next_token_distribution(&logits, temperature, None, 1.0, 0.0).unwrap();
+            for j in 0..400 {
+                let u = (j as f64 + 0.5) / 400.0;
+                let mut cum = 0.0;
+                let want = dist.iter().find(|&&(_, p)| {
+                    cum += p;
+                    u < cum
+                });
+                let want = want.map_or(dist[dist.len() - 1].0, |w| w.0);
+                assert_eq!(
+                    draw_untruncated(&logits, temperature, u).unwrap(),
+                    want,
+                    "u = {u}"
+                );
+            }
+        }
     }
 
     #[test]
