@@ -18,7 +18,12 @@ import sys
 import openai
 from openai import OpenAI
 
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+# SmolLM2-135M answers this greedily with "The capital of France is Paris." under this system
+# message (under its template's default system message it rambles).
+QUESTION = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "What is the capital of France?"},
+]
 
 
 def main() -> None:

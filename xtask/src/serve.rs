@@ -3,6 +3,7 @@
 //! tokenizer and chat template as `generate` does, then serves until SIGTERM or Ctrl-C, after
 //! which requests in flight may finish (up to `--drain-timeout`) and the process exits 0.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +58,7 @@ fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }

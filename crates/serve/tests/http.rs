@@ -484,6 +484,32 @@ async fn stop_strings_cut_the_text() {
             vec![(expected.to_string(), "stop".to_string())]
         );
     }
+    // n = 3 sampled: each sample is cut at its own first stop string; the others go on.
+    let sampled = json!({"prompt": "Many", "max_tokens": 30, "n": 3, "temperature": 1.0, "seed": 9});
+    let fulls = texts(&s.ok("/v1/completions", &sampled).await, false);
+    let stop: String = fulls[0].chars().nth(5).unwrap().to_string();
+    let mut body = sampled.clone();
+    body["stop"] = json!(stop);
+    let v = s.ok("/v1/completions", &body).await;
+    for (i, full) in fulls.iter().enumerate() {
+        let (text, reason) = match full.find(&stop) {
+            Some(at) => (&full[..at], "stop"),
+            None => (full.as_str(), "length"),
+        };
+        assert_eq!(v["choices"][i]["text"], text, "sample {i}");
+        assert_eq!(v["choices"][i]["finish_reason"], reason, "sample {i}");
+    }
+    body["stream"] = json!(true);
+    let streamed = stream_texts(&s.stream("/v1/completions", &body).await, false);
+    for (i, (t, r)) in streamed.iter().enumerate() {
+        assert_eq!(
+            (t.as_str(), r.as_str()),
+            (
+                v["choices"][i]["text"].as_str().unwrap(),
+                v["choices"][i]["finish_reason"].as_str().unwrap()
+            )
+        );
+    }
     // Chat too.
     let full = s.ok("/v1/chat/completions", &chat("Stop here", 30)).await;
     let full = texts(&full, true).remove(0);
@@ -938,6 +964,15 @@ async fn wait_idle(engine: &Engine, limit: Duration) {
     }
 }
 
+/// Waits until `cond` holds; panics after 2 s.
+async fn wait_until(cond: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < Duration::from_secs(2), "timed out");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// The value of a metric line `name value` in `/metrics`.
 async fn metric(s: &Server, name: &str) -> f64 {
     let (_, text) = s.get("/metrics").await;
@@ -963,6 +998,8 @@ async fn disconnecting_cancels_the_generation() {
     assert_eq!(resp.status(), 200);
     let first = resp.chunk().await.unwrap().unwrap();
     assert!(first.starts_with(b"data: "));
+    // The engine publishes its stats after each step: wait until they show the request.
+    wait_until(|| s.engine.stats().generated_tokens > 0).await;
     drop(resp);
     wait_idle(&s.engine, Duration::from_secs(2)).await;
     let generated = s.engine.stats().generated_tokens;
@@ -982,12 +1019,9 @@ async fn disconnecting_cancels_the_generation() {
         body.len()
     );
     tcp.write_all(request.as_bytes()).await.unwrap();
-    // Wait until the engine runs it, then hang up.
-    let start = Instant::now();
-    while s.engine.stats().generated_tokens == generated {
-        assert!(start.elapsed() < Duration::from_secs(2));
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    // Wait until the engine runs it (the engine was idle: new tokens are this request's), then
+    // hang up.
+    wait_until(|| s.engine.stats().generated_tokens > generated).await;
     drop(tcp);
     wait_idle(&s.engine, Duration::from_secs(2)).await;
     let more = s.engine.stats().generated_tokens - generated;

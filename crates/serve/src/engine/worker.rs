@@ -573,7 +573,7 @@ impl<'m> Worker<'m> {
                 forks: 0,
             };
             let full = parent.computed / bs;
-            let partial = parent.computed % bs != 0;
+            let partial = !parent.computed.is_multiple_of(bs);
             let parent_blocks = parent.blocks.clone();
             for &b in &parent_blocks[..full] {
                 self.blocks.share(b);

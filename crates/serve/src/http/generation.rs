@@ -179,9 +179,7 @@ impl Job {
         let mut first_token = true;
         while live > 0 {
             let Some(event) = self.submission.next().await else {
-                return Err(ApiError::internal(
-                    "the engine ended the request before all samples finished",
-                ));
+                return Err(self.fail("the engine ended the request before all samples finished".into()));
             };
             let update = match event {
                 Event::Token { sample, token } => {
@@ -202,7 +200,7 @@ impl Job {
                     }
                     let text = texts[sample]
                         .push(self.tokenizer.as_ref(), token.id)
-                        .map_err(ApiError::internal)?;
+                        .map_err(|e| self.fail(e))?;
                     let logprobs = if self.logprobs {
                         vec![self.logprob(&token)]
                     } else {
@@ -242,7 +240,7 @@ impl Job {
                     live -= 1;
                     let tail = texts[sample]
                         .finish(self.tokenizer.as_ref())
-                        .map_err(ApiError::internal)?;
+                        .map_err(|e| self.fail(e))?;
                     if !tail.is_empty()
                         && !emit(Update::Text {
                             sample,
@@ -259,12 +257,11 @@ impl Job {
                     }
                 }
                 Event::Failed(message) => {
-                    self.state.metrics().failed();
-                    self.ended = true;
-                    return Err(if self.state.ready_engine().is_err() {
-                        ApiError::unavailable(format!("generation failed: {message}"))
-                    } else {
-                        ApiError::internal(format!("generation failed: {message}"))
+                    let e = self.fail(format!("generation failed: {message}"));
+                    // The engine stopped: 503 rather than 500.
+                    return Err(match self.state.ready_engine() {
+                        Err(_) => ApiError::unavailable(e.message),
+                        Ok(_) => e,
                     });
                 }
             };
@@ -283,6 +280,14 @@ impl Job {
         let usage = self.usage(&tokens);
         metrics.add_completion_tokens(usage.completion_tokens);
         Ok(usage)
+    }
+
+    /// Counts the request as failed; the error to answer.
+    fn fail(&mut self, message: String) -> ApiError {
+        tracing::warn!("request failed: {message}");
+        self.state.metrics().failed();
+        self.ended = true;
+        ApiError::internal(message)
     }
 
     fn usage(&self, tokens: &[usize]) -> Usage {

@@ -60,7 +60,6 @@ pub(crate) fn respond(job: Job, mut chunks: impl Chunks, include_usage: bool) ->
             }
             Some(Ok(_)) => {}
             Some(Err(e)) => {
-                tracing::warn!("streamed request failed: {}", e.message);
                 let _ = tx.send(frame(e.body(), false));
             }
         }

@@ -40,6 +40,18 @@ impl ActRow<'_> {
     }
 }
 
+/// `x.round()` (halves away from zero) in operations that vectorise: `f32::round` is a libm
+/// call per value, which took 30% of a prompt's time. `x - trunc(x)` is exact.
+#[inline(always)]
+fn round_half_away(x: f32) -> f32 {
+    let t = x.trunc();
+    if (x - t).abs() >= 0.5 {
+        t + 1f32.copysign(x)
+    } else {
+        t
+    }
+}
+
 #[inline(always)]
 fn quantize_rows_kernel(x: &[f32], qs: &mut [i8], meta: &mut [f32]) {
     for (b, (xb, qb)) in x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).enumerate() {
@@ -53,7 +65,7 @@ fn quantize_rows_kernel(x: &[f32], qs: &mut [i8], meta: &mut [f32]) {
         };
         let id = if d > 0.0 { 1.0 / d } else { 0.0 };
         for (q, &v) in qb.iter_mut().zip(xb) {
-            *q = (v * id).round().clamp(-127.0, 127.0) as i8;
+            *q = round_half_away(v * id).clamp(-127.0, 127.0) as i8;
         }
         let sum: i32 = qb.iter().map(|&q| q as i32).sum();
         meta[2 * b] = d;
@@ -122,6 +134,24 @@ impl QuantizedActivations {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rounding_is_halves_away_from_zero() {
+        for x in [
+            0.5f32,
+            -0.5,
+            1.5,
+            -2.5,
+            0.49999997,
+            -0.49999997,
+            126.5,
+            3.0,
+            -0.0,
+            2.4999998,
+        ] {
+            assert_eq!(round_half_away(x), x.round(), "{x}");
+        }
+    }
 
     #[test]
     fn codes_reconstruct_the_values_within_half_a_step() {

@@ -1,6 +1,6 @@
 //! [`QMatrix`]: a weight matrix kept in its quantized blocks, and its products with f32 rows.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rayon::prelude::*;
 
@@ -35,6 +35,8 @@ pub struct QMatrix {
     bytes: QBytes,
     offset: usize,
     row_bytes: usize,
+    /// The blocks repacked for the 16-row kernel, made on the first product that uses it.
+    packed: Arc<OnceLock<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for QMatrix {
@@ -84,6 +86,7 @@ impl QMatrix {
             bytes,
             offset,
             row_bytes,
+            packed: Arc::new(OnceLock::new()),
         })
     }
 
@@ -173,7 +176,7 @@ impl QMatrix {
             }
             QuantPath::F32Activations => {
                 self.check_rows("QMatrix::matmul", m, self.cols, out.len())?;
-                self.for_row_tiles(m, out, |w, tile| {
+                self.for_row_tiles(m, out, self.blocks(), self.row_bytes, |w, tile| {
                     for (row, o) in w.chunks_exact(self.row_bytes).zip(tile.chunks_exact_mut(m)) {
                         for (i, o) in o.iter_mut().enumerate() {
                             *o = dot_f32(self.format, row, &x[i * self.cols..(i + 1) * self.cols]);
@@ -191,20 +194,39 @@ impl QMatrix {
         let m = acts.rows();
         self.check_rows("QMatrix::matmul_quantized", m, acts.cols(), out.len())?;
         let rows: Vec<_> = (0..m).map(|i| acts.row(i)).collect();
-        self.for_row_tiles(m, out, |w, tile| {
+        #[cfg(target_arch = "x86_64")]
+        if super::packed::supported(self.format, self.rows) {
+            let blocks = self.cols / super::activations::QK;
+            let packed = self
+                .packed
+                .get_or_init(|| super::packed::pack(self.format, self.blocks(), self.rows, blocks));
+            let per_row = packed.len() / self.rows;
+            self.for_row_tiles(m, out, packed, per_row, |w, tile| {
+                super::packed::dot_groups(self.format, w, blocks, &rows, tile)
+            });
+            return Ok(());
+        }
+        self.for_row_tiles(m, out, self.blocks(), self.row_bytes, |w, tile| {
             dot_tile(self.format, w, self.row_bytes, &rows, tile)
         });
         Ok(())
     }
 
-    /// Runs `f(blocks of a tile of weight rows, their outputs [tile rows, m])` over tiles of
-    /// rows in parallel, and scatters the results into `out` (`[m, rows]`).
-    fn for_row_tiles(&self, m: usize, out: &mut [f32], f: impl Fn(&[u8], &mut [f32]) + Sync) {
-        let (n, rb) = (self.rows, self.row_bytes);
+    /// Runs `f(data of a tile of weight rows, their outputs [tile rows, m])` over tiles of rows
+    /// in parallel (`data` holds `rb` bytes per weight row, tile after tile), and scatters the
+    /// results into `out` (`[m, rows]`).
+    fn for_row_tiles(
+        &self,
+        m: usize,
+        out: &mut [f32],
+        blocks: &[u8],
+        rb: usize,
+        f: impl Fn(&[u8], &mut [f32]) + Sync,
+    ) {
+        let n = self.rows;
         if m == 0 || n == 0 {
             return;
         }
-        let blocks = self.blocks();
         let run = |t: usize, chunk: &mut [f32]| {
             let first = t * ROWS_PER_TASK;
             let rows = chunk.len() / m;
@@ -301,6 +323,37 @@ mod tests {
                         "{format} {path:?}: {g} vs {w}"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn packed_products_agree_with_the_portable_kernel_and_not_with_the_batch() {
+        // 48 rows: three packed groups (two tasks of 32 rows, the second half full).
+        let (rows, cols, m) = (48, 32 * 9, 7);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let x: Vec<f32> = (0..m * cols).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
+        let acts = QuantizedActivations::quantize(&x, m, cols).unwrap();
+        for format in [QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q8_0] {
+            let q = QMatrix::from_bytes(format, rows, cols, random_blocks(format, rows, cols, 19)).unwrap();
+            let mut got = vec![0f32; m * rows];
+            q.matmul_quantized(&acts, &mut got).unwrap();
+            for i in 0..m {
+                for r in 0..rows {
+                    let want = dot_portable(format, q.row_bytes(r), &acts.row(i));
+                    let g = got[i * rows + r];
+                    assert!(
+                        (g - want).abs() <= 1e-4 * want.abs().max(1.0),
+                        "{format} row {r} act {i}: {g} vs {want}"
+                    );
+                }
+            }
+            // Each activation row alone gives the same bits as in the batch.
+            for i in 0..m {
+                let one = QuantizedActivations::quantize(&x[i * cols..(i + 1) * cols], 1, cols).unwrap();
+                let mut alone = vec![0f32; rows];
+                q.matmul_quantized(&one, &mut alone).unwrap();
+                assert_eq!(alone, got[i * rows..(i + 1) * rows], "{format} act {i}");
             }
         }
     }

@@ -23,6 +23,8 @@ mod formats;
 mod int8;
 mod matrix;
 mod nf4;
+#[cfg(target_arch = "x86_64")]
+mod packed;
 mod weight;
 #[cfg(target_arch = "x86_64")]
 mod x86;

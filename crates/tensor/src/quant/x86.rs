@@ -46,6 +46,11 @@ fn level() -> Level {
     })
 }
 
+/// Whether this machine runs the AVX-512 VNNI kernels.
+pub(crate) fn has_vnni512() -> bool {
+    level() == Level::Vnni512
+}
+
 /// How far ahead of the current block the weights are prefetched, in bytes. Far: the weights of
 /// a GGUF file are a memory map of 4 KiB pages, and the hardware prefetchers stop at page
 /// boundaries; SmolLM2 decode on one thread went 50 → 108 tokens/s (1 KiB ahead: 83).

@@ -429,13 +429,10 @@ impl KvStore for PagedKv<'_> {
 }
 
 /// Picks `&mut` entries of a map in the order of `ids` (each id at most once).
-pub(crate) fn pick_mut<'m, K: std::hash::Hash + Eq + Copy, V>(
+pub(crate) fn pick_mut<'m, K: std::hash::Hash + Ord + Copy, V>(
     map: &'m mut std::collections::BTreeMap<K, V>,
     ids: &[K],
-) -> Vec<&'m mut V>
-where
-    K: Ord,
-{
+) -> Vec<&'m mut V> {
     let mut by_id: HashMap<K, &'m mut V> = map
         .iter_mut()
         .filter(|(k, _)| ids.contains(k))
