@@ -142,6 +142,12 @@ fn gpt_serves_through_the_same_paged_cache() {
         let want = generate_all(gpt.as_ref() as &dyn CausalLm, p, s).unwrap();
         assert_eq!(collect(sub, 1)[0].0, want);
     }
+    // A lone 40-token prompt in chunks of 16: its first steps ask for no logits at all.
+    let p: Vec<u32> = prompt(40, 7).iter().map(|t| t % vocab).collect();
+    let s = params(8, 3, 0.0);
+    let want = generate_all(gpt.as_ref() as &dyn CausalLm, &p, &s).unwrap();
+    assert_eq!(collect(e.submit(p, s).unwrap(), 1)[0].0, want);
+    assert!(e.is_alive());
 }
 
 #[test]

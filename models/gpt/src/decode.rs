@@ -366,7 +366,9 @@ impl Gpt {
         }
         let vocab = cfg.vocab_size;
         let mut logits = vec![0f32; picked.len() * vocab];
-        matmul_rows_nk(&last, picked.len(), d, &wte, vocab, &mut logits);
+        if !picked.is_empty() {
+            matmul_rows_nk(&last, picked.len(), d, &wte, vocab, &mut logits);
+        }
         let mut out = Vec::with_capacity(feeds.len());
         let mut at = 0;
         for feed in feeds {

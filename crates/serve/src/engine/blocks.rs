@@ -99,8 +99,13 @@ impl BlockManager {
     /// Drops one holder; a block nobody holds becomes evictable (if cached) or free.
     pub(crate) fn release(&mut self, b: u32) {
         let r = &mut self.refs[b as usize];
-        debug_assert!(*r > 0, "block {b} released more often than held");
-        *r = r.saturating_sub(1);
+        if *r == 0 {
+            // Releasing a free block twice would put it on a free list twice (and hand it to
+            // two sequences): refuse, loudly.
+            tracing::error!("KV block {b} released more often than it was held; ignored");
+            return;
+        }
+        *r -= 1;
         if *r == 0 {
             if self.key_of[b as usize].is_some() {
                 self.tick += 1;

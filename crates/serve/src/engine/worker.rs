@@ -86,27 +86,28 @@ pub(crate) fn run(
     commands: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
 ) {
-    let outcome = catch_unwind(AssertUnwindSafe(|| -> Result<()> {
-        let lm = model_of(model.as_ref())?;
-        let mut worker = Worker::new(lm, pool, config, shared.clone());
-        let result = worker.run(&commands);
-        if let Err(e) = &result {
-            worker.fail_all(&e.to_string());
+    let failure = match model_of(model.as_ref()) {
+        Err(e) => Some(e.to_string()),
+        Ok(lm) => {
+            let mut worker = Worker::new(lm, pool, config, shared.clone());
+            let outcome = catch_unwind(AssertUnwindSafe(|| worker.run(&commands)));
+            let failure = match outcome {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(panic) => Some(format!(
+                    "the engine thread panicked: {}",
+                    panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default()
+                )),
+            };
+            // Every request still in flight learns why its stream ends (after a panic too: this
+            // only drains the request table and releases blocks).
+            worker.fail_all(failure.as_deref().unwrap_or("the engine shut down"));
+            failure
         }
-        worker.fail_all("the engine shut down");
-        result
-    }));
-    let failure = match outcome {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(e.to_string()),
-        Err(panic) => Some(format!(
-            "the engine thread panicked: {}",
-            panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default()
-        )),
     };
     if let Some(f) = failure {
         tracing::error!("engine stopped: {f}");
@@ -477,6 +478,7 @@ impl<'m> Worker<'m> {
         // Sample in plan order; forks join the batch afterwards.
         let mut finished = Vec::new();
         let mut forked = Vec::new();
+        let mut failed: Vec<(RequestId, String)> = Vec::new();
         for (&(i, _), l) in plan.iter().zip(logits) {
             if l.is_empty() {
                 continue;
@@ -487,22 +489,41 @@ impl<'m> Worker<'m> {
             } else {
                 Vec::new()
             };
-            if let Some(done) = self.sample_into(i, &l)? {
-                finished.push(done);
+            // A sampling error (non-finite logits) fails its request, not the engine.
+            let mut failure = None;
+            match self.sample_into(i, &l) {
+                Ok(Some(done)) => finished.push(done),
+                Ok(None) => {}
+                Err(e) => failure = Some(e),
             }
             for child in &mut children {
-                if let Some(done) = sample_seq(child, &l, &mut self.requests, &mut self.generated)? {
-                    finished.push((request, child.sample, done));
+                match sample_seq(child, &l, &mut self.requests, &mut self.generated) {
+                    Ok(Some(done)) => finished.push((request, child.sample, done)),
+                    Ok(None) => {}
+                    Err(e) => failure = Some(e),
                 }
             }
             forked.extend(children);
+            if let Some(e) = failure {
+                failed.push((request, e.to_string()));
+            }
         }
         for child in forked {
+            // Children beyond the batch limit wait (keeping their blocks) for a slot.
             if child.blocks.is_empty() {
                 self.waiting.push_front(child);
+            } else if self.running.len() >= self.config.max_running {
+                self.waiting.push_back(child);
             } else {
                 self.running.push(child);
             }
+        }
+        for (request, reason) in failed {
+            tracing::warn!("request {request} failed: {reason}");
+            if let Some(r) = self.requests.get(&request) {
+                let _ = r.events.send(Event::Failed(reason));
+            }
+            self.drop_request(request);
         }
         for (request, sample, reason) in finished {
             if let Some(r) = self.requests.get(&request) {
@@ -557,6 +578,11 @@ impl<'m> Worker<'m> {
                 ..params.clone()
             };
             let Ok(sampler) = Sampler::new(&seeded) else {
+                // Only the seed differs from parameters already validated; should it fail, the
+                // sample is counted as ended so the request still completes.
+                if let Some(r) = self.requests.get_mut(&request) {
+                    r.live_samples = r.live_samples.saturating_sub(1);
+                }
                 continue;
             };
             let parent = &self.running[i];

@@ -75,6 +75,9 @@ pub fn matmul_rows_nk(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &
         x.len() >= m * k && w.len() >= n * k && out.len() >= m * n,
         "matmul_rows_nk: operands too small"
     );
+    if m == 0 || n == 0 {
+        return;
+    }
     let isa = isa();
     let chunks: Vec<usize> = (0..n).step_by(NK_CHUNK).collect();
     let run = |v0: usize| -> Vec<f32> {

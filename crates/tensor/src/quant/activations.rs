@@ -55,7 +55,15 @@ fn round_half_away(x: f32) -> f32 {
 #[inline(always)]
 fn quantize_rows_kernel(x: &[f32], qs: &mut [i8], meta: &mut [f32]) {
     for (b, (xb, qb)) in x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).enumerate() {
-        let amax = xb.iter().fold(0f32, |m, &v| m.max(v.abs()));
+        // Lane-wise maxima, then across lanes: the same value as a sequential fold (max is
+        // exact), in vector operations.
+        let mut lanes = [0f32; 8];
+        for c in xb.chunks_exact(8) {
+            for (l, &v) in lanes.iter_mut().zip(c) {
+                *l = l.max(v.abs());
+            }
+        }
+        let amax = lanes.iter().fold(0f32, |m, &v| m.max(v));
         // A block below the normal range quantizes to zeros (1/d would overflow), and codes stay
         // in [-127, 127] (the Q8_0 kernels negate them).
         let d = if amax / 127.0 >= f32::MIN_POSITIVE {
@@ -65,7 +73,9 @@ fn quantize_rows_kernel(x: &[f32], qs: &mut [i8], meta: &mut [f32]) {
         };
         let id = if d > 0.0 { 1.0 / d } else { 0.0 };
         for (q, &v) in qb.iter_mut().zip(xb) {
-            *q = round_half_away(v * id).clamp(-127.0, 127.0) as i8;
+            // Through i32 (a vector conversion; a direct `as i8` is converted one value at a
+            // time); the clamp keeps the value in range.
+            *q = round_half_away(v * id).clamp(-127.0, 127.0) as i32 as i8;
         }
         let sum: i32 = qb.iter().map(|&q| q as i32).sum();
         meta[2 * b] = d;

@@ -45,6 +45,20 @@ impl std::fmt::Debug for QMatrix {
     }
 }
 
+/// A raw output pointer that parallel tasks writing disjoint columns share.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: only used by tasks that write disjoint elements of one live buffer.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The pointer (a method, so closures capture the whole `Send` wrapper, not the field).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Output rows per parallel task: enough to amortise the task, small enough to balance.
 const ROWS_PER_TASK: usize = 32;
 
@@ -196,14 +210,27 @@ impl QMatrix {
         let rows: Vec<_> = (0..m).map(|i| acts.row(i)).collect();
         #[cfg(target_arch = "x86_64")]
         if super::packed::supported(self.format, self.rows) {
-            let blocks = self.cols / super::activations::QK;
+            use super::packed::{dot_groups, pack, GROUP};
+            let (n, blocks) = (self.rows, self.cols / super::activations::QK);
             let packed = self
                 .packed
-                .get_or_init(|| super::packed::pack(self.format, self.blocks(), self.rows, blocks));
-            let per_row = packed.len() / self.rows;
-            self.for_row_tiles(m, out, packed, per_row, |w, tile| {
-                super::packed::dot_groups(self.format, w, blocks, &rows, tile)
-            });
+                .get_or_init(|| pack(self.format, self.blocks(), n, blocks));
+            let group_bytes = packed.len() / (n / GROUP);
+            let out_ptr = SendPtr(out.as_mut_ptr());
+            let run = |t: usize| {
+                let first = t * ROWS_PER_TASK;
+                let groups = ROWS_PER_TASK.min(n - first) / GROUP;
+                let w = &packed[first / GROUP * group_bytes..(first / GROUP + groups) * group_bytes];
+                // SAFETY: `out` holds m × n values (checked above); task `t` alone writes the
+                // columns of weight rows `first..first + 16 · groups`.
+                unsafe { dot_groups(self.format, w, blocks, &rows, out_ptr.get(), n, first) }
+            };
+            let tasks = n.div_ceil(ROWS_PER_TASK);
+            if tasks > 1 {
+                (0..tasks).into_par_iter().for_each(run);
+            } else {
+                run(0);
+            }
             return Ok(());
         }
         self.for_row_tiles(m, out, self.blocks(), self.row_bytes, |w, tile| {

@@ -80,18 +80,31 @@ pub(crate) fn pack(format: QuantFormat, data: &[u8], rows: usize, blocks: usize)
     out
 }
 
-/// `out[i · m + j] = weight row i · acts[j]` for the packed groups in `w` (whole groups of
-/// `blocks` blocks) and `m = acts.len()` activation rows.
-pub(crate) fn dot_groups(format: QuantFormat, w: &[u8], blocks: usize, acts: &[ActRow<'_>], out: &mut [f32]) {
+/// `out[j · n + col0 + i] = weight row i · acts[j]` for the packed groups in `w` (whole groups
+/// of `blocks` blocks, weight rows `col0..` of the product) and `m = acts.len()` activation rows:
+/// each group's 16 results are one contiguous store into every output row, so a product writes
+/// its `[m, n]` layout directly (no transposition pass, no temporary).
+///
+/// # Safety
+/// `out` must point at `m · n` writable floats, and no other thread may write the columns
+/// `col0..col0 + 16 · groups` while this runs.
+pub(crate) unsafe fn dot_groups(
+    format: QuantFormat,
+    w: &[u8],
+    blocks: usize,
+    acts: &[ActRow<'_>],
+    out: *mut f32,
+    n: usize,
+    col0: usize,
+) {
     let m = acts.len();
     let group_bytes = blocks * group_block(format);
-    assert!(w.len().is_multiple_of(group_bytes) && out.len() == w.len() / group_bytes * GROUP * m);
+    assert!(w.len().is_multiple_of(group_bytes) && col0 + w.len() / group_bytes * GROUP <= n);
     for a in acts {
         assert!(a.qs.len() == blocks * QK && a.meta.len() == 2 * blocks);
     }
     assert!(super::x86::has_vnni512());
     for (g, gw) in w.chunks_exact(group_bytes).enumerate() {
-        let o = &mut out[g * GROUP * m..(g + 1) * GROUP * m];
         for j0 in (0..m).step_by(4) {
             let acts = &acts[j0..(j0 + 4).min(m)];
             let mut res = [[0f32; GROUP]; 4];
@@ -114,8 +127,14 @@ pub(crate) fn dot_groups(format: QuantFormat, w: &[u8], blocks: usize, acts: &[A
                 }
             }
             for (r, row) in res.iter().enumerate().take(acts.len()) {
-                for (lane, &v) in row.iter().enumerate() {
-                    o[lane * m + j0 + r] = v;
+                // SAFETY: row `j0 + r < m`, columns `col0 + 16g .. + 16` inside this call's
+                // columns (asserted above; the caller owns them).
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        row.as_ptr(),
+                        out.add((j0 + r) * n + col0 + g * GROUP),
+                        GROUP,
+                    );
                 }
             }
         }

@@ -294,12 +294,19 @@ impl KvPool {
             )));
         }
         let size = num_blocks * block_size * shape.row();
+        // Written once now, so the whole budget is resident from the start (as vLLM reserves
+        // its cache) and no decode step pays for first-touch page faults.
+        let touched = || {
+            let mut v = vec![0f32; size];
+            v.fill(0.0);
+            v
+        };
         Ok(KvPool {
             shape,
             block_size,
             num_blocks,
-            keys: (0..shape.layers).map(|_| vec![0f32; size]).collect(),
-            values: (0..shape.layers).map(|_| vec![0f32; size]).collect(),
+            keys: (0..shape.layers).map(|_| touched()).collect(),
+            values: (0..shape.layers).map(|_| touched()).collect(),
         })
     }
 
