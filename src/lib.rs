@@ -25,6 +25,7 @@ pub use kiln_zoo as zoo;
 
 /// The model plugin crates.
 pub mod model_crates {
+    pub use kiln_bert as bert;
     pub use kiln_gpt as gpt;
     pub use kiln_lenet as lenet;
     pub use kiln_llama as llama;
@@ -42,6 +43,7 @@ pub const CRATES: &[&str] = &[
     "kiln-zoo",
     "kiln-gguf",
     "kiln-serve",
+    "kiln-bert",
     "kiln-gpt",
     "kiln-llama",
     "kiln-lenet",
@@ -52,6 +54,7 @@ pub const CRATES: &[&str] = &[
 /// Reference one item of every model crate so the linker keeps their `inventory` registrations
 /// (a plugin in a crate nothing references is silently dropped).
 fn link_model_crates() {
+    std::hint::black_box(kiln_bert::BertModel::new as fn(_, _, _) -> _);
     std::hint::black_box(kiln_gpt::Gpt::new as fn(_, _, _) -> _);
     std::hint::black_box(kiln_lenet::LeNet5::new as fn(_, _) -> _);
     std::hint::black_box(kiln_llama::Llama::new as fn(_, _, _) -> _);

@@ -6,6 +6,7 @@ use kiln::zoo::{Batch, Task};
 
 /// The models each plugin crate registers. A new model crate adds its names here.
 const EXPECTED: &[(&str, &[&str])] = &[
+    ("kiln-bert", &["all-minilm-l6-v2", "bert-base", "bert-tiny"]),
     ("kiln-gpt", &["gpt2", "gpt2-medium", "gpt-tiny"]),
     ("kiln-lenet", &["lenet5", "mnist-cnn"]),
     ("kiln-llama", &["smollm2-135m", "llama-tiny"]),

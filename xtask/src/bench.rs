@@ -57,6 +57,10 @@ pub struct BenchArgs {
     /// `serve`: output tokens per request.
     #[arg(long, default_value_t = 64)]
     gen_tokens: usize,
+    /// `serve`: prompt and output lengths vary uniformly within ×[1 − r, 1 + r] (vLLM's
+    /// `--random-range-ratio`; 0 = fixed).
+    #[arg(long, default_value_t = 0.0)]
+    range_ratio: f64,
     /// `serve`: KV cache memory in MiB.
     #[arg(long, default_value_t = 512)]
     kv_memory: usize,
@@ -77,6 +81,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 rate: args.rate,
                 prompt_len: args.prompt_len,
                 gen: args.gen_tokens,
+                range_ratio: args.range_ratio,
             };
             crate::bench_serve::run(&args.weights, &load, args.kv_memory)
         }

@@ -33,6 +33,9 @@ pub struct Load {
     pub prompt_len: usize,
     /// Tokens generated per request (no stop token: every request generates them all).
     pub gen: usize,
+    /// Prompt and output lengths are drawn uniformly from `len · [1 − r, 1 + r]` (seeded; vLLM's
+    /// `--random-range-ratio`); 0 keeps them fixed.
+    pub range_ratio: f64,
 }
 
 /// What one request saw.
@@ -55,39 +58,63 @@ fn summary(mut v: Vec<f64>) -> (f64, f64, f64) {
     (mean, at(0.5), at(0.99))
 }
 
-/// Seeded exponential gaps (a Poisson process) from a SplitMix64 stream.
+/// Seeded exponential gaps (a Poisson process).
 fn arrivals(n: usize, rate: Option<f64>, seed: u64) -> Vec<f64> {
     let Some(rate) = rate else {
         return vec![0.0; n];
     };
-    let mut s = seed;
     let mut t = 0.0;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            let u = ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64;
+    uniforms(seed)
+        .take(n)
+        .map(|u| {
             t += -(1.0 - u).ln() / rate;
             t
         })
         .collect()
 }
 
+/// A seeded SplitMix64 stream of uniform numbers in [0, 1).
+fn uniforms(seed: u64) -> impl Iterator<Item = f64> {
+    let mut s = seed;
+    std::iter::repeat_with(move || {
+        s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    })
+}
+
+/// A length drawn from `len · [1 − r, 1 + r]` (at least 1).
+fn spread(len: usize, r: f64, u: f64) -> usize {
+    ((len as f64 * (1.0 - r + 2.0 * r * u)).round() as usize).max(1)
+}
+
 /// The requests of a run: prompts from one fixed stream, each with its own seed.
 fn requests(load: &Load, vocab: usize) -> Vec<(Vec<u32>, SamplingParams)> {
-    let all = prompt(load.prompt_len * load.requests + 1, vocab);
-    (0..load.requests)
-        .map(|i| {
-            let p = all[i * load.prompt_len..(i + 1) * load.prompt_len].to_vec();
+    let r = load.range_ratio.clamp(0.0, 1.0);
+    let mut u = uniforms(7);
+    let lens: Vec<(usize, usize)> = (0..load.requests)
+        .map(|_| {
+            let (a, b) = (u.next().unwrap_or(0.5), u.next().unwrap_or(0.5));
+            (spread(load.prompt_len, r, a), spread(load.gen, r, b))
+        })
+        .collect();
+    let total: usize = lens.iter().map(|l| l.0).sum();
+    let all = prompt(total + 1, vocab);
+    let mut at = 0;
+    lens.iter()
+        .enumerate()
+        .map(|(i, &(p, g))| {
+            let ids = all[at..at + p].to_vec();
+            at += p;
             let params = SamplingParams {
-                max_new_tokens: load.gen,
+                max_new_tokens: g,
                 temperature: 0.8,
                 seed: 1000 + i as u64,
                 ..Default::default()
             };
-            (p, params)
+            (ids, params)
         })
         .collect()
 }
@@ -195,6 +222,7 @@ pub fn run(weights: &Path, load: &Load, kv_memory_mb: usize) -> anyhow::Result<(
     let (model, _) =
         load_gguf(weights, "smollm2-135m").with_context(|| format!("loading {}", weights.display()))?;
     let vocab = model.vocab_size();
+    let weight_bytes = model.weight_bytes();
     let model: Arc<dyn Model> = Arc::new(model);
     let config = |running: usize| EngineConfig {
         kv_memory_bytes: kv_memory_mb << 20,
@@ -203,13 +231,15 @@ pub fn run(weights: &Path, load: &Load, kv_memory_mb: usize) -> anyhow::Result<(
         ..Default::default()
     };
     println!(
-        "serve {}: {} requests, {} clients, rate {}, {}-token prompts, {} output tokens, {} threads",
+        "serve {}: {} requests, {} clients, rate {}, {}-token prompts, {} output tokens (lengths ×[{:.2}, {:.2}]), {} threads",
         weights.display(),
         load.requests,
         load.clients,
         load.rate.map_or("inf".into(), |r| format!("{r} req/s")),
         load.prompt_len,
         load.gen,
+        1.0 - load.range_ratio,
+        1.0 + load.range_ratio,
         crate::bench::rayon_threads()
     );
     let reqs = requests(load, vocab);
@@ -259,5 +289,23 @@ pub fn run(weights: &Path, load: &Load, kv_memory_mb: usize) -> anyhow::Result<(
         stats.prefix_queried_tokens
     );
     engine.shutdown();
+    let mib = |b: usize| b as f64 / (1 << 20) as f64;
+    println!(
+        "memory: peak resident {:.0} MiB (VmHWM); weights {:.0} MiB as stored (the mapped file; the repacked copies of its 4-/8-bit matrices take about as much again), KV pool {:.0} MiB",
+        mib(peak_resident_bytes()?),
+        mib(weight_bytes),
+        mib(kv_memory_mb << 20)
+    );
     Ok(())
+}
+
+/// The process's peak resident set (`VmHWM` of `/proc/self/status`).
+fn peak_resident_bytes() -> anyhow::Result<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        .context("no VmHWM in /proc/self/status")?;
+    Ok(kb * 1024)
 }

@@ -7,6 +7,7 @@ mod bench_llama;
 mod bench_serve;
 mod chat;
 mod datasets;
+mod embed;
 mod generate;
 mod models;
 mod perplexity;
@@ -45,6 +46,8 @@ enum Command {
     Chat(Box<chat::ChatArgs>),
     /// Serve a causal LM over an OpenAI-compatible HTTP API (completions, chat, SSE streaming).
     Serve(Box<serve::ServeArgs>),
+    /// Sentence embeddings of texts with a BERT encoder (JSON or a cosine-similarity table).
+    Embed(embed::EmbedArgs),
     /// Held-out perplexity of a causal LM on a text file (optionally with quantized weights).
     Perplexity(perplexity::PerplexityArgs),
     /// Tokenize a text corpus into train/validation token shards (gpt2, char or a tokenizer.json).
@@ -84,6 +87,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(args) => generate::run(*args),
         Command::Chat(args) => chat::run(*args),
         Command::Serve(args) => serve::run(*args),
+        Command::Embed(args) => embed::run(args),
         Command::Perplexity(args) => perplexity::run(args),
         Command::PrepareData(args) => prepare_data::run(args),
         Command::Models(args) => models::run(args),

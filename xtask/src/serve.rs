@@ -50,6 +50,69 @@ pub struct ServeArgs {
     /// On shutdown, seconds requests in flight may take to finish before they are dropped.
     #[arg(long, default_value_t = 30.0)]
     drain_timeout: f64,
+    /// Also serve `/v1/embeddings` with this registered embedding model (e.g. all-minilm-l6-v2).
+    #[arg(long, requires = "embedding_weights")]
+    embedding_model: Option<String>,
+    /// The embedding model's Hugging Face directory (config.json, model.safetensors, tokenizer.json).
+    #[arg(long, requires = "embedding_model")]
+    embedding_weights: Option<PathBuf>,
+}
+
+/// A BERT sentence-embedding model behind `/v1/embeddings`: texts longer than its limit are cut
+/// (and logged), as sentence-transformers does.
+struct BertEmbedder {
+    name: &'static str,
+    model: kiln::model_crates::bert::BertModel,
+    tokenizer: kiln::data::text::Tokenizer,
+    options: kiln::model_crates::bert::EmbedOptions,
+}
+
+impl kiln::serve::http::Embedder for BertEmbedder {
+    fn embed(&self, inputs: &[String]) -> Result<Vec<Vec<f32>>, String> {
+        let out = self
+            .model
+            .embed(&self.tokenizer, inputs, &self.options)
+            .map_err(|e| e.to_string())?;
+        for t in &out.truncated {
+            tracing::warn!(
+                "embedding input {} has {} tokens; truncated to {}",
+                t.index,
+                t.tokens,
+                t.limit
+            );
+        }
+        Ok(out.embeddings)
+    }
+    fn dims(&self) -> usize {
+        self.model.hidden_size()
+    }
+    fn model_id(&self) -> &str {
+        self.name
+    }
+}
+
+/// Loads the embedding model of `--embedding-model` / `--embedding-weights`.
+fn load_embedder(name: &str, dir: &std::path::Path) -> anyhow::Result<BertEmbedder> {
+    let entry = kiln::find_model(name)?;
+    if entry.task != Task::Embedding {
+        bail!(
+            "--embedding-model {} is a {} model, not an embedding model",
+            entry.name,
+            entry.task
+        );
+    }
+    let (model, report) = kiln::model_crates::bert::load_hf_dir(dir, entry.name)
+        .with_context(|| format!("loading the embedding model in {}", dir.display()))?;
+    let tokenizer = kiln::model_crates::bert::hf_tokenizer(dir)?;
+    Ok(BertEmbedder {
+        name: entry.name,
+        model,
+        tokenizer,
+        options: kiln::model_crates::bert::EmbedOptions {
+            max_len: report.max_seq_length,
+            ..Default::default()
+        },
+    })
 }
 
 /// Logs to stderr at `info` unless `RUST_LOG` says otherwise.
@@ -105,7 +168,12 @@ fn load_ready(
     weights: PathBuf,
     quantize: Option<String>,
     config: EngineConfig,
+    embedding: Option<(String, PathBuf)>,
 ) -> anyhow::Result<Ready> {
+    let embedder = match &embedding {
+        Some((name, dir)) => Some(Arc::new(load_embedder(name, dir)?)),
+        None => None,
+    };
     let Loaded {
         mut model,
         codec,
@@ -135,7 +203,11 @@ fn load_ready(
             engine.vocab_size()
         );
     }
-    Ok(Ready::new(engine, tokenizer).with_template(template))
+    let ready = Ready::new(engine, tokenizer).with_template(template);
+    Ok(match embedder {
+        Some(e) => ready.with_embedder(e),
+        None => ready,
+    })
 }
 
 async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
@@ -194,8 +266,10 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
 
     tracing::info!("loading {} from {}", entry.name, args.weights.display());
     let started = std::time::Instant::now();
-    let loading =
-        tokio::task::spawn_blocking(move || load_ready(entry, args.weights, args.quantize, engine_config));
+    let embedding = args.embedding_model.clone().zip(args.embedding_weights.clone());
+    let loading = tokio::task::spawn_blocking(move || {
+        load_ready(entry, args.weights, args.quantize, engine_config, embedding)
+    });
     let loaded = tokio::select! {
         r = loading => r.context("the loading thread panicked")?,
         () = wait_stop(stopping.clone()) => {

@@ -646,3 +646,84 @@ fn chat_keeps_the_conversation_and_drops_old_turns_when_the_context_fills() {
     );
     assert!(err.contains("dropped"), "{err}");
 }
+
+/// The all-MiniLM-L6-v2 directory fetched by `scripts/fetch_registry_models.sh data/registry`, or
+/// `None` after saying why it is skipped (never when `KILN_REQUIRE_WEIGHTS=1`, as in CI).
+fn minilm_dir() -> Option<String> {
+    let dir = std::env::var("KILN_REGISTRY_MODELS")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../data/registry").into());
+    let path = format!("{dir}/all-minilm-l6-v2");
+    if std::path::Path::new(&format!("{path}/model.safetensors")).is_file() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var("KILN_REQUIRE_WEIGHTS").as_deref() != Ok("1"),
+        "KILN_REQUIRE_WEIGHTS=1 but {path}/model.safetensors is missing"
+    );
+    eprintln!("skipped: {path}/model.safetensors is absent (scripts/fetch_registry_models.sh data/registry fetches it)");
+    None
+}
+
+#[test]
+fn embed_rejects_bad_requests_in_one_line() {
+    fails_with(&["embed", "--weights", "nowhere"], &["no texts"]);
+    fails_with(
+        &["embed", "--model", "gpt-tiny", "--weights", "nowhere", "hi"],
+        &["gpt-tiny", "embedding"],
+    );
+    fails_with(&["embed", "--weights", "no/such/dir", "hi"], &["no/such/dir"]);
+    let Some(dir) = minilm_dir() else { return };
+    let long = "word ".repeat(300);
+    fails_with(
+        &["embed", "--weights", &dir, "--no-truncate", &long],
+        &["302 tokens", "256"],
+    );
+    let out = xtask(&["embed", "--weights", &dir, "--json", &long]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning") && err.contains("truncated to 256"),
+        "{err}"
+    );
+}
+
+#[test]
+fn embed_with_minilm_gives_the_reference_similarities() {
+    let Some(dir) = minilm_dir() else { return };
+    let texts = [
+        "The quick brown fox jumps over the lazy dog.",
+        "A man is playing a guitar.",
+        "Rust is a systems programming language that runs blazingly fast!",
+    ];
+    let mut args = vec![
+        "embed",
+        "--model",
+        "all-minilm-l6-v2",
+        "--weights",
+        &dir,
+        "--json",
+    ];
+    args.extend(texts);
+    let out = xtask(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["model"], "all-minilm-l6-v2");
+    assert_eq!(v["dim"], 384);
+    let e: Vec<Vec<f64>> = serde_json::from_value(v["embeddings"].clone()).unwrap();
+    assert_eq!(e.len(), 3);
+    let cos = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    assert!((cos(&e[0], &e[2]) - 0.141474).abs() < 1e-4);
+    assert!((cos(&e[0], &e[1]) + 0.061976).abs() < 1e-4);
+
+    // The table, with the texts read from a file.
+    let file = std::env::temp_dir().join(format!("kiln-embed-{}.txt", std::process::id()));
+    std::fs::write(&file, format!("{}\n\n{}\n", texts[0], texts[1])).unwrap();
+    let out = xtask(&["embed", "--weights", &dir, "--file", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("2 texts, 384 dimensions") && table.contains("-0.0620"),
+        "{table}"
+    );
+}

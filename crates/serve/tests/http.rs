@@ -50,6 +50,9 @@ fn tokenizer() -> Arc<CharTokenizer> {
 struct CountingEmbedder;
 
 impl Embedder for CountingEmbedder {
+    fn model_id(&self) -> &str {
+        "counting-embedder"
+    }
     fn embed(&self, inputs: &[String]) -> Result<Vec<Vec<f32>>, String> {
         if inputs.iter().any(|s| s.contains("FAIL")) {
             return Err("cannot embed FAIL".into());

@@ -12,6 +12,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 
+use rayon::prelude::*;
+
 use kiln_zoo::generate::{
     CachedFeed, KvCausalLm, KvPool, Logits, PagedKv, PagedSeq, Sampler, SamplingParams, TokenHistory,
 };
@@ -475,39 +477,49 @@ impl<'m> Worker<'m> {
             self.running[i].computed += t;
             self.register_full_blocks(i);
         }
-        // Sample in plan order; forks join the batch afterwards.
-        let mut finished = Vec::new();
-        let mut forked = Vec::new();
-        let mut failed: Vec<(RequestId, String)> = Vec::new();
+        // Forks first (they take blocks); then every sequence with logits draws its token, side
+        // by side on the thread pool (each sampler is its own seeded stream, so the tokens do
+        // not depend on the order).
+        let mut logits_of: Vec<Option<Vec<f32>>> = vec![None; self.running.len()];
+        let mut forked: Vec<(Seq, usize)> = Vec::new();
         for (&(i, _), l) in plan.iter().zip(logits) {
             if l.is_empty() {
                 continue;
             }
-            let request = self.running[i].request;
-            let mut children = if self.running[i].forks > 0 {
-                self.fork(i)
-            } else {
-                Vec::new()
-            };
-            // A sampling error (non-finite logits) fails its request, not the engine.
-            let mut failure = None;
-            match self.sample_into(i, &l) {
-                Ok(Some(done)) => finished.push(done),
-                Ok(None) => {}
-                Err(e) => failure = Some(e),
+            if self.running[i].forks > 0 {
+                forked.extend(self.fork(i).into_iter().map(|c| (c, i)));
             }
-            for child in &mut children {
-                match sample_seq(child, &l, &mut self.requests, &mut self.generated) {
-                    Ok(Some(done)) => finished.push((request, child.sample, done)),
-                    Ok(None) => {}
-                    Err(e) => failure = Some(e),
+            logits_of[i] = Some(l);
+        }
+        let requests = &self.requests;
+        let outcomes: Vec<(RequestId, usize, Result<Option<FinishReason>>)> = self
+            .running
+            .par_iter_mut()
+            .zip(logits_of.par_iter())
+            .filter_map(|(s, l)| {
+                l.as_ref()
+                    .map(|l| (s.request, s.sample, sample_seq(s, l, requests)))
+            })
+            .chain(forked.par_iter_mut().map(|(c, i)| {
+                let l = logits_of[*i].as_deref().unwrap_or_default();
+                (c.request, c.sample, sample_seq(c, l, requests))
+            }))
+            .collect();
+        let mut finished = Vec::new();
+        let mut failed: Vec<(RequestId, String)> = Vec::new();
+        for (request, sample, outcome) in outcomes {
+            match outcome {
+                Ok(done) => {
+                    self.generated += 1;
+                    if let Some(reason) = done {
+                        finished.push((request, sample, reason));
+                    }
                 }
-            }
-            forked.extend(children);
-            if let Some(e) = failure {
-                failed.push((request, e.to_string()));
+                // A sampling error (non-finite logits) fails its request, not the engine.
+                Err(e) => failed.push((request, e.to_string())),
             }
         }
+        let forked = forked.into_iter().map(|(c, _)| c);
         for child in forked {
             // Children beyond the batch limit wait (keeping their blocks) for a slot.
             if child.blocks.is_empty() {
@@ -623,12 +635,6 @@ impl<'m> Worker<'m> {
         }
         out
     }
-
-    /// Samples the next token of running sequence `i`; returns why it finished, if it did.
-    fn sample_into(&mut self, i: usize, logits: &[f32]) -> Result<Option<(RequestId, usize, FinishReason)>> {
-        let s = &mut self.running[i];
-        Ok(sample_seq(s, logits, &mut self.requests, &mut self.generated)?.map(|r| (s.request, s.sample, r)))
-    }
 }
 
 /// Draws a sequence's next token, appends it and sends it to the request's stream; returns why
@@ -636,15 +642,13 @@ impl<'m> Worker<'m> {
 fn sample_seq(
     s: &mut Seq,
     logits: &[f32],
-    requests: &mut HashMap<RequestId, Request>,
-    generated: &mut u64,
+    requests: &HashMap<RequestId, Request>,
 ) -> Result<Option<FinishReason>> {
     let token = s.sampler.sample_with(logits, &s.history)?;
     let id = token.id;
     s.history.push(id);
     s.tokens.push(id);
     s.generated += 1;
-    *generated += 1;
     let p = s.sampler.params();
     let reason = if p.stop_tokens.contains(&id) {
         Some(FinishReason::Stop)

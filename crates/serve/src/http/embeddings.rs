@@ -3,7 +3,7 @@
 //! `input` is a string or an array of strings (token-id inputs are not supported);
 //! `encoding_format` is `float` (default) or `base64` (little-endian `f32`s, what the official
 //! Python client asks for by default); `dimensions`, if given, must be the embedder's. Without an
-//! embedder the route answers 400. `usage` counts tokens with the served tokenizer.
+//! embedder the route answers 400. `model` is the embedder's id (or the served model's). `usage` counts tokens with the served tokenizer.
 
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
@@ -100,7 +100,20 @@ fn parse_input(f: &Fields) -> Result<Vec<String>, ApiError> {
 async fn embed(app: App, request: Request) -> Result<Response, ApiError> {
     let body = read_object(request.into_body(), app.body_limit).await?;
     let f = Fields::new(&body);
-    check_model(&f, app.state.model_id())?;
+    // The embedding model answers to its own id (and, as the server's companion, to the
+    // served model's); without one, only the served id is known.
+    let embedder_id = app
+        .state
+        .ready()
+        .and_then(|r| r.embedder.as_ref())
+        .map(|e| e.model_id().to_string());
+    match (&embedder_id, f.string("model")?) {
+        (Some(id), Some(m)) if m != id && m != app.state.model_id() => {
+            return Err(ApiError::model_not_found(m, id))
+        }
+        (None, _) => check_model(&f, app.state.model_id())?,
+        _ => {}
+    }
     let inputs = parse_input(&f)?;
     let base64_format = match f.string("encoding_format")? {
         None | Some("float") => false,

@@ -1,4 +1,5 @@
-//! `GET /v1/models` and `GET /v1/models/{model}`: the one served model.
+//! `GET /v1/models` and `GET /v1/models/{model}`: the served model (and the embedding model, when
+//! the server has one).
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -23,9 +24,23 @@ fn model_object(app: &App) -> Value {
     m
 }
 
+/// The embedding model's object, when the server has one.
+fn embedder_object(app: &App) -> Option<Value> {
+    let e = app.state.ready()?.embedder.as_ref()?;
+    Some(json!({
+        "id": e.model_id(),
+        "object": "model",
+        "created": app.state.created(),
+        "owned_by": "kiln",
+    }))
+}
+
 /// `GET /v1/models`.
 pub(crate) async fn list(State(app): State<App>) -> Response {
-    Json(json!({"object": "list", "data": [model_object(&app)]})).into_response()
+    let data: Vec<Value> = std::iter::once(model_object(&app))
+        .chain(embedder_object(&app))
+        .collect();
+    Json(json!({"object": "list", "data": data})).into_response()
 }
 
 /// `GET /v1/models/{model}`: the model, or 404 `model_not_found` for another id.
@@ -34,6 +49,9 @@ pub(crate) async fn retrieve(State(app): State<App>, model: Result<Path<String>,
         Ok(Path(model)) => model,
         Err(e) => return ApiError::bad_request(format!("invalid model id in the path: {e}")).into_response(),
     };
+    if let Some(e) = embedder_object(&app).filter(|e| e["id"] == model.as_str()) {
+        return Json(e).into_response();
+    }
     if model != app.state.model_id() {
         return ApiError::model_not_found(&model, app.state.model_id()).into_response();
     }

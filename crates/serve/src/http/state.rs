@@ -15,6 +15,8 @@ pub trait Embedder: Send + Sync {
     fn embed(&self, inputs: &[String]) -> Result<Vec<Vec<f32>>, String>;
     /// The length of every vector.
     fn dims(&self) -> usize;
+    /// The id clients name it by (`model` of `/v1/embeddings`, listed by `/v1/models`).
+    fn model_id(&self) -> &str;
 }
 
 /// Everything the server needs once the model is loaded.
