@@ -253,6 +253,11 @@ pub fn run(weights: &Path, load: &Load, kv_memory_mb: usize) -> anyhow::Result<(
     let (batched, wall) = run_load(&engine, load, &reqs)?;
     let (batched_tps, batched_ttft) =
         report(&format!("batched (max {} running)", load.clients), &batched, wall);
+    let stats = engine.stats();
+    println!(
+        "   {} forward passes, {} preemptions, KV pool of {} blocks",
+        stats.steps, stats.preemptions, stats.blocks_total
+    );
     engine.shutdown();
     let engine = Engine::start(model.clone(), config(1))?;
     let (serial, wall) = run_load(&engine, load, &reqs)?;

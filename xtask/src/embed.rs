@@ -26,7 +26,7 @@ pub struct EmbedArgs {
     /// Texts per forward pass.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
-    /// Most tokens per text, [CLS] and [SEP] included (default: the directory's
+    /// Most tokens per text, `[CLS]` and `[SEP]` included (default: the directory's
     /// sentence_bert_config.json `max_seq_length`, else the model's position limit).
     #[arg(long)]
     max_len: Option<usize>,
