@@ -12,8 +12,10 @@ use std::sync::Arc;
 use kiln_tensor::ops::rowwise::matmul_rows_nk;
 use kiln_tensor::quant::{QWeight, QuantPath, QuantScheme};
 use kiln_tensor::{DType, Tensor};
-use kiln_zoo::generate::{attend_feeds, CachedFeed, CausalLm, KvCausalLm, KvShape, KvStore, Logits};
-use kiln_zoo::{Error, Result};
+use kiln_zoo::generate::{
+    attend_feeds, check_feeds, CachedFeed, CausalLm, KvCausalLm, KvShape, KvStore, Logits,
+};
+use kiln_zoo::Result;
 
 use crate::model::{Conv1D, Gpt, Norm};
 
@@ -218,42 +220,19 @@ impl KvCausalLm for Gpt {
     }
 
     fn forward_cached(&self, feeds: &[CachedFeed<'_>], kv: &mut dyn KvStore) -> Result<Vec<Vec<f32>>> {
-        self.check_feeds(feeds, kv)?;
+        check_feeds(
+            self.name,
+            self.cfg.vocab_size,
+            self.context_len().unwrap_or(usize::MAX),
+            feeds,
+            kv,
+        )?;
         let weights = DecodeWeights::of(self)?;
         self.forward_with(&weights, feeds, kv)
     }
 }
 
 impl Gpt {
-    fn feed_err(&self, reason: String) -> Error {
-        Error::Generation(format!("{}: {reason}", self.name))
-    }
-
-    /// Checks every feed before touching any cache: non-empty, ids in the vocabulary, room in
-    /// the context and in the store.
-    fn check_feeds(&self, feeds: &[CachedFeed<'_>], kv: &mut dyn KvStore) -> Result<()> {
-        let v = self.cfg.vocab_size;
-        let limit = self.context_len().unwrap_or(usize::MAX);
-        for (i, f) in feeds.iter().enumerate() {
-            if f.tokens.is_empty() {
-                return Err(self.feed_err(format!("feed {i} has no tokens")));
-            }
-            if let Some(&bad) = f.tokens.iter().find(|&&t| t as usize >= v) {
-                return Err(self.feed_err(format!("token {bad} is not below the vocabulary size {v}")));
-            }
-            let total = kv.cached(i) + f.tokens.len();
-            if total > limit {
-                return Err(self.feed_err(format!(
-                    "a sequence would hold {total} tokens, beyond the context of {limit} positions"
-                )));
-            }
-        }
-        for (i, f) in feeds.iter().enumerate() {
-            kv.reserve(i, kv.cached(i) + f.tokens.len())?;
-        }
-        Ok(())
-    }
-
     /// The forward pass over a ragged batch with the decoding weights.
     fn forward_with(
         &self,

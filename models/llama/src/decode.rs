@@ -9,8 +9,10 @@
 //! on its batch-mates or on the thread count.
 
 use kiln_tensor::fast_math::swiglu_in_place;
-use kiln_zoo::generate::{attend_feeds, CachedFeed, CausalLm, KvCausalLm, KvShape, KvStore, Logits};
-use kiln_zoo::{Error, Result};
+use kiln_zoo::generate::{
+    attend_feeds, check_feeds, CachedFeed, CausalLm, KvCausalLm, KvShape, KvStore, Logits,
+};
+use kiln_zoo::Result;
 
 use crate::model::Llama;
 use crate::rope::RopeTable;
@@ -26,7 +28,13 @@ impl KvCausalLm for Llama {
     }
 
     fn forward_cached(&self, feeds: &[CachedFeed<'_>], kv: &mut dyn KvStore) -> Result<Vec<Vec<f32>>> {
-        self.check_feeds(feeds, kv)?;
+        check_feeds(
+            &self.name,
+            self.cfg.vocab_size,
+            self.context_len().unwrap_or(usize::MAX),
+            feeds,
+            kv,
+        )?;
         // Inside the pool, the products' parallel loops start on this worker: called from outside
         // it, each of the ~240 loops of a token would hand over to the pool and back (two context
         // switches each).
@@ -35,35 +43,6 @@ impl KvCausalLm for Llama {
 }
 
 impl Llama {
-    fn feed_err(&self, reason: String) -> Error {
-        Error::Generation(format!("{}: {reason}", self.name))
-    }
-
-    /// Checks every feed before touching any cache: non-empty, ids in the vocabulary, room in
-    /// the context and in the store.
-    fn check_feeds(&self, feeds: &[CachedFeed<'_>], kv: &mut dyn KvStore) -> Result<()> {
-        let v = self.cfg.vocab_size;
-        let limit = self.context_len().unwrap_or(usize::MAX);
-        for (i, f) in feeds.iter().enumerate() {
-            if f.tokens.is_empty() {
-                return Err(self.feed_err(format!("feed {i} has no tokens")));
-            }
-            if let Some(&bad) = f.tokens.iter().find(|&&t| t as usize >= v) {
-                return Err(self.feed_err(format!("token {bad} is not below the vocabulary size {v}")));
-            }
-            let total = kv.cached(i) + f.tokens.len();
-            if total > limit {
-                return Err(self.feed_err(format!(
-                    "a sequence would hold {total} tokens, beyond the context of {limit} positions"
-                )));
-            }
-        }
-        for (i, f) in feeds.iter().enumerate() {
-            kv.reserve(i, kv.cached(i) + f.tokens.len())?;
-        }
-        Ok(())
-    }
-
     fn forward_in_pool(&self, feeds: &[CachedFeed<'_>], kv: &mut dyn KvStore) -> Result<Vec<Vec<f32>>> {
         let cfg = &self.cfg;
         let (d, f, kvd, dh) = (

@@ -19,11 +19,12 @@ use super::body::read_object;
 use super::error::ApiError;
 use super::fields::{type_name, Fields};
 use super::generation::{Ask, Job, Update, Usage};
+use super::ids::{self, Head};
+use super::logprobs;
 use super::request::{check_model, parse_sampling, reject_logit_bias};
 use super::router::App;
 use super::sse::{self, Chunks};
 use super::state::Ready;
-use super::{ids, logprobs};
 
 /// `POST /v1/chat/completions`.
 pub(crate) async fn handle(State(app): State<App>, request: Request) -> Response {
@@ -233,29 +234,6 @@ async fn chat(app: App, request: Request) -> Result<Response, ApiError> {
     Ok(Json(body).into_response())
 }
 
-/// What every chat completion object or chunk starts with.
-struct Head {
-    id: String,
-    created: u64,
-    model: String,
-}
-
-impl Head {
-    fn object(&self, object: &str, choices: Vec<Value>) -> Value {
-        json!({
-            "id": self.id,
-            "object": object,
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-        })
-    }
-
-    fn chunk(&self, choices: Vec<Value>) -> Value {
-        self.object("chat.completion.chunk", choices)
-    }
-}
-
 /// Chat chunks (`object: "chat.completion.chunk"`): first the role of each choice, then content
 /// deltas, then a chunk with the choice's `finish_reason` and an empty delta.
 struct ChatChunks {
@@ -267,12 +245,15 @@ impl Chunks for ChatChunks {
     fn opening(&mut self) -> Vec<Value> {
         (0..self.n)
             .map(|i| {
-                self.head.chunk(vec![json!({
-                    "index": i,
-                    "delta": {"role": "assistant", "content": ""},
-                    "logprobs": null,
-                    "finish_reason": null,
-                })])
+                self.head.object(
+                    "chat.completion.chunk",
+                    vec![json!({
+                        "index": i,
+                        "delta": {"role": "assistant", "content": ""},
+                        "logprobs": null,
+                        "finish_reason": null,
+                    })],
+                )
             })
             .collect()
     }
@@ -296,11 +277,11 @@ impl Chunks for ChatChunks {
                 "finish_reason": reason,
             }),
         };
-        Some(self.head.chunk(vec![choice]))
+        Some(self.head.object("chat.completion.chunk", vec![choice]))
     }
 
     fn usage(&self, usage: Usage) -> Value {
-        let mut v = self.head.chunk(Vec::new());
+        let mut v = self.head.object("chat.completion.chunk", Vec::new());
         v["usage"] = usage.json();
         v
     }

@@ -18,10 +18,14 @@ use super::body::read_object;
 use super::error::ApiError;
 use super::fields::{as_integer, show, type_name, Fields};
 use super::generation::{Ask, Job, Update, Usage};
+use super::ids::{self, Head};
+use super::logprobs;
 use super::request::{check_model, parse_sampling, reject_logit_bias};
 use super::router::App;
 use super::sse::{self, Chunks};
-use super::{ids, logprobs};
+
+/// The `object` of completions and their chunks.
+const OBJECT: &str = "text_completion";
 
 /// OpenAI's default `max_tokens` for completions.
 const DEFAULT_MAX_TOKENS: usize = 16;
@@ -164,28 +168,9 @@ async fn complete(app: App, request: Request) -> Result<Response, ApiError> {
             })
         })
         .collect();
-    let mut body = head.object(choices);
+    let mut body = head.object(OBJECT, choices);
     body["usage"] = usage.json();
     Ok(Json(body).into_response())
-}
-
-/// What every completion object or chunk starts with.
-struct Head {
-    id: String,
-    created: u64,
-    model: String,
-}
-
-impl Head {
-    fn object(&self, choices: Vec<Value>) -> Value {
-        json!({
-            "id": self.id,
-            "object": "text_completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-        })
-    }
 }
 
 /// Completion chunks (`object: "text_completion"`).
@@ -218,11 +203,11 @@ impl Chunks for CompletionChunks {
                 json!({"index": sample, "text": "", "logprobs": null, "finish_reason": reason})
             }
         };
-        Some(self.head.object(vec![choice]))
+        Some(self.head.object(OBJECT, vec![choice]))
     }
 
     fn usage(&self, usage: Usage) -> Value {
-        let mut v = self.head.object(Vec::new());
+        let mut v = self.head.object(OBJECT, Vec::new());
         v["usage"] = usage.json();
         v
     }

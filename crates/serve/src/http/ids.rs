@@ -1,4 +1,5 @@
-//! Response ids (`cmpl-...`, `chatcmpl-...`) and `created` timestamps.
+//! Response ids (`cmpl-...`, `chatcmpl-...`), `created` timestamps, and the [`Head`] every
+//! completion object or chunk starts with.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -25,6 +26,26 @@ pub(crate) fn new_id(prefix: &str) -> String {
         h.finish()
     };
     format!("{prefix}{:016x}{:08x}", hash(0), hash(1) as u32)
+}
+
+/// What every completion object or chunk starts with: its id, creation time and model.
+pub(crate) struct Head {
+    pub(crate) id: String,
+    pub(crate) created: u64,
+    pub(crate) model: String,
+}
+
+impl Head {
+    /// The object `{id, object, created, model, choices}`.
+    pub(crate) fn object(&self, object: &str, choices: Vec<serde_json::Value>) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "object": object,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        })
+    }
 }
 
 #[cfg(test)]

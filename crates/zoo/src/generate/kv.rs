@@ -95,6 +95,39 @@ pub trait KvCausalLm: CausalLm {
     fn forward_cached(&self, feeds: &[CachedFeed<'_>], kv: &mut dyn KvStore) -> Result<Vec<Vec<f32>>>;
 }
 
+/// Checks a ragged batch before a forward pass touches any cache — every feed non-empty, its ids
+/// below `vocab`, its sequence within `context` positions — and reserves the store's room. The
+/// errors name `model`.
+pub fn check_feeds(
+    model: &str,
+    vocab: usize,
+    context: usize,
+    feeds: &[CachedFeed<'_>],
+    kv: &mut dyn KvStore,
+) -> Result<()> {
+    let err = |reason: String| Error::Generation(format!("{model}: {reason}"));
+    for (i, f) in feeds.iter().enumerate() {
+        if f.tokens.is_empty() {
+            return Err(err(format!("feed {i} has no tokens")));
+        }
+        if let Some(&bad) = f.tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(err(format!(
+                "token {bad} is not below the vocabulary size {vocab}"
+            )));
+        }
+        let total = kv.cached(i) + f.tokens.len();
+        if total > context {
+            return Err(err(format!(
+                "a sequence would hold {total} tokens, beyond the context of {context} positions"
+            )));
+        }
+    }
+    for (i, f) in feeds.iter().enumerate() {
+        kv.reserve(i, kv.cached(i) + f.tokens.len())?;
+    }
+    Ok(())
+}
+
 /// One layer's attention over a ragged batch: stores each feed's new keys and values (`k`, `v`:
 /// `[rows, kv_heads × head_dim]`, feed `i` from row `row_of[i]`), then lets each feed's queries
 /// (`q`: `[rows, heads × head_dim]`) attend over its whole cache, writing `attn` like `q`. Feeds
