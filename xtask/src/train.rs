@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::datasets::{self, check_fits, fit_model_to_data};
 
+mod init;
+use init::InitSource;
+
 /// Options of `cargo xtask train`. With no options it trains LeNet-5 on MNIST for 5 epochs.
 #[derive(clap::Args)]
 pub struct TrainArgs {
@@ -191,35 +194,22 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     if args.weight_decay.is_some() {
         recipe.weight_decay = args.weight_decay;
     }
-    // Instruction tuning continues a run: its model and config come from there.
-    let init_spec = match &spec.init {
-        Some(dir) => Some(
-            read_spec(&dir.join(RUN_FILE))
-                .with_context(|| format!("--init {} is not a kiln run directory", dir.display()))?,
-        ),
-        None => None,
-    };
-    if let Some(init) = &init_spec {
-        if spec.model.is_none() {
-            spec.model = init.model.clone();
-        }
-        if spec.model != init.model {
-            bail!(
-                "--model {} differs from the --init run's model {}",
-                spec.model.as_deref().unwrap_or("?"),
-                init.model.as_deref().unwrap_or("?")
-            );
-        }
-        if spec.model_config.is_none() {
-            spec.model_config = init.model_config.clone();
-        }
-    }
     let sft = match spec.task.as_deref() {
         None => false,
         Some("sft") => true,
         Some(other) => {
             bail!("--task {other:?} is not known; the only task option is \"sft\" (instruction tuning)")
         }
+    };
+    // Weights trained elsewhere: their model and sizes are the base of this run's (a resumed
+    // run has both in its run.json and its weights in its checkpoints).
+    let init_source = match (&spec.init, &args.resume) {
+        (Some(dir), None) => {
+            let source = InitSource::open(dir)?;
+            source.reconcile(&mut spec, sft)?;
+            Some(source)
+        }
+        _ => None,
     };
     if sft && spec.init.is_none() {
         bail!("--task sft tunes a pre-trained model: give its run directory with --init RUN_DIR");
@@ -269,8 +259,13 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     train_cfg.validate()?;
 
     let entry = kiln::find_model(&model_name)?;
-    // The transformer recipe (GPT-style models): AdamW, decay on matrices, warm-up, clipping.
-    let transformer = entry.family == "gpt";
+    // The transformer recipe (GPT and BERT): AdamW, decay on matrices, warm-up, clipping.
+    let transformer = matches!(entry.family, "gpt" | "bert");
+    if entry.family == "bert" && args.resume.is_none() {
+        // BERT's own optimizer settings (Devlin et al.): beta2 0.999, weight decay 0.01.
+        recipe.beta2.get_or_insert(0.999);
+        recipe.weight_decay.get_or_insert(0.01);
+    }
     if transformer && train_cfg.clip_grad_norm.is_none() && args.resume.is_none() {
         train_cfg.clip_grad_norm = Some(1.0);
     }
@@ -308,14 +303,8 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         )),
     )?;
     let model = (entry.build)(&model_cfg, Scope::init(train_cfg.seed, DType::F32, device))?;
-    if let Some(init) = &spec.init {
-        let ckpt = kiln::train::latest_checkpoint(init)?
-            .with_context(|| format!("no complete checkpoint in the --init run {}", init.display()))?;
-        if args.resume.is_none() {
-            kiln::nn::load_state_dict_file(&model.parameters(), ckpt.join("model.safetensors"), true)
-                .with_context(|| format!("loading the --init weights {}", ckpt.display()))?;
-            println!("starting from the weights of {}", ckpt.display());
-        }
+    if let Some(source) = &init_source {
+        source.load_into(model.as_ref())?;
     }
     let optimizer_name = spec
         .optimizer
@@ -422,6 +411,25 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             );
         }
         print_sample(trainer.model(), &out, sft)?;
+    } else if test.accuracy.is_none() && !test.extra.is_empty() {
+        // A model with its own metrics (BERT pre-training: masked-LM and next-sentence).
+        let extra: Vec<String> = test
+            .extra
+            .iter()
+            .map(|(k, v)| {
+                if k.ends_with("accuracy") {
+                    format!("{k} {:.2}%", 100.0 * v)
+                } else {
+                    format!("{k} {v:.4}")
+                }
+            })
+            .collect();
+        println!(
+            "held-out: loss {:.4}, {} ({} examples); training took {train_secs:.1} s",
+            test.loss,
+            extra.join(", "),
+            test.samples
+        );
     } else {
         println!(
             "test: loss {:.4}, accuracy {:.2}% ({} examples); training took {train_secs:.1} s",
@@ -432,7 +440,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     }
     let metrics = serde_json::json!({
         "test_accuracy": acc, "test_loss": test.loss, "test_top5": test.top5,
-        "train_seconds": train_secs, "steps": trainer.step(),
+        "test_extra": test.extra, "train_seconds": train_secs, "steps": trainer.step(),
     });
     std::fs::write(out.join("metrics.json"), serde_json::to_string_pretty(&metrics)?)?;
     Ok(())

@@ -62,7 +62,7 @@ impl RunLogs {
 
     /// Log a training step.
     pub fn step(&mut self, s: &StepLog) -> Result<()> {
-        self.line(json!({
+        let mut line = json!({
             "type": "step",
             "step": s.step,
             "epoch": s.epoch,
@@ -73,23 +73,26 @@ impl RunLogs {
             "tokens_per_sec": s.tokens_per_sec,
             "grad_norm": s.grad_norm,
             "time": unix_time(),
-        }))?;
+        });
+        with_extra(&mut line, &s.extra, "");
+        self.line(line)?;
         if let Some(ev) = &mut self.events {
             let mut scalars = vec![
-                ("train/loss", s.loss as f32),
-                ("train/lr", s.lr as f32),
-                ("train/samples_per_sec", s.samples_per_sec as f32),
+                ("train/loss".to_string(), s.loss as f32),
+                ("train/lr".to_string(), s.lr as f32),
+                ("train/samples_per_sec".to_string(), s.samples_per_sec as f32),
             ];
             if let Some(a) = s.accuracy {
-                scalars.push(("train/accuracy", a as f32));
+                scalars.push(("train/accuracy".into(), a as f32));
             }
             if let Some(t) = s.tokens_per_sec {
-                scalars.push(("train/tokens_per_sec", t as f32));
+                scalars.push(("train/tokens_per_sec".into(), t as f32));
             }
             if let Some(g) = s.grad_norm {
-                scalars.push(("train/grad_norm", g as f32));
+                scalars.push(("train/grad_norm".into(), g as f32));
             }
-            ev.add_scalars(s.step, &scalars)?;
+            scalars.extend(s.extra.iter().map(|(k, v)| (format!("train/{k}"), *v as f32)));
+            add_scalars(ev, s.step, &scalars)?;
             ev.flush()?;
         }
         Ok(())
@@ -97,15 +100,19 @@ impl RunLogs {
 
     /// Log a validation pass after `step`.
     pub fn validation(&mut self, v: &crate::metrics::ValLog) -> Result<()> {
-        self.line(json!({
+        let mut line = json!({
             "type": "val",
             "step": v.step,
             "val_loss": v.val.loss,
             "val_accuracy": v.val.accuracy,
             "time": unix_time(),
-        }))?;
+        });
+        with_extra(&mut line, &v.val.extra, "val_");
+        self.line(line)?;
         if let Some(ev) = &mut self.events {
-            ev.add_scalars(v.step, &[("val/loss", v.val.loss as f32)])?;
+            let mut scalars = vec![("val/loss".to_string(), v.val.loss as f32)];
+            scalars.extend(v.val.extra.iter().map(|(k, x)| (format!("val/{k}"), *x as f32)));
+            add_scalars(ev, v.step, &scalars)?;
             ev.flush()?;
         }
         Ok(())
@@ -113,7 +120,7 @@ impl RunLogs {
 
     /// Log a completed epoch.
     pub fn epoch(&mut self, e: &EpochMetrics) -> Result<()> {
-        self.line(json!({
+        let mut line = json!({
             "type": "epoch",
             "epoch": e.epoch,
             "step": e.step,
@@ -125,24 +132,54 @@ impl RunLogs {
             "lr": e.lr,
             "seconds": e.seconds,
             "time": unix_time(),
-        }))?;
+        });
+        with_extra(&mut line, &e.train.extra, "");
+        if let Some(v) = &e.val {
+            with_extra(&mut line, &v.extra, "val_");
+        }
+        self.line(line)?;
         if let Some(ev) = &mut self.events {
-            let mut scalars = vec![("epoch/loss", e.train.loss as f32), ("epoch/lr", e.lr as f32)];
+            let mut scalars = vec![
+                ("epoch/loss".to_string(), e.train.loss as f32),
+                ("epoch/lr".to_string(), e.lr as f32),
+            ];
             if let Some(a) = e.train.accuracy {
-                scalars.push(("epoch/accuracy", a as f32));
+                scalars.push(("epoch/accuracy".into(), a as f32));
             }
+            scalars.extend(
+                e.train
+                    .extra
+                    .iter()
+                    .map(|(k, x)| (format!("epoch/{k}"), *x as f32)),
+            );
             if let Some(v) = &e.val {
-                scalars.push(("val/loss", v.loss as f32));
+                scalars.push(("val/loss".into(), v.loss as f32));
                 if let Some(a) = v.accuracy {
-                    scalars.push(("val/accuracy", a as f32));
+                    scalars.push(("val/accuracy".into(), a as f32));
                 }
                 if let Some(a) = v.top5 {
-                    scalars.push(("val/top5", a as f32));
+                    scalars.push(("val/top5".into(), a as f32));
                 }
+                scalars.extend(v.extra.iter().map(|(k, x)| (format!("val/{k}"), *x as f32)));
             }
-            ev.add_scalars(e.step, &scalars)?;
+            add_scalars(ev, e.step, &scalars)?;
             ev.flush()?;
         }
         Ok(())
     }
+}
+
+/// Adds a model's own metrics to a JSON line as `{prefix}{name}`.
+fn with_extra(line: &mut serde_json::Value, extra: &std::collections::BTreeMap<String, f64>, prefix: &str) {
+    if let Some(obj) = line.as_object_mut() {
+        for (k, v) in extra {
+            obj.insert(format!("{prefix}{k}"), json!(v));
+        }
+    }
+}
+
+/// Writes owned-name scalars through [`EventWriter::add_scalars`].
+fn add_scalars(ev: &mut EventWriter, step: usize, scalars: &[(String, f32)]) -> Result<()> {
+    let borrowed: Vec<(&str, f32)> = scalars.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    ev.add_scalars(step, &borrowed)
 }

@@ -1,7 +1,10 @@
 //! Metrics (loss, accuracy, top-k accuracy), their running accumulation, and the [`History`] of a
 //! run.
 
+use std::collections::BTreeMap;
+
 use kiln_tensor::{DType, Tensor};
+use kiln_zoo::Tally;
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -100,6 +103,10 @@ pub struct Metrics {
     pub top5: Option<f64>,
     /// The number of examples.
     pub samples: usize,
+    /// The model's own metrics ([`Tally`]: `mlm_accuracy`, `nsp_accuracy`, ...), each the mean
+    /// over everything it counted.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, f64>,
 }
 
 /// Running sums behind a [`Metrics`]: add batches, read the means.
@@ -119,6 +126,9 @@ pub struct MetricAccumulator {
     pub classification: bool,
     /// Whether every classification batch had at least 5 classes.
     pub top5_valid: bool,
+    /// Sums and counts of the model's own metrics, by name.
+    #[serde(default)]
+    pub tallies: BTreeMap<String, [f64; 2]>,
 }
 
 impl MetricAccumulator {
@@ -160,8 +170,22 @@ impl MetricAccumulator {
         Ok(())
     }
 
+    /// Add a batch's [`Tally`]s (the model's own metrics).
+    pub fn add_tallies(&mut self, tallies: &[Tally]) {
+        for t in tallies {
+            let e = self.tallies.entry(t.name.to_string()).or_insert([0.0; 2]);
+            e[0] += t.sum;
+            e[1] += t.count;
+        }
+    }
+
     /// Add another accumulator's sums into this one.
     pub fn merge(&mut self, other: &MetricAccumulator) {
+        for (name, [sum, count]) in &other.tallies {
+            let e = self.tallies.entry(name.clone()).or_insert([0.0; 2]);
+            e[0] += sum;
+            e[1] += count;
+        }
         if other.classification {
             self.top5_valid = if self.classification {
                 self.top5_valid && other.top5_valid
@@ -195,6 +219,12 @@ impl MetricAccumulator {
             accuracy: self.classification.then(|| frac(self.correct)),
             top5: (self.classification && self.top5_valid).then(|| frac(self.correct5)),
             samples: self.samples as usize,
+            extra: self
+                .tallies
+                .iter()
+                .filter(|(_, [_, count])| *count > 0.0)
+                .map(|(name, [sum, count])| (name.clone(), sum / count))
+                .collect(),
         }
     }
 }
@@ -220,6 +250,9 @@ pub struct StepLog {
     /// The global gradient norm of the last step before clipping, when clipping is on.
     #[serde(default)]
     pub grad_norm: Option<f64>,
+    /// The model's own metrics over the steps since the previous log (see [`Metrics::extra`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, f64>,
 }
 
 /// A validation pass in the middle of an epoch (`TrainConfig::eval_every_steps`).

@@ -18,6 +18,14 @@ const TEXT: Rgb = [40, 40, 40];
 const TRAIN: Rgb = [31, 119, 180];
 /// Validation series colour.
 const VAL: Rgb = [255, 127, 14];
+/// Colours of a model's own accuracies ([`Metrics::extra`](crate::Metrics::extra)), in turn:
+/// green, purple, brown, pink; training drawn in the colour, validation in its darker twin.
+const EXTRA: [(Rgb, Rgb); 4] = [
+    ([44, 160, 44], [20, 90, 20]),
+    ([148, 103, 189], [80, 50, 120]),
+    ([140, 86, 75], [80, 45, 35]),
+    ([227, 119, 194], [150, 50, 110]),
+];
 
 /// 5x7 glyphs, one byte per row (bit 4 = leftmost column). Upper case is drawn as lower case;
 /// characters without a glyph are blank.
@@ -360,6 +368,8 @@ pub fn plot_history(history: &History, path: impl AsRef<Path>) -> Result<()> {
         })
         .collect();
 
+    let extra = extra_accuracies(history);
+
     let (w, h) = (1000usize, 420usize);
     let mut cv = Canvas::new(w, h);
     let half = (w / 2) as i64;
@@ -380,24 +390,77 @@ pub fn plot_history(history: &History, path: impl AsRef<Path>) -> Result<()> {
             },
         ],
     );
-    panel(
-        &mut cv,
-        (half, 0, half, h as i64),
-        "accuracy",
-        &[
-            Series {
-                name: "train",
-                color: TRAIN,
-                points: train_acc,
-            },
-            Series {
-                name: "val",
-                color: VAL,
-                points: val_acc,
-            },
-        ],
-    );
+    let mut acc_series = vec![
+        Series {
+            name: "train",
+            color: TRAIN,
+            points: train_acc,
+        },
+        Series {
+            name: "val",
+            color: VAL,
+            points: val_acc,
+        },
+    ];
+    acc_series.extend(extra.iter().map(|(name, color, points)| Series {
+        name,
+        color: *color,
+        points: points.clone(),
+    }));
+    panel(&mut cv, (half, 0, half, h as i64), "accuracy", &acc_series);
     write_png(path, w as u32, h as u32, &cv.px)
+}
+
+/// The model's own accuracies (extra metrics named `*accuracy`): for each, the training series
+/// (logged steps) and the validation series (epoch ends and mid-epoch validations, by step),
+/// named as `"train mlm accuracy"`, with their colours. At most four metrics are drawn.
+fn extra_accuracies(history: &History) -> Vec<(String, Rgb, Points)> {
+    let mut names: Vec<&String> = history
+        .steps
+        .iter()
+        .flat_map(|s| s.extra.keys())
+        .chain(
+            history
+                .epochs
+                .iter()
+                .filter_map(|e| e.val.as_ref())
+                .flat_map(|v| v.extra.keys()),
+        )
+        .chain(history.validations.iter().flat_map(|v| v.val.extra.keys()))
+        .filter(|k| k.ends_with("accuracy"))
+        .collect();
+    names.sort();
+    names.dedup();
+    let mut out = Vec::new();
+    for (name, (train_color, val_color)) in names.into_iter().zip(EXTRA) {
+        let label = name.replace('_', " ");
+        let train: Points = history
+            .steps
+            .iter()
+            .filter_map(|s| s.extra.get(name).map(|&a| (s.step as f64, a)))
+            .collect();
+        let mut val: Points = history
+            .epochs
+            .iter()
+            .filter_map(|e| {
+                e.val
+                    .as_ref()
+                    .and_then(|v| v.extra.get(name))
+                    .map(|&a| (e.step as f64, a))
+            })
+            .chain(
+                history
+                    .validations
+                    .iter()
+                    .filter_map(|v| v.val.extra.get(name).map(|&a| (v.step as f64, a))),
+            )
+            .collect();
+        val.sort_by(|a, b| a.0.total_cmp(&b.0));
+        val.dedup_by(|a, b| a.0 == b.0);
+        out.push((format!("train {label}"), train_color, train));
+        out.push((format!("val {label}"), val_color, val));
+    }
+    out
 }
 
 /// Encode RGB pixels as a PNG at `path` (through a temporary file renamed into place).
@@ -446,6 +509,7 @@ mod tests {
                 samples_per_sec: 1000.0,
                 tokens_per_sec: None,
                 grad_norm: None,
+                extra: [("mlm_accuracy".to_string(), 0.5 - 0.4 / i as f64)].into(),
             });
         }
         for e in 0..2 {
@@ -454,6 +518,7 @@ mod tests {
                 accuracy: Some(0.9 + 0.02 * e as f64),
                 top5: None,
                 samples: 100,
+                extra: [("mlm_accuracy".to_string(), 0.3 + 0.1 * e as f64)].into(),
             };
             h.epochs.push(EpochMetrics {
                 epoch: e,
@@ -476,8 +541,25 @@ mod tests {
         let count = |c: Rgb| buf.chunks_exact(3).filter(|p| *p == c).count();
         assert!(count(TRAIN) > 500, "the training curves are drawn");
         assert!(count(VAL) > 100, "the validation curves are drawn");
+        assert!(
+            count(EXTRA[0].0) > 100,
+            "the model's own accuracy is drawn (training)"
+        );
+        assert!(
+            count(EXTRA[0].1) > 50,
+            "the model's own accuracy is drawn (validation)"
+        );
+        // The test's files go; the directory is per process.
+        let _ = std::fs::remove_dir_all(&dir);
         assert!(count(BLACK) > 1000, "the axes are drawn");
+    }
+
+    #[test]
+    fn draws_an_empty_history() {
         // An empty history still gives a picture (axes and "no data").
+        let dir = std::env::temp_dir().join(format!("kiln-train-plot-empty-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
         plot_history(&History::default(), dir.join("empty.png")).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -416,6 +416,7 @@ impl Trainer {
                             samples_per_sec: window_samples as f64 / secs,
                             tokens_per_sec: (window_tokens > 0).then(|| window_tokens as f64 / secs),
                             grad_norm,
+                            extra: m.extra,
                         };
                         progress.log(&ProgressLine {
                             epoch,
@@ -447,7 +448,11 @@ impl Trainer {
                                 val: self.evaluate(v)?,
                             };
                             self.model.set_training(true);
-                            progress.message(&format!("step {step}: val loss {:.4}", log.val.loss));
+                            progress.message(&format!(
+                                "step {step}: val loss {:.4}{}",
+                                log.val.loss,
+                                extra_summary(&log.val.extra, "val_")
+                            ));
                             if let Some(l) = &mut logs {
                                 l.validation(&log)?;
                             }
@@ -580,6 +585,7 @@ impl Trainer {
         let lv = scalar(loss.value())?;
         let mut batch_metrics = MetricAccumulator::new();
         batch_metrics.add(lv, n, Some(out.logits.value()), Some(&targets), false)?;
+        batch_metrics.add_tallies(&out.tallies);
         self.state.epoch_metrics.merge(&batch_metrics);
         self.state.window_metrics.merge(&batch_metrics);
         Ok((grads, lv, n))
@@ -635,6 +641,7 @@ impl Trainer {
                         Some(&targets),
                         true,
                     )?;
+                    acc.add_tallies(&out.tallies);
                 }
                 Ok(())
             })?;
@@ -888,12 +895,21 @@ impl Trainer {
     }
 }
 
+/// `" {prefix}name value"` for each of a model's own metrics, in name order.
+fn extra_summary(extra: &std::collections::BTreeMap<String, f64>, prefix: &str) -> String {
+    extra
+        .iter()
+        .map(|(name, v)| format!(" {prefix}{name} {v:.4}"))
+        .collect()
+}
+
 fn epoch_summary(e: &EpochMetrics, epochs: Option<usize>) -> String {
     let total = epochs.map(|n| format!("/{n}")).unwrap_or_default();
     let mut s = format!("epoch {}{total}: loss {:.4}", e.epoch + 1, e.train.loss);
     if let Some(a) = e.train.accuracy {
         s.push_str(&format!(" acc {a:.4}"));
     }
+    s.push_str(&extra_summary(&e.train.extra, ""));
     if let Some(v) = &e.val {
         s.push_str(&format!(" val_loss {:.4}", v.loss));
         if let Some(a) = v.accuracy {
@@ -902,6 +918,7 @@ fn epoch_summary(e: &EpochMetrics, epochs: Option<usize>) -> String {
         if let Some(a) = v.top5 {
             s.push_str(&format!(" val_top5 {a:.4}"));
         }
+        s.push_str(&extra_summary(&v.extra, "val_"));
     }
     s.push_str(&format!(" ({:.1} s)", e.seconds));
     s

@@ -25,5 +25,5 @@ pub mod vision;
 pub use error::{Error, Result};
 pub use generate::{CausalLm, DecodeState, SamplingParams};
 pub use inventory;
-pub use model::{Batch, Model, Output, QuantReport, Task};
+pub use model::{Batch, Model, Output, QuantReport, Tally, Task};
 pub use registry::{entries, find, merge_config, parse_config, ModelEntry};

@@ -55,6 +55,33 @@ pub struct Output {
     pub logits: Var,
     /// The task's training loss, present when the batch had targets.
     pub loss: Option<Var>,
+    /// Further metrics of the batch, by name (a pre-training model's masked-LM and
+    /// next-sentence accuracies); empty for most models.
+    pub tallies: Vec<Tally>,
+}
+
+impl Output {
+    /// Logits and an optional loss, no further metrics.
+    pub fn new(logits: Var, loss: Option<Var>) -> Output {
+        Output {
+            logits,
+            loss,
+            tallies: Vec::new(),
+        }
+    }
+}
+
+/// A metric a model reports beside its loss, as a sum over a batch and the count it is a mean
+/// of (`mlm_accuracy`: correct predictions and masked tokens). Sums and counts add across
+/// batches, so the trainer reports `sum / count` over an epoch or an evaluation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tally {
+    /// The metric's name (`snake_case`; logged as `train/NAME` and `val/NAME`).
+    pub name: &'static str,
+    /// The batch's sum.
+    pub sum: f64,
+    /// What the sum is over (examples, tokens).
+    pub count: f64,
 }
 
 /// What [`Model::quantize`] or [`Model::dequantize_weights`] changed.

@@ -107,7 +107,7 @@ impl<B: Module> Model for ImageClassifier<B> {
                 &Default::default(),
             )?),
         };
-        Ok(Output { logits, loss })
+        Ok(Output::new(logits, loss))
     }
     fn parameters(&self) -> Vec<Param> {
         self.net.parameters()

@@ -2,6 +2,7 @@
 //! `attention.output.LayerNorm`): bidirectional attention with an additive mask over padding,
 //! then the post-LN residual.
 
+use kiln_autograd::Var;
 use kiln_nn::Scope;
 use kiln_tensor::Tensor;
 use kiln_zoo::Result;
@@ -46,20 +47,19 @@ impl SelfAttention {
     }
 
     /// `x` `[B·L, D]` (rows of `batch` sequences of `len`) → `LayerNorm(x + attention(x))`.
-    pub(crate) fn forward(&self, x: &Tensor, bias: &Tensor, batch: usize, len: usize) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Var, bias: &Tensor, batch: usize, len: usize) -> Result<Var> {
         let d = x.dims()[1];
         let (h, dh) = (self.heads, d / self.heads);
         // [B·L, D] → [B, H, L, dh] (and keys [B, H, dh, L]) as strided views.
-        let split = |t: Tensor, perm: &[usize]| -> Result<Tensor> {
-            Ok(t.reshape([batch, len, h, dh])?.permute(perm)?)
-        };
+        let split =
+            |t: Var, perm: &[usize]| -> Result<Var> { Ok(t.reshape([batch, len, h, dh])?.permute(perm)?) };
         let q = split(self.query.forward(x)?, &[0, 2, 1, 3])?;
         let k = split(self.key.forward(x)?, &[0, 2, 3, 1])?;
         let v = split(self.value.forward(x)?, &[0, 2, 1, 3])?;
         let probs = q
             .matmul(&k)?
             .mul_scalar(1.0 / (dh as f64).sqrt())?
-            .add(bias)?
+            .add(&Var::constant(bias.clone()))?
             .softmax(3usize)?;
         let ctx = probs
             .matmul(&v)?

@@ -30,6 +30,9 @@ pub struct BertConfig {
     /// The padding id: [`Model::forward`](kiln_zoo::Model::forward) masks positions holding it.
     #[serde(default)]
     pub pad_token_id: u32,
+    /// Classes of a sequence classifier (`bert-classifier`; 2 when unset); other models ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_labels: Option<usize>,
 }
 
 impl BertConfig {
@@ -46,6 +49,7 @@ impl BertConfig {
             type_vocab_size: 2,
             layer_norm_eps: 1e-12,
             pad_token_id: 0,
+            num_labels: None,
         }
     }
 

@@ -1,6 +1,6 @@
 //! `embeddings.*`: word + absolute position + token-type embeddings, then LayerNorm.
 
-use kiln_autograd::Param;
+use kiln_autograd::{Param, Var};
 use kiln_nn::{Init, Scope};
 use kiln_tensor::Tensor;
 use kiln_zoo::Result;
@@ -10,7 +10,7 @@ use crate::layers::{Norm, INIT_STD};
 
 /// The embedding tables and their LayerNorm.
 pub(crate) struct Embeddings {
-    word: Param,
+    pub(crate) word: Param,
     position: Param,
     token_type: Param,
     norm: Norm,
@@ -36,11 +36,11 @@ impl Embeddings {
 
     /// `ids` and `type_ids` (`u32` `[B, L]`, positions `0..L`) → `[B·L, D]`. An id outside its
     /// table is an error naming it.
-    pub(crate) fn forward(&self, ids: &Tensor, type_ids: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, ids: &Tensor, type_ids: &Tensor) -> Result<Var> {
         let (b, l) = (ids.dims()[0], ids.dims()[1]);
-        let words = Tensor::embedding(ids, &self.word.value())?;
-        let types = Tensor::embedding(type_ids, &self.token_type.value())?;
-        let positions = self.position.value().narrow(0usize, 0, l)?;
+        let words = Var::embedding(ids, &self.word.var())?;
+        let types = Var::embedding(type_ids, &self.token_type.var())?;
+        let positions = self.position.var().narrow(0usize, 0, l)?;
         let x = words.add(&types)?.add(&positions)?;
         let d = x.dims()[2];
         self.norm.forward(&x.reshape([b * l, d])?)

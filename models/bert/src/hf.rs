@@ -114,6 +114,7 @@ impl BertConfig {
             type_vocab_size: hf.type_vocab_size,
             layer_norm_eps: hf.layer_norm_eps,
             pad_token_id: hf.pad_token_id.unwrap_or(0),
+            num_labels: None,
         };
         cfg.validate("bert")?;
         Ok(cfg)

@@ -1,6 +1,7 @@
 //! One post-LN encoder layer (`encoder.layer.{i}`): self-attention, then the exact-GELU MLP
 //! (`intermediate.dense`, `output.dense`) and `output.LayerNorm` over the residual.
 
+use kiln_autograd::Var;
 use kiln_nn::Scope;
 use kiln_tensor::Tensor;
 use kiln_zoo::Result;
@@ -32,7 +33,7 @@ impl BertLayer {
 
     /// `x` `[B·L, D]` → the layer's output `[B·L, D]`; `bias` is the attention mask
     /// ([`mask_bias`](crate::attention::mask_bias)).
-    pub(crate) fn forward(&self, x: &Tensor, bias: &Tensor, batch: usize, len: usize) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Var, bias: &Tensor, batch: usize, len: usize) -> Result<Var> {
         let a = self.attention.forward(x, bias, batch, len)?;
         let h = self.intermediate.forward(&a)?.gelu()?;
         self.norm.forward(&self.output.forward(&h)?.add(&a)?)

@@ -1,9 +1,9 @@
-//! The two building blocks of every BERT layer, on plain tensors (inference: no autograd):
-//! [`Dense`] (`nn.Linear`, weight `[out, in]`) and [`Norm`] (`nn.LayerNorm`).
+//! The two building blocks of every BERT layer, on autograd variables (the same code trains and
+//! infers; inference runs it under `no_grad`): [`Dense`] (`nn.Linear`, weight `[out, in]`) and
+//! [`Norm`] (`nn.LayerNorm`).
 
-use kiln_autograd::Param;
+use kiln_autograd::{Param, Var};
 use kiln_nn::{Init, Scope};
-use kiln_tensor::Tensor;
 use kiln_zoo::Result;
 
 /// Standard deviation of BERT's initial weights (`initializer_range`).
@@ -32,8 +32,8 @@ impl Dense {
     }
 
     /// `x` `[N, in]` → `[N, out]`: one GEMM over the transposed view of the weight (no copy).
-    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.matmul(&self.weight.value().t()?)?.add(&self.bias.value())?)
+    pub(crate) fn forward(&self, x: &Var) -> Result<Var> {
+        Ok(x.matmul(&self.weight.var().t()?)?.add(&self.bias.var())?)
     }
 }
 
@@ -55,8 +55,7 @@ impl Norm {
     }
 
     /// The normalised rows of `x`.
-    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (y, _, _) = x.layer_norm_forward(&self.weight.value(), &self.bias.value(), self.eps)?;
-        Ok(y)
+    pub(crate) fn forward(&self, x: &Var) -> Result<Var> {
+        Ok(x.layer_norm(&self.weight.var(), &self.bias.var(), self.eps)?)
     }
 }

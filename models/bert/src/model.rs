@@ -1,11 +1,12 @@
 //! [`BertModel`]: the encoder with Hugging Face's parameter names, its inputs ([`BertInput`]) and
-//! outputs ([`BertOutput`]). Inference only: the forward pass runs on plain tensors.
+//! outputs ([`BertOutput`]). One forward pass on autograd variables serves training (the
+//! pre-training and classification models wrap it) and inference (run under `no_grad`).
 
 use std::sync::atomic::AtomicBool;
 
-use kiln_autograd::Param;
+use kiln_autograd::{Param, Var};
 use kiln_nn::Scope;
-use kiln_tensor::Tensor;
+use kiln_tensor::{DType, Tensor};
 use kiln_zoo::{Error, Result};
 
 use crate::attention::mask_bias;
@@ -52,6 +53,91 @@ impl BertInput {
         input.type_ids = vec![0; input.ids.len()];
         input
     }
+
+    /// A batch from a zoo input tensor: token ids `[B, L]` (positions holding `pad_id` are
+    /// padding, type ids 0), or `[B, 3, L]` holding token ids, token type ids and the attention
+    /// mask (1 real, 0 padding), the layout of kiln's BERT datasets. The error says what is wrong.
+    pub fn from_tensor(inputs: &Tensor, pad_id: u32) -> std::result::Result<BertInput, String> {
+        if inputs.dtype().is_float() {
+            return Err(format!(
+                "inputs must be integer token ids; got {:?}",
+                inputs.dtype()
+            ));
+        }
+        let raw = inputs
+            .to_dtype(DType::I64)
+            .and_then(|t| t.to_vec::<i64>())
+            .map_err(|e| e.to_string())?;
+        let to_u32 = |what: &str, v: &[i64]| -> std::result::Result<Vec<u32>, String> {
+            v.iter()
+                .map(|&x| u32::try_from(x).map_err(|_| format!("{what} {x} is negative or too large")))
+                .collect()
+        };
+        match *inputs.dims() {
+            [batch, seq_len] => {
+                let ids = to_u32("token id", &raw)?;
+                Ok(BertInput {
+                    attention_mask: ids.iter().map(|&v| u32::from(v != pad_id)).collect(),
+                    type_ids: vec![0; ids.len()],
+                    ids,
+                    batch,
+                    seq_len,
+                })
+            }
+            [batch, 3, seq_len] => {
+                let (mut ids, mut type_ids, mut mask) = (Vec::new(), Vec::new(), Vec::new());
+                for row in raw.chunks_exact(3 * seq_len.max(1)) {
+                    let (a, rest) = row.split_at(seq_len);
+                    let (t, m) = rest.split_at(seq_len);
+                    ids.extend(to_u32("token id", a)?);
+                    type_ids.extend(to_u32("token type id", t)?);
+                    mask.extend(to_u32("attention mask value", m)?);
+                }
+                if let Some(bad) = mask.iter().find(|&&m| m > 1) {
+                    return Err(format!("attention mask values must be 0 or 1; got {bad}"));
+                }
+                Ok(BertInput {
+                    ids,
+                    type_ids,
+                    attention_mask: mask,
+                    batch,
+                    seq_len,
+                })
+            }
+            ref other => Err(format!(
+                "inputs must be token ids [B, L] or [B, 3, L] (ids, token types, attention mask); got {other:?}"
+            )),
+        }
+    }
+
+    /// The positions every sequence needs: one past the last real token of the longest. The
+    /// columns after it are padding in every row and change nothing for real tokens.
+    pub fn used_len(&self) -> usize {
+        (0..self.batch)
+            .map(|b| {
+                let row = &self.attention_mask[b * self.seq_len..(b + 1) * self.seq_len];
+                row.iter().rposition(|&m| m != 0).map_or(0, |p| p + 1)
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The batch cut to its first `len` positions.
+    pub fn truncated(&self, len: usize) -> BertInput {
+        let len = len.min(self.seq_len);
+        let cut = |v: &[u32]| -> Vec<u32> {
+            v.chunks_exact(self.seq_len.max(1))
+                .flat_map(|row| row[..len].iter().copied())
+                .collect()
+        };
+        BertInput {
+            ids: cut(&self.ids),
+            type_ids: cut(&self.type_ids),
+            attention_mask: cut(&self.attention_mask),
+            batch: self.batch,
+            seq_len: len,
+        }
+    }
 }
 
 /// What [`BertModel::forward_input`] returns.
@@ -83,7 +169,7 @@ impl BertOutput {
 pub struct BertModel {
     pub(crate) name: String,
     pub(crate) cfg: BertConfig,
-    embeddings: Embeddings,
+    pub(crate) embeddings: Embeddings,
     layers: Vec<BertLayer>,
     pooler: Dense,
     pub(crate) params: Vec<Param>,
@@ -167,23 +253,42 @@ impl BertModel {
         Ok(())
     }
 
-    /// The encoder over a padded batch: last hidden states and pooler output. Padding changes
-    /// nothing for the real tokens (their attention gives padded keys probability 0).
-    pub fn forward_input(&self, input: &BertInput) -> Result<BertOutput> {
+    /// The encoder's last hidden states `[B·L, D]` (row `b·L + i` is position `i` of sequence
+    /// `b`), recording the graph when gradients are on. Padding changes nothing for the real
+    /// tokens (their attention gives padded keys probability 0).
+    pub fn encode(&self, input: &BertInput) -> Result<Var> {
         self.check(input)?;
-        let (b, l, d) = (input.batch, input.seq_len, self.cfg.hidden_size);
+        let (b, l) = (input.batch, input.seq_len);
         let ids = Tensor::from_slice(&input.ids, [b, l])?;
         let types = Tensor::from_slice(&input.type_ids, [b, l])?;
-        let bias = mask_bias(&input.attention_mask, b, l)?;
         let mut x = self.embeddings.forward(&ids, &types)?;
+        let bias = mask_bias(&input.attention_mask, b, l)?.to_dtype(x.dtype())?;
         for layer in &self.layers {
             x = layer.forward(&x, &bias, b, l)?;
         }
-        let hidden = x.reshape([b, l, d])?;
-        let cls = hidden.narrow(1usize, 0, 1)?.reshape([b, d])?;
-        let pooler_output = self.pooler.forward(&cls)?.tanh()?;
+        Ok(x)
+    }
+
+    /// `tanh(pooler.dense(h[:, 0]))` of hidden states `[B·L, D]` from [`BertModel::encode`]:
+    /// `[B, D]`.
+    pub fn pool(&self, hidden: &Var, batch: usize, len: usize) -> Result<Var> {
+        let d = self.cfg.hidden_size;
+        let cls = hidden
+            .reshape([batch, len, d])?
+            .narrow(1usize, 0, 1)?
+            .reshape([batch, d])?;
+        Ok(self.pooler.forward(&cls)?.tanh()?)
+    }
+
+    /// The encoder over a padded batch, for inference (no graph): last hidden states and pooler
+    /// output.
+    pub fn forward_input(&self, input: &BertInput) -> Result<BertOutput> {
+        let _no_grad = kiln_autograd::no_grad();
+        let (b, l, d) = (input.batch, input.seq_len, self.cfg.hidden_size);
+        let hidden = self.encode(input)?;
+        let pooler_output = self.pool(&hidden, b, l)?.value().clone();
         Ok(BertOutput {
-            last_hidden_state: hidden,
+            last_hidden_state: hidden.value().reshape([b, l, d])?,
             pooler_output,
             attention_mask: input.attention_mask.clone(),
         })

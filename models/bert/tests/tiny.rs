@@ -79,16 +79,17 @@ fn a_padded_batch_gives_each_sentence_its_lone_result() {
 }
 
 #[test]
-fn the_zoo_entry_builds_and_forward_gives_embeddings() {
-    let entry = kiln_zoo::find("bert-tiny").unwrap();
+fn the_zoo_entries_build_and_forward_gives_embeddings_or_logits() {
+    let entry = kiln_zoo::find("all-minilm-l6-v2").unwrap();
     assert_eq!(entry.task, Task::Embedding);
-    let mut cfg = (entry.default_config)();
+    // The sentence encoder at bert-tiny's sizes, to keep the test small.
+    let mut cfg = serde_json::to_value(tiny_config()).unwrap();
     cfg["vocab_size"] = 100.into();
     let model = (entry.build)(&cfg, Scope::init(0, DType::F32, Device::Cpu)).unwrap();
     let ids = Tensor::from_vec(vec![2i64, 11, 12, 3, 2, 13, 3, 0], [2, 4]).unwrap();
     let out = model
         .forward(&Batch {
-            inputs: ids,
+            inputs: ids.clone(),
             targets: None,
         })
         .unwrap();
@@ -98,6 +99,9 @@ fn the_zoo_entry_builds_and_forward_gives_embeddings() {
         Tensor::zeros([2, 4], DType::F32, Device::Cpu).unwrap(),
         Tensor::from_vec(vec![2i64, 500], [1, 2]).unwrap(),
         Tensor::from_vec(vec![2i64; 600], [1, 600]).unwrap(),
+        Tensor::from_vec(vec![2i64, -1], [1, 2]).unwrap(),
+        Tensor::from_vec(vec![2i64; 8], [1, 2, 4]).unwrap(),
+        Tensor::from_vec(vec![2i64, 3, 0, 0, 1, 7], [1, 3, 2]).unwrap(),
     ] {
         let err = model
             .forward(&Batch {
@@ -106,12 +110,54 @@ fn the_zoo_entry_builds_and_forward_gives_embeddings() {
             })
             .err()
             .unwrap();
-        assert!(err.to_string().contains("bert-tiny"), "{err}");
+        assert!(err.to_string().contains("all-minilm-l6-v2"), "{err}");
     }
-    assert!(kiln_zoo::find("all-minilm-l6-v2").is_ok() && kiln_zoo::find("bert-base").is_ok());
+    let err = model
+        .forward(&Batch {
+            inputs: ids.clone(),
+            targets: Some(Tensor::from_vec(vec![0i64, 1], [2]).unwrap()),
+        })
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("no training objective"), "{err}");
     let mut bad = (entry.default_config)();
     bad["hidden_sizes"] = 64.into();
     assert!((entry.build)(&bad, Scope::init(0, DType::F32, Device::Cpu)).is_err());
+
+    // bert-tiny and bert-base carry the pre-training heads; bert-classifier its classifier.
+    for (name, task) in [
+        ("bert-tiny", Task::MaskedLm),
+        ("bert-base", Task::MaskedLm),
+        ("bert-classifier", Task::SequenceClassification),
+    ] {
+        assert_eq!(kiln_zoo::find(name).unwrap().task, task, "{name}");
+    }
+    let tiny = kiln_zoo::find("bert-tiny").unwrap();
+    let mut cfg = (tiny.default_config)();
+    cfg["vocab_size"] = 100.into();
+    let model = (tiny.build)(&cfg, Scope::init(0, DType::F32, Device::Cpu)).unwrap();
+    let names: Vec<String> = model.parameters().iter().map(|p| p.name().to_string()).collect();
+    for want in [
+        "bert.embeddings.word_embeddings.weight",
+        "bert.pooler.dense.weight",
+        "cls.predictions.bias",
+        "cls.predictions.transform.dense.weight",
+        "cls.predictions.transform.LayerNorm.weight",
+        "cls.seq_relationship.weight",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
+    }
+    let out = model
+        .forward(&Batch {
+            inputs: ids,
+            targets: None,
+        })
+        .unwrap();
+    assert_eq!(
+        out.logits.dims(),
+        &[2, 4, 100],
+        "masked-LM logits of every position"
+    );
 }
 
 #[test]

@@ -282,7 +282,7 @@ impl Model for Gpt {
             None => None,
             Some(t) => Some(self.loss(&logits, t)?),
         };
-        Ok(Output { logits, loss })
+        Ok(Output::new(logits, loss))
     }
     fn parameters(&self) -> Vec<Param> {
         let mut p = vec![self.wte.clone(), self.wpe.clone()];

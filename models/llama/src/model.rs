@@ -267,10 +267,7 @@ impl Model for Llama {
             None => None,
             Some(t) => Some(self.loss(&logits, t)?),
         };
-        Ok(Output {
-            logits: Var::constant(logits),
-            loss,
-        })
+        Ok(Output::new(Var::constant(logits), loss))
     }
     fn parameters(&self) -> Vec<Param> {
         self.params.clone()

@@ -125,7 +125,7 @@ impl Model for LstmClassifier {
                 Some(cross_entropy(&logits, &t)?)
             }
         };
-        Ok(Output { logits, loss })
+        Ok(Output::new(logits, loss))
     }
     fn parameters(&self) -> Vec<Param> {
         let mut p = self.lstm.parameters();

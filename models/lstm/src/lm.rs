@@ -182,7 +182,7 @@ impl Model for LstmLm {
                 Some(cross_entropy(&logits.reshape([b * s, v])?, &t.reshape([b * s])?)?)
             }
         };
-        Ok(Output { logits, loss })
+        Ok(Output::new(logits, loss))
     }
     fn parameters(&self) -> Vec<Param> {
         let mut p = self.embedding.parameters();

@@ -57,7 +57,7 @@ impl Model for Mlp {
             )?),
             None => None,
         };
-        Ok(Output { logits, loss })
+        Ok(Output::new(logits, loss))
     }
     fn parameters(&self) -> Vec<Param> {
         let mut p = self.fc1.parameters();

@@ -166,7 +166,7 @@ impl Model for TextGenRnn {
                 Some(cross_entropy(&logits, &t)?)
             }
         };
-        Ok(Output { logits, loss })
+        Ok(Output::new(logits, loss))
     }
     fn parameters(&self) -> Vec<Param> {
         let mut p = self.embedding.parameters();
