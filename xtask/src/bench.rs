@@ -13,7 +13,8 @@ use kiln::zoo::Batch;
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// Which benchmark: `train-lenet`, `train-mnist-cnn`, `train-resnet20` (a training step: forward,
-    /// backward, Adam update).
+    /// backward, Adam update), `decode`, `train-gpt-tiny`, `llama`, `serve`, `embed` (BERT encoders
+    /// beside PyTorch).
     name: String,
     /// Measured iterations (after warm-up).
     #[arg(long, default_value_t = 50)]
@@ -27,7 +28,8 @@ pub struct BenchArgs {
     /// Side of the random input images.
     #[arg(long, default_value_t = 28)]
     image_size: usize,
-    /// `decode`: repetitions of the prefill + 128-token decode (medians reported).
+    /// `decode`: repetitions of the prefill + 128-token decode (medians reported); `llama`:
+    /// repetitions per activation path; `embed`: timed forwards per workload and round.
     #[arg(long, default_value_t = 5)]
     reps: usize,
     /// `decode`: layers of the GPT-2-small shape (default 12).
@@ -64,8 +66,25 @@ pub struct BenchArgs {
     /// `serve`: KV cache memory in MiB.
     #[arg(long, default_value_t = 512)]
     kv_memory: usize,
+    /// `embed`: threads of kiln's rayon pool and of torch.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// `embed`: rounds per side, alternating kiln and PyTorch (kiln, torch, kiln, torch, ...).
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// `embed`: the Python with torch for the reference (default: `$KILN_TORCH_PYTHON`, then
+    /// `python3`, then `/tmp/torchvenv/bin/python`, the first that imports torch).
+    #[arg(long)]
+    python: Option<std::path::PathBuf>,
+    /// `embed`: kiln only, without the PyTorch reference.
+    #[arg(long)]
+    no_reference: bool,
+    /// `embed`: only this workload (`minilm` or `bert-base`; default both), e.g. for profiling.
+    #[arg(long)]
+    workload: Option<String>,
 }
 
+/// Runs the benchmark `args.name` names.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.name.as_str() {
         "train-lenet" => train_step("lenet5", &args),
@@ -85,9 +104,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             };
             crate::bench_serve::run(&args.weights, &load, args.kv_memory)
         }
+        "embed" => crate::bench_embed::run(&crate::bench_embed::EmbedBenchOptions {
+            reps: args.reps,
+            rounds: args.rounds,
+            threads: args.threads,
+            python: args.python,
+            reference: !args.no_reference,
+            only: args.workload,
+        }),
         other => {
             anyhow::bail!(
-                "unknown benchmark {other:?}; known: train-lenet, train-mnist-cnn, train-resnet20, decode, train-gpt-tiny, llama, serve"
+                "unknown benchmark {other:?}; known: train-lenet, train-mnist-cnn, train-resnet20, decode, train-gpt-tiny, llama, serve, embed"
             )
         }
     }
@@ -204,6 +231,7 @@ fn train_gpt_tiny(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Threads of the current rayon pool (the one kiln's kernels share work out over).
 pub fn rayon_threads() -> usize {
     rayon::current_num_threads()
 }

@@ -31,13 +31,19 @@ pub(crate) fn argmax(l: &[f32]) -> u32 {
 
 /// Prompt ids drawn from a fixed linear congruential sequence (the same every run).
 fn prompt(len: usize, salt: u64) -> Vec<u32> {
+    lcg_ids(len, 0, 50257, salt)
+}
+
+/// `n` token ids in `[lo, hi)` from a fixed linear congruential sequence picked by `salt` (the
+/// PyTorch reference scripts draw the same one, so both sides see the same tokens).
+pub(crate) fn lcg_ids(n: usize, lo: u64, hi: u64, salt: u64) -> Vec<u32> {
     let mut s = 0x9E37_79B9u64 ^ salt;
-    (0..len)
+    (0..n)
         .map(|_| {
             s = s
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
-            ((s >> 33) % 50257) as u32
+            (lo + (s >> 33) % (hi - lo)) as u32
         })
         .collect()
 }

@@ -1,12 +1,15 @@
 //! The datasets `cargo xtask train` and `eval` know: where their files are, which task they serve,
 //! what they fix about a model (input geometry, vocabulary), and how to load them.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::{bail, Context};
 use kiln::data::mnist::{Mnist, Split};
+use kiln::data::text::books::{self, Author, SpecialIds};
 use kiln::data::text::{
-    CharTokenizer, InstructionSet, SequentialBlocks, SftDataset, TextTokenizer, TokenStream,
+    CharTokenizer, InstructionSet, MlmConfig, SequentialBlocks, SftDataset, TextTokenizer, TokenStream,
+    Tokenizer,
 };
 use kiln::data::{Dataset, TensorDataset};
 use kiln::zoo::Task;
@@ -49,7 +52,58 @@ pub const DATASETS: &[DatasetInfo] = &[
         path: "text/tinyshakespeare.txt",
         about: "tiny-shakespeare as characters (65 ids), last 10% for validation",
     },
+    DatasetInfo {
+        name: "shakespeare-mlm",
+        task: Task::MaskedLm,
+        path: "text",
+        about:
+            "BERT pre-training (masked LM + next sentence) on Shakespeare's 42 works and Austen's 6 novels, \
+                held-out works for validation",
+    },
+    DatasetInfo {
+        name: "authors",
+        task: Task::SequenceClassification,
+        path: "text",
+        about: "Shakespeare or Austen? 2-3 sentence passages, 4000 train / 1000 test from held-out works",
+    },
 ];
+
+/// The sequence length of the BERT datasets (`shakespeare-mlm`, `authors`) unless `--seq-len`
+/// says otherwise.
+pub const BERT_SEQ_LEN: usize = 128;
+
+/// The WordPiece tokenizer of the BERT datasets, under the data directory (bert-base-uncased's
+/// vocabulary, 30522 ids).
+pub const BERT_TOKENIZER: &str = "tokenizers/bert-base-uncased/tokenizer.json";
+
+/// The fixed seed of the BERT datasets' draws (pairs, masks, passages, sub-sampling): a dataset
+/// is a pure function of its files and sequence length, so `eval` rebuilds the same test set.
+const BOOKS_SEED: u64 = 0;
+
+/// Passages of each author in the `authors` training split (4000 in all).
+const AUTHORS_TRAIN_PER_CLASS: usize = 2000;
+
+/// Passages of each author in the `authors` test split (1000 in all).
+const AUTHORS_TEST_PER_CLASS: usize = 500;
+
+/// The sequence length a dataset uses unless `--seq-len` says otherwise: [`BERT_SEQ_LEN`] for
+/// the BERT datasets, [`DEFAULT_SEQ_LEN`] for everything else.
+pub fn default_seq_len(dataset: &str) -> usize {
+    match dataset {
+        "shakespeare-mlm" | "authors" => BERT_SEQ_LEN,
+        _ => DEFAULT_SEQ_LEN,
+    }
+}
+
+/// The data directory: `data` under the current directory (xtask runs from the workspace root
+/// through the cargo alias), else the one beside xtask's manifest.
+pub fn default_data_dir() -> PathBuf {
+    let here = PathBuf::from("data");
+    if here.exists() {
+        return here;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("data")
+}
 
 /// The block length of the language-modelling datasets unless `--seq-len` says otherwise.
 pub const DEFAULT_SEQ_LEN: usize = 64;
@@ -81,6 +135,10 @@ pub struct Loaded {
     pub tokenizer: Option<CharTokenizer>,
     /// A tokenizer file to copy into the run directory as `tokenizer.json` (token shards).
     pub tokenizer_file: Option<std::path::PathBuf>,
+    /// Reference scores of trivial predictors on the evaluation split, a JSON object (`{}` when
+    /// the dataset has none): `shakespeare-mlm` gives `unigram_mlm_accuracy` (always predicting
+    /// the most frequent masked token of the training split) and `unigram_token`.
+    pub baselines: serde_json::Value,
 }
 
 /// Whether `name` is a `prepare-data` output directory (token shards and `meta.json`).
@@ -115,6 +173,7 @@ pub fn load_shards(dir: &Path, seq_len: usize) -> anyhow::Result<Loaded> {
         geometry: serde_json::json!({ "vocab_size": vocab }),
         tokenizer: None,
         tokenizer_file,
+        baselines: serde_json::json!({}),
     })
 }
 
@@ -146,6 +205,7 @@ pub fn load_sft(path: &Path, tokenizer: &dyn TextTokenizer, max_len: usize) -> a
         geometry: serde_json::json!({ "vocab_size": tokenizer.vocab_size() }),
         tokenizer: None,
         tokenizer_file: None,
+        baselines: serde_json::json!({}),
     })
 }
 
@@ -155,6 +215,9 @@ pub fn load(info: &DatasetInfo, data_dir: &Path, seq_len: usize) -> anyhow::Resu
     let context = || format!("loading dataset {} from {}", info.name, path.display());
     match info.name {
         "tinyshakespeare-char" => load_char_text(&path, seq_len).with_context(context),
+        "shakespeare-mlm" | "authors" => {
+            load_books(info.name, &path, data_dir, seq_len).with_context(context)
+        }
         _ => {
             let train = Mnist::load(&path, Split::Train)
                 .with_context(context)?
@@ -173,6 +236,7 @@ pub fn load(info: &DatasetInfo, data_dir: &Path, seq_len: usize) -> anyhow::Resu
                 geometry: serde_json::json!({"in_channels": 1, "image_size": 28, "num_classes": 10}),
                 tokenizer: None,
                 tokenizer_file: None,
+                baselines: serde_json::json!({}),
             })
         }
     }
@@ -192,6 +256,101 @@ fn load_char_text(path: &Path, seq_len: usize) -> anyhow::Result<Loaded> {
         geometry: serde_json::json!({"vocab_size": tokenizer.vocab_size()}),
         tokenizer: Some(tokenizer),
         tokenizer_file: None,
+        baselines: serde_json::json!({}),
+    })
+}
+
+/// The BERT datasets on the books of `text_dir` (`kiln_data::text::books`), tokenized with
+/// [`BERT_TOKENIZER`] under `data_dir`:
+///
+/// - `shakespeare-mlm`: next-sentence pairs of every work (training: the works that are not held
+///   out; validation: the held-out ones), masked once (15%, 80/10/10). Inputs `u32 [N, 3, L]`
+///   (ids, token types, attention mask), targets `i64 [N, L + 1]` (the MLM labels, -100 where
+///   nothing is predicted, then the next-sentence label: 0 = b follows a, 1 = random).
+/// - `authors`: `[CLS] passage [SEP]` of 2–3 consecutive sentences, balanced and sub-sampled to
+///   4000 training and 1000 test passages; targets `i64 [N]`, 0 = Shakespeare, 1 = Austen.
+fn load_books(name: &str, text_dir: &Path, data_dir: &Path, seq_len: usize) -> anyhow::Result<Loaded> {
+    if seq_len < 3 {
+        bail!("--seq-len {seq_len} is too short for BERT inputs ([CLS] and [SEP] take 2 tokens, pairs 3)");
+    }
+    let start = Instant::now();
+    let tokenizer_file = data_dir.join(BERT_TOKENIZER);
+    let tokenizer = Tokenizer::from_file(&tokenizer_file)
+        .with_context(|| format!("loading the BERT tokenizer {}", tokenizer_file.display()))?;
+    let works = books::load_works(text_dir)?;
+    let tokenized = books::tokenize_works(&works, &tokenizer)?;
+    let ids = SpecialIds::from_tokenizer(&tokenizer)?;
+    let held_out = works.iter().filter(|w| books::is_held_out(w)).count();
+    let sentences: usize = works.iter().map(|w| w.sentences.len()).sum();
+    let tokens: usize = tokenized.iter().flatten().map(Vec::len).sum();
+    let vocab_size = tokenizer.vocab_size();
+    let (train, test, geometry, baselines, summary) = if name == "shakespeare-mlm" {
+        let mlm = MlmConfig::from_tokenizer(&tokenizer)?;
+        let d = books::mlm_nsp_dataset(&works, &tokenized, ids, &mlm, seq_len, BOOKS_SEED)?;
+        let token = tokenizer.id_to_token(d.unigram_token).unwrap_or_default();
+        println!(
+            "unigram baseline: always predicting {token:?} (the most frequent masked token of the training \
+             pairs) gives {:.2}% held-out masked-LM accuracy",
+            100.0 * d.unigram_accuracy
+        );
+        let summary = format!(
+            "{} train / {} validation pairs, {} / {} masked tokens",
+            d.train.len(),
+            d.validation.len(),
+            d.masked_tokens.0,
+            d.masked_tokens.1
+        );
+        (
+            d.train,
+            d.validation,
+            serde_json::json!({ "vocab_size": vocab_size }),
+            serde_json::json!({ "unigram_mlm_accuracy": d.unigram_accuracy, "unigram_token": token }),
+            summary,
+        )
+    } else {
+        let d = books::authors_dataset(
+            &works,
+            &tokenized,
+            ids,
+            seq_len,
+            AUTHORS_TRAIN_PER_CLASS,
+            AUTHORS_TEST_PER_CLASS,
+            BOOKS_SEED,
+        )?;
+        let [s, a] = [Author::Shakespeare, Author::Austen].map(Author::name);
+        let summary = format!(
+            "{} train / {} test passages, balanced (of {} {s} + {} {a} / {} + {} available), \
+             {} / {} cut to {seq_len} tokens",
+            d.train.len(),
+            d.test.len(),
+            d.available.0[0],
+            d.available.0[1],
+            d.available.1[0],
+            d.available.1[1],
+            d.truncated.0,
+            d.truncated.1
+        );
+        (
+            d.train,
+            d.test,
+            serde_json::json!({ "vocab_size": vocab_size, "num_labels": 2 }),
+            serde_json::json!({}),
+            summary,
+        )
+    };
+    println!(
+        "{name}: {} works ({held_out} held out), {sentences} sentences, {tokens} tokens; {summary}; \
+         length {seq_len}; built in {:.1} s",
+        works.len(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(Loaded {
+        train: Box::new(train),
+        test: Box::new(test),
+        geometry,
+        tokenizer: None,
+        tokenizer_file: Some(tokenizer_file),
+        baselines,
     })
 }
 
@@ -300,6 +459,57 @@ mod tests {
         let seq = as_row_sequences(&images).unwrap();
         assert_eq!(seq.inputs().dims(), &[2, 3, 4]);
         assert_eq!(seq.inputs().to_vec::<f32>().unwrap(), x);
+    }
+
+    #[test]
+    fn the_bert_datasets_default_to_128_tokens() {
+        assert_eq!(default_seq_len("authors"), 128);
+        assert_eq!(default_seq_len("shakespeare-mlm"), 128);
+        assert_eq!(default_seq_len("tinyshakespeare-char"), DEFAULT_SEQ_LEN);
+        assert_eq!(find("authors").unwrap().task, Task::SequenceClassification);
+        assert_eq!(find("shakespeare-mlm").unwrap().task, Task::MaskedLm);
+    }
+
+    #[test]
+    fn the_bert_datasets_have_the_fixed_tensor_layout() {
+        let data_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data");
+        if !data_dir.join(BERT_TOKENIZER).is_file() {
+            eprintln!("skipped: no {BERT_TOKENIZER} under {}", data_dir.display());
+            return;
+        }
+        let l = 32;
+        let mlm = load(find("shakespeare-mlm").unwrap(), &data_dir, l).unwrap();
+        assert_eq!(mlm.geometry, serde_json::json!({"vocab_size": 30522}));
+        let b = mlm.test.get_batch(&[0, 1, 2]).unwrap();
+        assert_eq!(b.inputs.dims(), &[3, 3, l]);
+        assert_eq!(b.inputs.dtype(), kiln::tensor::DType::U32);
+        let y = b.targets.unwrap();
+        assert_eq!((y.dims(), y.dtype()), (&[3, l + 1][..], kiln::tensor::DType::I64));
+        let y = y.to_vec::<i64>().unwrap();
+        assert!((0..3).all(|r| matches!(y[r * (l + 1) + l], 0 | 1)));
+        let unigram = mlm.baselines["unigram_mlm_accuracy"].as_f64().unwrap();
+        assert!(unigram > 0.0 && unigram < 0.2, "{unigram}");
+
+        let authors = load(find("authors").unwrap(), &data_dir, l).unwrap();
+        assert_eq!(
+            authors.geometry,
+            serde_json::json!({"vocab_size": 30522, "num_labels": 2})
+        );
+        assert_eq!((authors.train.len(), authors.test.len()), (4000, 1000));
+        let all: Vec<usize> = (0..1000).collect();
+        let b = authors.test.get_batch(&all).unwrap();
+        assert_eq!(b.inputs.dims(), &[1000, 3, l]);
+        let y = b.targets.unwrap().to_vec::<i64>().unwrap();
+        assert_eq!(y.iter().filter(|&&c| c == 1).count(), 500);
+        let x = b.inputs.to_vec::<u32>().unwrap();
+        // [CLS] first, type ids 0, padding id 0 where the mask is 0.
+        for r in 0..1000 {
+            let row = &x[r * 3 * l..(r + 1) * 3 * l];
+            assert_eq!(row[0], 101);
+            assert!(row[l..2 * l].iter().all(|&t| t == 0));
+            assert!((0..l).all(|i| row[2 * l + i] == 1 || row[i] == 0));
+        }
+        assert!(authors.tokenizer_file.unwrap().ends_with("tokenizer.json"));
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! `cargo xtask`: kiln's command runner (always built in release through the alias in
 //! `.cargo/config.toml`).
 
+mod baseline;
 mod bench;
 mod bench_decode;
+mod bench_embed;
 mod bench_llama;
 mod bench_serve;
 mod chat;
@@ -54,6 +56,8 @@ enum Command {
     PrepareData(prepare_data::PrepareDataArgs),
     /// List the registered models: name, family, task, parameter count.
     Models(models::ModelsArgs),
+    /// Simple-model baselines of a dataset (`authors`: bag-of-words logistic regression).
+    Baseline(baseline::BaselineArgs),
     /// Speed benchmarks: `train-lenet`, `train-mnist-cnn`, `train-resnet20`, `decode`, `train-gpt-tiny`, `llama`.
     Bench(bench::BenchArgs),
     /// Print the kiln crates this build links and the compute devices it can use.
@@ -91,6 +95,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Perplexity(args) => perplexity::run(args),
         Command::PrepareData(args) => prepare_data::run(args),
         Command::Models(args) => models::run(args),
+        Command::Baseline(args) => baseline::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Info => info(),
     }

@@ -23,7 +23,8 @@ pub struct TrainArgs {
     /// Registered model (`cargo xtask models` lists them).
     #[arg(long)]
     model: Option<String>,
-    /// Dataset: mnist, fashion-mnist, mnist-sequential, tinyshakespeare-char.
+    /// Dataset: mnist, fashion-mnist, mnist-sequential, tinyshakespeare-char, shakespeare-mlm,
+    /// authors, a `prepare-data` directory, or an instruction JSONL file with `--task sft`.
     #[arg(long)]
     dataset: Option<String>,
     /// Number of epochs (default 5).
@@ -136,15 +137,6 @@ pub struct RunSpec {
 }
 
 const RUN_FILE: &str = "run.json";
-
-fn default_data_dir() -> PathBuf {
-    // xtask runs from the workspace root through the cargo alias; fall back to the manifest's parent.
-    let here = PathBuf::from("data");
-    if here.exists() {
-        return here;
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("data")
-}
 
 fn read_spec(path: &Path) -> anyhow::Result<RunSpec> {
     let text = std::fs::read_to_string(path)
@@ -269,11 +261,13 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     if transformer && train_cfg.clip_grad_norm.is_none() && args.resume.is_none() {
         train_cfg.clip_grad_norm = Some(1.0);
     }
-    let seq_len = spec.seq_len.unwrap_or(datasets::DEFAULT_SEQ_LEN);
+    let seq_len = spec
+        .seq_len
+        .unwrap_or_else(|| datasets::default_seq_len(&dataset));
     if seq_len == 0 {
         bail!("--seq-len must be at least 1");
     }
-    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    let data_dir = args.data_dir.clone().unwrap_or_else(datasets::default_data_dir);
     let data = if sft {
         if entry.task != kiln::zoo::Task::CausalLm {
             bail!(
@@ -440,7 +434,8 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     }
     let metrics = serde_json::json!({
         "test_accuracy": acc, "test_loss": test.loss, "test_top5": test.top5,
-        "test_extra": test.extra, "train_seconds": train_secs, "steps": trainer.step(),
+        "test_extra": test.extra, "baselines": data.baselines,
+        "train_seconds": train_secs, "steps": trainer.step(),
     });
     std::fs::write(out.join("metrics.json"), serde_json::to_string_pretty(&metrics)?)?;
     Ok(())
@@ -554,11 +549,12 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let cfg = kiln::zoo::merge_config(entry, spec.model_config.as_ref())?;
     let model = (entry.build)(&cfg, Scope::init(0, DType::F32, Device::Cpu))?;
     kiln::nn::load_state_dict_file(&model.parameters(), ckpt.join("model.safetensors"), true)?;
-    let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
+    let data_dir = args.data_dir.unwrap_or_else(datasets::default_data_dir);
     let data = datasets::load(
         datasets::find(&dataset)?,
         &data_dir,
-        spec.seq_len.unwrap_or(datasets::DEFAULT_SEQ_LEN),
+        spec.seq_len
+            .unwrap_or_else(|| datasets::default_seq_len(&dataset)),
     )?;
     let optimizer = OptimizerConfig::by_name("sgd", 0.0)?.build(model.parameters())?;
     let trainer = Trainer::new(

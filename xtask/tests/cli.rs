@@ -10,6 +10,18 @@ fn xtask(args: &[&str]) -> Output {
         .expect("xtask runs")
 }
 
+/// Runs xtask, asserts it succeeded (printing both streams if not) and returns its stdout.
+fn succeeds(args: &[&str]) -> String {
+    let out = xtask(args);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{args:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
 fn fails_with(args: &[&str], needles: &[&str]) {
     let out = xtask(args);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -726,4 +738,118 @@ fn embed_with_minilm_gives_the_reference_similarities() {
         table.contains("2 texts, 384 dimensions") && table.contains("-0.0620"),
         "{table}"
     );
+}
+
+#[test]
+fn bert_classifier_trains_on_authors_and_starts_from_other_weights() {
+    let root = std::env::temp_dir().join(format!("kiln-cli-bert-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let run = root.join("scratch");
+    let text = succeeds(&[
+        "train",
+        "--model",
+        "bert-classifier",
+        "--dataset",
+        "authors",
+        "--steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert!(
+        text.contains("1000 test examples") || text.contains("1000 test"),
+        "{text}"
+    );
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
+    let acc = metrics["test_accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc), "{metrics}");
+    // Wrong pairings and sources are one-line errors.
+    fails_with(
+        &[
+            "train",
+            "--model",
+            "bert-tiny",
+            "--dataset",
+            "authors",
+            "--steps",
+            "1",
+        ],
+        &["authors", "bert-tiny"],
+    );
+    fails_with(
+        &[
+            "train",
+            "--model",
+            "bert-classifier",
+            "--dataset",
+            "authors",
+            "--init",
+            "no/such/run",
+        ],
+        &["no/such/run"],
+    );
+    fails_with(
+        &[
+            "train",
+            "--model",
+            "gpt-tiny",
+            "--dataset",
+            "tinyshakespeare-char",
+            "--init",
+            run.to_str().unwrap(),
+        ],
+        &["gpt-tiny", "bert-classifier"],
+    );
+    // The real MiniLM as the encoder: its tensors load under `bert.`, the head is new.
+    if let Some(minilm) = minilm_dir() {
+        let tuned = root.join("minilm");
+        let text = succeeds(&[
+            "train",
+            "--model",
+            "bert-classifier",
+            "--init",
+            &minilm,
+            "--dataset",
+            "authors",
+            "--steps",
+            "1",
+            "--batch-size",
+            "4",
+            "--out",
+            tuned.to_str().unwrap(),
+        ]);
+        assert!(
+            text.contains("newly initialised") && text.contains("classifier.weight"),
+            "{text}"
+        );
+        let run_json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(tuned.join("run.json")).unwrap()).unwrap();
+        assert_eq!(run_json["model_config"]["hidden_size"], 384, "{run_json}");
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn embed_rejects_a_config_json_with_unknown_or_missing_fields() {
+    let dir = std::env::temp_dir().join(format!("kiln-cli-bert-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("model.safetensors"), b"").unwrap();
+    let good = serde_json::json!({"vocab_size": 100, "hidden_size": 8, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "intermediate_size": 16, "max_position_embeddings": 16,
+        "type_vocab_size": 2, "layer_norm_eps": 1e-12});
+    let mut unknown = good.clone();
+    unknown["hidden_sizes"] = 8.into();
+    let mut missing = good.clone();
+    missing.as_object_mut().unwrap().remove("hidden_size");
+    for (cfg, needle) in [(unknown, "hidden_sizes"), (missing, "hidden_size")] {
+        std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+        fails_with(
+            &["embed", "--weights", dir.to_str().unwrap(), "hi"],
+            &[needle, "config.json"],
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -360,9 +360,7 @@ impl Trainer {
                             &mut checkpoint_wanted,
                         )?;
                     }
-                    if !batch.inputs.dtype().is_float() {
-                        window_tokens += batch.inputs.elem_count();
-                    }
+                    window_tokens += self.model.tokens_in(&batch.inputs).unwrap_or(0);
                     let (grads, loss, n) = self.train_batch(batch)?;
                     step_loss += loss * n as f64;
                     step_samples += n;

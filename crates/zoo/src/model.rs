@@ -131,6 +131,12 @@ pub trait Model: Send + Sync {
             reason: "this model holds no quantized weights".into(),
         })
     }
+    /// How many tokens a batch of `inputs` holds, for the trainer's tokens/s: every element of
+    /// integer inputs (token ids) unless the model knows better (BERT counts the real tokens of
+    /// its `[B, 3, L]` inputs); `None` for inputs that are not tokens.
+    fn tokens_in(&self, inputs: &Tensor) -> Option<usize> {
+        (!inputs.dtype().is_float()).then(|| inputs.elem_count())
+    }
     /// Number of trainable scalar parameters (buffers such as batch-norm running statistics are
     /// not counted, as in PyTorch's `sum(p.numel() for p in model.parameters())`).
     fn num_parameters(&self) -> usize {

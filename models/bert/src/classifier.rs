@@ -88,6 +88,9 @@ impl Model for BertClassifier {
         };
         Ok(Output::new(logits, loss))
     }
+    fn tokens_in(&self, inputs: &Tensor) -> Option<usize> {
+        crate::model::real_tokens(inputs, self.bert.bert_config().pad_token_id)
+    }
     fn parameters(&self) -> Vec<Param> {
         self.params.clone()
     }

@@ -140,6 +140,12 @@ impl BertInput {
     }
 }
 
+/// The real (unmasked) tokens of zoo inputs (see [`BertInput::from_tensor`]), for tokens/s.
+pub(crate) fn real_tokens(inputs: &Tensor, pad_id: u32) -> Option<usize> {
+    let input = BertInput::from_tensor(inputs, pad_id).ok()?;
+    Some(input.attention_mask.iter().map(|&m| m as usize).sum())
+}
+
 /// What [`BertModel::forward_input`] returns.
 #[derive(Clone, Debug)]
 pub struct BertOutput {

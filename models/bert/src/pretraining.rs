@@ -185,6 +185,9 @@ impl Model for BertForPreTraining {
             tallies,
         })
     }
+    fn tokens_in(&self, inputs: &Tensor) -> Option<usize> {
+        crate::model::real_tokens(inputs, self.bert.bert_config().pad_token_id)
+    }
     fn parameters(&self) -> Vec<Param> {
         self.params.clone()
     }

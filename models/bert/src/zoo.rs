@@ -37,6 +37,9 @@ impl Model for BertModel {
             None,
         ))
     }
+    fn tokens_in(&self, inputs: &Tensor) -> Option<usize> {
+        crate::model::real_tokens(inputs, self.cfg.pad_token_id)
+    }
     fn parameters(&self) -> Vec<Param> {
         self.params.clone()
     }

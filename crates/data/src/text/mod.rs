@@ -13,9 +13,13 @@
 //!   random windows, inputs and next-token targets) and the train/validation split.
 //! - [`mlm`] / [`nsp`]: BERT masked-LM masking (15% of non-special tokens: 80% `[MASK]`, 10%
 //!   random, 10% kept) and next-sentence pairs.
+//! - [`books`]: Shakespeare's works and Jane Austen's novels cleaned into sentences with a fixed
+//!   held-out split by work, and the BERT datasets built on them (next-sentence pairs with static
+//!   MLM masking; balanced author-classification passages).
 //! - [`instruct`]: the JSONL instruction dataset, the `### Instruction:` template and labels
 //!   masked on the prompt; [`chat`]: Jinja chat templates (`minijinja`).
 
+pub mod books;
 pub mod char_tokenizer;
 pub mod chat;
 pub mod corpus;
@@ -29,6 +33,10 @@ pub mod train;
 
 use std::path::Path;
 
+pub use books::{
+    authors_dataset, is_held_out, load_works, mlm_nsp_dataset, split_sentences, tokenize_works, Author,
+    AuthorsData, MlmNspData, SpecialIds, Work,
+};
 pub use char_tokenizer::CharTokenizer;
 pub use chat::{ChatMessage, ChatTemplate};
 pub use corpus::encode_corpus;
