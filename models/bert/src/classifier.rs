@@ -8,12 +8,12 @@ use kiln_zoo::{Batch, Error, Model, Output, Result, Task};
 
 use crate::config::BertConfig;
 use crate::layers::Dense;
-use crate::model::{BertInput, BertModel};
+use crate::model::BertModel;
 use crate::targets::integer_targets;
 
 /// A sequence classifier: `classifier(pooler(bert(x)))`, loss the mean cross-entropy.
 ///
-/// - inputs: token ids `[B, L]` or `[B, 3, L]` (see [`BertInput::from_tensor`]);
+/// - inputs: token ids `[B, L]` or `[B, 3, L]` (see [`BertInput::from_tensor`](crate::BertInput::from_tensor));
 /// - targets: class indices `[B]` in `0..num_labels`;
 /// - logits: `[B, num_labels]`.
 pub struct BertClassifier {
@@ -51,13 +51,6 @@ impl BertClassifier {
     pub fn encoder(&self) -> &BertModel {
         &self.bert
     }
-
-    fn input_err(&self, reason: String) -> Error {
-        Error::Input {
-            model: self.name.clone(),
-            reason,
-        }
-    }
 }
 
 impl Model for BertClassifier {
@@ -68,8 +61,7 @@ impl Model for BertClassifier {
         Task::SequenceClassification
     }
     fn forward(&self, batch: &Batch) -> Result<Output> {
-        let pad = self.bert.bert_config().pad_token_id;
-        let input = BertInput::from_tensor(&batch.inputs, pad).map_err(|r| self.input_err(r))?;
+        let input = self.bert.parse_input(&batch.inputs)?;
         // Trailing columns that are padding in every row change nothing: skip them.
         let input = input.truncated(input.used_len().max(1));
         let (b, len) = (input.batch, input.seq_len);
@@ -79,9 +71,11 @@ impl Model for BertClassifier {
             None => None,
             Some(t) => {
                 let labels = integer_targets(t, &[b], "one class index per sequence")
-                    .map_err(|r| self.input_err(r))?;
+                    .map_err(|r| self.bert.input_err(r))?;
                 if let Some(bad) = labels.iter().find(|&&c| c < 0 || c as usize >= self.num_labels) {
-                    return Err(self.input_err(format!("class {bad} is outside 0..{}", self.num_labels)));
+                    return Err(self
+                        .bert
+                        .input_err(format!("class {bad} is outside 0..{}", self.num_labels)));
                 }
                 Some(logits.log_softmax_nll(&Tensor::from_slice(&labels, [b])?)?)
             }

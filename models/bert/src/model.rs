@@ -222,6 +222,11 @@ impl BertModel {
         }
     }
 
+    /// Zoo inputs (see [`BertInput::from_tensor`]) as a batch, or an input error naming the model.
+    pub(crate) fn parse_input(&self, inputs: &Tensor) -> Result<BertInput> {
+        BertInput::from_tensor(inputs, self.cfg.pad_token_id).map_err(|r| self.input_err(r))
+    }
+
     fn check(&self, input: &BertInput) -> Result<()> {
         let n = input.batch * input.seq_len;
         if input.ids.len() != n || input.type_ids.len() != n || input.attention_mask.len() != n {

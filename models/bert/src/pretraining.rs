@@ -5,11 +5,11 @@
 use kiln_autograd::{Param, Var};
 use kiln_nn::{Init, Scope};
 use kiln_tensor::Tensor;
-use kiln_zoo::{Batch, Error, Model, Output, Result, Tally, Task};
+use kiln_zoo::{Batch, Model, Output, Result, Tally, Task};
 
 use crate::config::BertConfig;
 use crate::layers::{Dense, Norm};
-use crate::model::{BertInput, BertModel};
+use crate::model::BertModel;
 use crate::targets::{argmax_hits, integer_targets, IGNORE_INDEX};
 
 /// BERT with its pre-training heads, as `BertForPreTraining`: a batch's loss is the mean
@@ -17,7 +17,7 @@ use crate::targets::{argmax_hits, integer_targets, IGNORE_INDEX};
 /// cross-entropy.
 ///
 /// - inputs: token ids `[B, L]` or `[B, 3, L]` (ids, token types, attention mask; see
-///   [`BertInput::from_tensor`]);
+///   [`BertInput::from_tensor`](crate::BertInput::from_tensor));
 /// - targets: integer `[B, L + 1]`: the masked-LM label of each position (`-100` where nothing
 ///   is predicted) and, last, the next-sentence label (0: the second segment follows the first,
 ///   1: it is random);
@@ -52,12 +52,10 @@ impl BertForPreTraining {
             decoder_bias: predictions.param("bias", [v], Init::Zeros)?,
             seq_relationship: Dense::new(scope.sub("cls").sub("seq_relationship"), d, 2)?,
             bert,
-            params: Vec::new(),
-        };
-        Ok(BertForPreTraining {
+            // Last: every parameter above exists by now.
             params: scope.all_params(),
-            ..model
-        })
+        };
+        Ok(model)
     }
 
     /// The encoder.
@@ -73,13 +71,6 @@ impl BertForPreTraining {
         let words = self.bert.embeddings.word.var();
         Ok(h.matmul(&words.t()?)?.add(&self.decoder_bias.var())?)
     }
-
-    fn input_err(&self, reason: String) -> Error {
-        Error::Input {
-            model: self.name.clone(),
-            reason,
-        }
-    }
 }
 
 impl Model for BertForPreTraining {
@@ -91,7 +82,7 @@ impl Model for BertForPreTraining {
     }
     fn forward(&self, batch: &Batch) -> Result<Output> {
         let cfg = self.bert.bert_config();
-        let input = BertInput::from_tensor(&batch.inputs, cfg.pad_token_id).map_err(|r| self.input_err(r))?;
+        let input = self.bert.parse_input(&batch.inputs)?;
         let (b, full_len) = (input.batch, input.seq_len);
         let Some(targets) = &batch.targets else {
             let hidden = self.bert.encode(&input)?;
@@ -103,7 +94,7 @@ impl Model for BertForPreTraining {
             &[b, full_len + 1],
             "[B, L + 1]: masked-LM labels, then the next-sentence label",
         )
-        .map_err(|r| self.input_err(r))?;
+        .map_err(|r| self.bert.input_err(r))?;
         // Trailing columns that are padding in every row change nothing: skip them.
         let len = input.used_len().max(1);
         let input = input.truncated(len);
@@ -117,7 +108,7 @@ impl Model for BertForPreTraining {
                     continue;
                 }
                 if label < 0 || label as usize >= cfg.vocab_size || pos >= len {
-                    return Err(self.input_err(format!(
+                    return Err(self.bert.input_err(format!(
                         "masked-LM label {label} at sequence {row}, position {pos} must be a token id in 0..{} at a real token, or -100",
                         cfg.vocab_size
                     )));
@@ -126,7 +117,7 @@ impl Model for BertForPreTraining {
                 mlm_targets.push(label);
             }
             if !(0..=1).contains(&nsp[0]) {
-                return Err(self.input_err(format!(
+                return Err(self.bert.input_err(format!(
                     "next-sentence label {} of sequence {row} must be 0 (follows) or 1 (random)",
                     nsp[0]
                 )));

@@ -6,7 +6,7 @@ use kiln_autograd::{Param, Var};
 use kiln_tensor::Tensor;
 use kiln_zoo::{Batch, Model, Output, Result, Task};
 
-use crate::model::{BertInput, BertModel};
+use crate::model::BertModel;
 
 /// The zoo's view of the encoder: `forward` takes token ids `[B, L]` (positions holding
 /// `pad_token_id` are padding) or `[B, 3, L]` (ids, token types, attention mask) and returns the
@@ -27,8 +27,7 @@ impl Model for BertModel {
                     .into(),
             ));
         }
-        let input =
-            BertInput::from_tensor(&batch.inputs, self.cfg.pad_token_id).map_err(|r| self.input_err(r))?;
+        let input = self.parse_input(&batch.inputs)?;
         let rows = self.sentence_embeddings(&input)?;
         let d = self.cfg.hidden_size;
         let flat: Vec<f32> = rows.into_iter().flatten().collect();
