@@ -165,6 +165,12 @@ proptest! {
     }
 
     #[test]
+    fn matmul_bias_with_a_transposed_weight(m in 1usize..5, k in 1usize..5, n in 1usize..5, seed in 0u64..10_000) {
+        let (x, w, b) = (randn(&[m, k], seed), randn(&[n, k], seed + 1), randn(&[n], seed + 2));
+        check(|v| v[0].matmul_bias(&v[1].t()?, &v[2]), &[x, w, b])?;
+    }
+
+    #[test]
     fn shape_ops(d0 in 1usize..4, d1 in 1usize..4, d2 in 1usize..4, seed in 0u64..10_000, op in 0usize..12) {
         let x = randn(&[d0, d1, d2], seed);
         let y = randn(&[d0, d1, d2], seed + 1);

@@ -1,8 +1,11 @@
 //! Adam (`torch.optim.Adam`, weight decay as an L2 term) and AdamW (`torch.optim.AdamW`,
 //! decoupled weight decay), with optional AMSGrad.
 
+use std::mem::MaybeUninit;
+
 use kiln_autograd::Param;
 use kiln_tensor::{DType, FloatDType, Tensor};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{check_non_negative, check_unit_interval};
@@ -105,6 +108,11 @@ struct AdamScalars {
     step_size: f64,
 }
 
+/// Parameters of at least this many elements are updated on rayon threads.
+const PARALLEL_ELEMS: usize = 1 << 15;
+/// Elements per parallel task.
+const PARALLEL_CHUNK: usize = 1 << 13;
+
 /// Adam's update in one pass over `p`, `g`, `m`, `v` (the common case: no AMSGrad, one float dtype),
 /// with the composed formula's operations in the same order, so the results are the same bits.
 /// [`fused_update`]'s constants in the parameter's dtype.
@@ -131,9 +139,9 @@ fn adam_pass<F: FloatDType>(
     gs: &[F],
     ms: &[F],
     vs: &[F],
-    np: &mut [F],
-    nm: &mut [F],
-    nv: &mut [F],
+    np: &mut [MaybeUninit<F>],
+    nm: &mut [MaybeUninit<F>],
+    nv: &mut [MaybeUninit<F>],
 ) {
     let n = ps.len();
     let (gs, ms, vs) = (&gs[..n], &ms[..n], &vs[..n]);
@@ -149,15 +157,15 @@ fn adam_pass<F: FloatDType>(
         let mi = ms[i] * k.b1 + gi * k.one_b1;
         let vi = vs[i] * k.b2 + (gi * gi) * k.one_b2;
         let denom = (vi.sqrt() / k.bc2) * F::one() + k.eps;
-        np[i] = pi + (mi / denom) * k.neg_step;
-        nm[i] = mi;
-        nv[i] = vi;
+        np[i].write(pi + (mi / denom) * k.neg_step);
+        nm[i].write(mi);
+        nv[i].write(vi);
     }
 }
 
 kiln_tensor::multiversion! {
     /// [`adam_pass`] for this machine's widest vectors.
-    fn adam_pass_mv[F: FloatDType](k: &AdamConsts<F>, ps: &[F], gs: &[F], ms: &[F], vs: &[F], np: &mut [F], nm: &mut [F], nv: &mut [F]) = adam_pass[F]
+    fn adam_pass_mv[F: FloatDType](k: &AdamConsts<F>, ps: &[F], gs: &[F], ms: &[F], vs: &[F], np: &mut [MaybeUninit<F>], nm: &mut [MaybeUninit<F>], nv: &mut [MaybeUninit<F>]) = adam_pass[F]
 }
 
 fn fused_update<F: FloatDType>(
@@ -171,7 +179,11 @@ fn fused_update<F: FloatDType>(
     let (ps, gs) = (p.contiguous_slice::<F>()?, g.contiguous_slice::<F>()?);
     let (ms, vs) = (m.contiguous_slice::<F>()?, v.contiguous_slice::<F>()?);
     let n = ps.len();
-    let (mut np, mut nm, mut nv) = (vec![F::zero(); n], vec![F::zero(); n], vec![F::zero(); n]);
+    let (mut np, mut nm, mut nv) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
     let (b1, one_b1, b2, one_b2) = (c(s.b1), c(1.0 - s.b1), c(s.b2), c(1.0 - s.b2));
     let (bc2, eps, neg_step) = (c(s.bc2_sqrt), c(s.eps), c(-s.step_size));
     let (keep, wd) = match s.decay {
@@ -191,7 +203,31 @@ fn fused_update<F: FloatDType>(
         keep,
         wd,
     };
-    adam_pass_mv(&k, &ps, &gs, &ms, &vs, &mut np, &mut nm, &mut nv);
+    let (dp, dm, dv) = (
+        &mut np.spare_capacity_mut()[..n],
+        &mut nm.spare_capacity_mut()[..n],
+        &mut nv.spare_capacity_mut()[..n],
+    );
+    if n >= PARALLEL_ELEMS {
+        // Chunks of one fixed size: every element gets the same arithmetic whatever the threads.
+        dp.par_chunks_mut(PARALLEL_CHUNK)
+            .zip(dm.par_chunks_mut(PARALLEL_CHUNK))
+            .zip(dv.par_chunks_mut(PARALLEL_CHUNK))
+            .enumerate()
+            .for_each(|(c, ((p, m), v))| {
+                let r = c * PARALLEL_CHUNK..c * PARALLEL_CHUNK + p.len();
+                let (ps, gs, ms, vs) = (&ps[r.clone()], &gs[r.clone()], &ms[r.clone()], &vs[r]);
+                adam_pass_mv(&k, ps, gs, ms, vs, p, m, v);
+            });
+    } else {
+        adam_pass_mv(&k, &ps, &gs, &ms, &vs, dp, dm, dv);
+    }
+    // SAFETY: adam_pass wrote every one of the n elements of the three vectors.
+    unsafe {
+        np.set_len(n);
+        nm.set_len(n);
+        nv.set_len(n);
+    }
     let shape = p.shape().clone();
     Ok([
         Tensor::from_vec(np, shape.clone())?,

@@ -33,7 +33,7 @@ impl Dense {
 
     /// `x` `[N, in]` → `[N, out]`: one GEMM over the transposed view of the weight (no copy).
     pub(crate) fn forward(&self, x: &Var) -> Result<Var> {
-        Ok(x.matmul(&self.weight.var().t()?)?.add(&self.bias.var())?)
+        Ok(x.matmul_bias(&self.weight.var().t()?, &self.bias.var())?)
     }
 }
 

@@ -69,7 +69,7 @@ impl BertForPreTraining {
             .transform_norm
             .forward(&self.transform.forward(hidden)?.gelu()?)?;
         let words = self.bert.embeddings.word.var();
-        Ok(h.matmul(&words.t()?)?.add(&self.decoder_bias.var())?)
+        Ok(h.matmul_bias(&words.t()?, &self.decoder_bias.var())?)
     }
 }
 

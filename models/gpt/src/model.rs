@@ -24,7 +24,7 @@ impl Conv1D {
 
     /// `x` `[N, in]` → `[N, out]`.
     fn forward(&self, x: &Var) -> Result<Var> {
-        Ok(x.matmul(&self.weight.var())?.add(&self.bias.var())?)
+        Ok(x.matmul_bias(&self.weight.var(), &self.bias.var())?)
     }
 
     fn params(&self) -> [Param; 2] {

@@ -159,7 +159,7 @@ impl LstmLm {
         let rows = h.reshape([b * t, self.cfg.hidden_size])?;
         let logits = match &self.head {
             Head::Linear(l) => l.forward(&rows)?,
-            Head::Tied { weight, bias } => rows.matmul(&weight.var().t()?)?.add(&bias.var())?,
+            Head::Tied { weight, bias } => rows.matmul_bias(&weight.var().t()?, &bias.var())?,
         };
         Ok((logits.reshape([b, t, self.cfg.vocab_size])?, state))
     }

@@ -42,3 +42,29 @@ impl Var {
         }
     }
 }
+
+impl Var {
+    /// `self @ rhs + bias` for matrices `self` `[m, k]` and `rhs` `[k, n]` and a bias `[n]`
+    /// (`torch.addmm`), in one GEMM that starts from the bias rows ([`kiln_tensor::Tensor::matmul_bias`]).
+    /// Gradients: `g rhsᵀ`, `selfᵀ g`, and the column sums of `g` for the bias.
+    pub fn matmul_bias(&self, rhs: &Var, bias: &Var) -> Result<Var> {
+        let y = self.value().matmul_bias(rhs.value(), bias.value())?;
+        let (av, bv) = (self.value().clone(), rhs.value().clone());
+        let need = [self.requires_grad(), rhs.requires_grad(), bias.requires_grad()];
+        Ok(Var::from_op("matmul_bias", y, &[self, rhs, bias], move |g| {
+            let ga = match need[0] {
+                true => Some(g.matmul(&bv.t()?)?),
+                false => None,
+            };
+            let gb = match need[1] {
+                true => Some(av.t()?.matmul(g)?),
+                false => None,
+            };
+            let gbias = match need[2] {
+                true => Some(g.sum([0], false)?),
+                false => None,
+            };
+            Ok(vec![ga, gb, gbias])
+        }))
+    }
+}

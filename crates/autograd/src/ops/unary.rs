@@ -87,21 +87,12 @@ impl Var {
                 .mul_scalar(std::f64::consts::FRAC_2_SQRT_PI)
         }))
     }
-    /// Exact GELU.
+    /// Exact GELU (one fused pass backward: `g · (Φ(x) + x φ(x))`).
     pub fn gelu(&self) -> Result<Var> {
         let y = self.value().gelu()?;
-        // d/dx x·Φ(x) = Φ(x) + x·φ(x)
-        Ok(self.unary_with("gelu", y, |x, _| {
-            let cdf = x
-                .mul_scalar(std::f64::consts::FRAC_1_SQRT_2)?
-                .erf()?
-                .affine(0.5, 0.5)?;
-            let pdf = x
-                .sqr()?
-                .mul_scalar(-0.5)?
-                .exp()?
-                .mul_scalar(1.0 / (2.0 * std::f64::consts::PI).sqrt())?;
-            cdf.add(&x.mul(&pdf)?)
+        let x = self.value().clone();
+        Ok(Var::from_op("gelu", y, &[self], move |g| {
+            Ok(vec![Some(x.gelu_backward(g)?)])
         }))
     }
     /// Tanh-approximate GELU (one fused pass backward).

@@ -76,10 +76,11 @@ impl Module for Linear {
         } else {
             x.reshape([rows, self.in_features])?
         };
-        let mut y = x2.matmul(&self.weight.var().t()?)?;
-        if let Some(b) = &self.bias {
-            y = y.add(&b.var())?;
-        }
+        let wt = self.weight.var().t()?;
+        let y = match &self.bias {
+            Some(b) => x2.matmul_bias(&wt, &b.var())?,
+            None => x2.matmul(&wt)?,
+        };
         if x.rank() == 2 {
             Ok(y)
         } else {

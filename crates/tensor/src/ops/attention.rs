@@ -65,6 +65,60 @@ fn axpy<F: FloatDType>(y: &mut [F], a: F, x: &[F]) {
     }
 }
 
+/// Lanes of one register-held accumulator block (two AVX-512 vectors of f32).
+const LANES: usize = 32;
+
+/// `out += Σ_j w_j · row(j)[..out.len()]`, j ascending. Each block of [`LANES`] outputs is summed
+/// in a local array the compiler keeps in registers (an [`axpy`] per `j` would store and reload
+/// `out` every time); the per-element order of operations is the same as repeated `axpy`.
+#[inline(always)]
+fn add_weighted_rows<'a, F: FloatDType>(out: &mut [F], w: &[F], row: impl Fn(usize) -> &'a [F]) {
+    let d = out.len();
+    let full = d / LANES * LANES;
+    for c0 in (0..full).step_by(LANES) {
+        let mut acc = [F::zero(); LANES];
+        acc.copy_from_slice(&out[c0..c0 + LANES]);
+        for (j, &wj) in w.iter().enumerate() {
+            let r: &[F; LANES] = row(j)[c0..c0 + LANES].try_into().expect("a full block");
+            for l in 0..LANES {
+                acc[l] = acc[l] + wj * r[l];
+            }
+        }
+        out[c0..c0 + LANES].copy_from_slice(&acc);
+    }
+    if full < d {
+        for (j, &wj) in w.iter().enumerate() {
+            axpy(&mut out[full..], wj, &row(j)[full..d]);
+        }
+    }
+}
+
+/// `out[..n] = Σ_c q_c · cols[c * stride..][..n]`, c ascending (scores of one query against keys
+/// stored transposed, `n` a multiple of 16), in register-held blocks like [`add_weighted_rows`].
+#[inline(always)]
+fn scores_from_transposed<F: FloatDType>(out: &mut [F], q: &[F], cols: &[F], stride: usize) {
+    let n = out.len();
+    let full = n / LANES * LANES;
+    for c0 in (0..full).step_by(LANES) {
+        let mut acc = [F::zero(); LANES];
+        for (c, &qc) in q.iter().enumerate() {
+            let r: &[F; LANES] = cols[c * stride + c0..c * stride + c0 + LANES]
+                .try_into()
+                .expect("a full block");
+            for l in 0..LANES {
+                acc[l] = acc[l] + qc * r[l];
+            }
+        }
+        out[c0..c0 + LANES].copy_from_slice(&acc);
+    }
+    if full < n {
+        out[full..].fill(F::zero());
+        for (c, &qc) in q.iter().enumerate() {
+            axpy(&mut out[full..], qc, &cols[c * stride + full..c * stride + n]);
+        }
+    }
+}
+
 /// Softmax in place of `s` (finite scores). The maximum and the sum run over 16 interleaved
 /// lanes folded in a fixed order, so they vectorise (a single running max or sum cannot).
 #[inline(always)]
@@ -144,10 +198,13 @@ fn per_sequence<F: Send>(
     if out_len == 0 {
         return;
     }
-    let items = out.chunks_mut(out_len).zip(probs.chunks_mut(probs_len.max(1)));
     if work >= PARALLEL_WORK {
-        items.enumerate().par_bridge().for_each(|(i, (o, p))| f(i, o, p));
+        out.par_chunks_mut(out_len)
+            .zip(probs.par_chunks_mut(probs_len.max(1)))
+            .enumerate()
+            .for_each(|(i, (o, p))| f(i, o, p));
     } else {
+        let items = out.chunks_mut(out_len).zip(probs.chunks_mut(probs_len.max(1)));
         items.enumerate().for_each(|(i, (o, p))| f(i, o, p));
     }
 }
@@ -178,19 +235,14 @@ fn forward_sequence<F: FastExp>(
             let q = &x[i * 3 * d + qo..i * 3 * d + qo + dh];
             let n = padded(i + 1);
             let sc = &mut scores[..n];
-            sc.fill(F::zero());
-            for (c, &qc) in q.iter().enumerate() {
-                axpy(sc, qc, &kt[c * tp..c * tp + n]);
-            }
+            scores_from_transposed(sc, q, &kt, tp);
             let row = &mut probs[(head * t + i) * t..(head * t + i) * t + i + 1];
             for (v, &s) in row.iter_mut().zip(sc.iter()) {
                 *v = s * scale;
             }
             softmax_in_place(row);
             let o = &mut out[i * d + head * dh..i * d + head * dh + dh];
-            for (j, &p) in row.iter().enumerate() {
-                axpy(o, p, &x[j * 3 * d + vo..j * 3 * d + vo + dh]);
-            }
+            add_weighted_rows(o, row, |j| &x[j * 3 * d + vo..j * 3 * d + vo + dh]);
         }
     }
 }
@@ -267,10 +319,7 @@ fn backward_sequence<F: FloatDType>(
             let g = &go[i * d + head * dh..i * d + head * dh + dh];
             // dP_ij = dO_i · V_j; dS_ij = P_ij (dP_ij - Σ_j P_ij dP_ij).
             let n = padded(i + 1);
-            ds[..n].fill(F::zero());
-            for (c, &gc) in g.iter().enumerate() {
-                axpy(&mut ds[..n], gc, &vt[c * tp..c * tp + n]);
-            }
+            scores_from_transposed(&mut ds[..n], g, &vt, tp);
             let dp = &mut ds[..=i];
             let weighted = dot(p, dp);
             for (dsj, &pj) in dp.iter_mut().zip(p) {
@@ -285,9 +334,7 @@ fn backward_sequence<F: FloatDType>(
             }
             // dQ_i = Σ_j dS_ij K_j.
             let dq = &mut gx[i * 3 * d + qo..i * 3 * d + qo + dh];
-            for (j, &dsj) in dp.iter().enumerate() {
-                axpy(dq, dsj, &x[j * 3 * d + ko..j * 3 * d + ko + dh]);
-            }
+            add_weighted_rows(dq, dp, |j| &x[j * 3 * d + ko..j * 3 * d + ko + dh]);
         }
     }
 }

@@ -290,6 +290,67 @@ impl Tensor {
     }
 }
 
+impl Tensor {
+    /// `self @ rhs + bias` (`torch.addmm(bias, self, rhs)`): `self` `[m, k]`, `rhs` `[k, n]` at
+    /// any strides (a transposed weight view is read in place) and `bias` `[n]` added to every
+    /// row. The product accumulates onto rows that start as the bias, so there is no separate
+    /// broadcast pass over the output. f32 and f64; other dtypes take `matmul` then `add`.
+    pub fn matmul_bias(&self, rhs: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        const OP: &str = "matmul_bias";
+        self.check_same_dtype(rhs, OP)?;
+        self.check_same_dtype(bias, OP)?;
+        let mismatch = |reason: String| Error::ShapeMismatch {
+            op: OP,
+            lhs: self.shape().clone(),
+            rhs: rhs.shape().clone(),
+            reason,
+        };
+        if self.rank() != 2 || rhs.rank() != 2 {
+            return Err(mismatch("both operands must be matrices".into()));
+        }
+        let ([m, k], [k2, n]) = ([self.dims()[0], self.dims()[1]], [rhs.dims()[0], rhs.dims()[1]]);
+        if k != k2 {
+            return Err(mismatch(format!("inner dimensions differ: {k} vs {k2}")));
+        }
+        if bias.dims() != [n] {
+            return Err(mismatch(format!(
+                "the bias has shape {:?}, expected [{n}] (one value per output column)",
+                bias.dims()
+            )));
+        }
+        match self.dtype() {
+            DType::F32 => addmm::<f32>(self, rhs, bias, [m, n, k]),
+            DType::F64 => addmm::<f64>(self, rhs, bias, [m, n, k]),
+            _ => self.matmul(rhs)?.add(bias),
+        }
+    }
+}
+
+/// [`Tensor::matmul_bias`] for the GEMM dtypes: the output starts as `m` copies of the bias and
+/// the product is accumulated onto it.
+fn addmm<T: GemmDType>(a: &Tensor, b: &Tensor, bias: &Tensor, [m, n, k]: [usize; 3]) -> Result<Tensor> {
+    let (da, db) = (a.storage_slice::<T>()?, b.storage_slice::<T>()?);
+    let bias = bias.contiguous_slice::<T>()?;
+    let mut out = Vec::with_capacity(m * n);
+    for _ in 0..m {
+        out.extend_from_slice(&bias);
+    }
+    let (la, lb) = (a.layout(), b.layout());
+    gemm_into(
+        m,
+        n,
+        k,
+        &mut out,
+        da,
+        mat_ref(la, la.offset()),
+        db,
+        mat_ref(lb, lb.offset()),
+        true,
+        true,
+    );
+    Tensor::from_vec(out, [m, n])
+}
+
 /// Storage offsets of each matrix in a batch-broadcast layout `[batch..., r, c]`.
 fn batch_offsets(l: &Layout) -> Vec<usize> {
     let rank = l.dims().len();
@@ -400,6 +461,38 @@ mod tests {
             .unwrap()
             .reshape(shape)
             .unwrap()
+    }
+
+    #[test]
+    fn matmul_bias_is_matmul_then_add() {
+        // Big enough for the AVX-512 path (where the machine has it), and one depth past a KC block.
+        for (m, n, k) in [(3, 5, 4), (60, 70, 40), (50, 33, 300)] {
+            let a = ar(m * k, &[m, k]).mul_scalar(0.01).unwrap().sin().unwrap();
+            let w = ar(n * k, &[n, k]).mul_scalar(0.02).unwrap().cos().unwrap();
+            let b = ar(n, &[n]).mul_scalar(0.1).unwrap();
+            for dt in [DType::F32, DType::F64] {
+                let (a, w, b) = (
+                    a.to_dtype(dt).unwrap(),
+                    w.to_dtype(dt).unwrap(),
+                    b.to_dtype(dt).unwrap(),
+                );
+                let wt = w.t().unwrap();
+                let got = a.matmul_bias(&wt, &b).unwrap().to_f64_vec();
+                let want = a.matmul(&wt).unwrap().add(&b).unwrap().to_f64_vec();
+                let tol = if dt == DType::F32 { 1e-5 } else { 1e-12 };
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(
+                        (g - w).abs() <= tol * (1.0 + w.abs()),
+                        "{m}x{n}x{k} {dt}: {g} vs {w}"
+                    );
+                }
+            }
+        }
+        let a = ar(6, &[2, 3]);
+        let err = |r: crate::Result<Tensor>| r.unwrap_err().to_string();
+        assert!(err(a.matmul_bias(&ar(6, &[3, 2]), &ar(3, &[3]))).contains("expected [2]"));
+        assert!(err(a.matmul_bias(&ar(6, &[2, 3]), &ar(3, &[3]))).contains("inner dimensions"));
+        assert!(err(ar(6, &[6]).matmul_bias(&ar(6, &[6, 1]), &ar(1, &[1]))).contains("matrices"));
     }
 
     #[test]

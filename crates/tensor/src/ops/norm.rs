@@ -359,19 +359,29 @@ fn layer_norm_impl<F: FloatDType>(
     let mut y = vec![F::zero(); rows * d];
     let mut xhat = vec![F::zero(); rows * d];
     let mut rstd = vec![F::zero(); rows];
-    type Row<'a, F> = (((usize, &'a mut [F]), &'a mut [F]), &'a mut F);
-    let work = |(((r, yr), hr), sr): Row<'_, F>| {
-        *sr = layer_norm_row_mv(&xs[r * d..(r + 1) * d], &ws, &bs, eps, yr, hr);
+    // Tasks of whole blocks of rows (one row per task would cost more in scheduling than it
+    // computes at transformer widths).
+    let block = (PARALLEL_ELEMS / 8).div_ceil(d.max(1)).max(1);
+    type Block<'a, F> = (((usize, &'a mut [F]), &'a mut [F]), &'a mut [F]);
+    let work = |(((bi, yb), hb), sb): Block<'_, F>| {
+        let rows = yb.chunks_mut(d).zip(hb.chunks_mut(d)).zip(sb.iter_mut());
+        for (i, ((yr, hr), sr)) in rows.enumerate() {
+            let r = bi * block + i;
+            *sr = layer_norm_row_mv(&xs[r * d..(r + 1) * d], &ws, &bs, eps, yr, hr);
+        }
     };
-    let it = y
-        .chunks_mut(d)
-        .enumerate()
-        .zip(xhat.chunks_mut(d))
-        .zip(rstd.iter_mut());
     if rows * d >= PARALLEL_ELEMS {
-        it.par_bridge().for_each(work);
+        y.par_chunks_mut(block * d)
+            .enumerate()
+            .zip(xhat.par_chunks_mut(block * d))
+            .zip(rstd.par_chunks_mut(block))
+            .for_each(work);
     } else {
-        it.for_each(work);
+        y.chunks_mut(block * d)
+            .enumerate()
+            .zip(xhat.chunks_mut(block * d))
+            .zip(rstd.chunks_mut(block))
+            .for_each(work);
     }
     let shape = x.shape().clone();
     let mut rshape = shape.dims().to_vec();

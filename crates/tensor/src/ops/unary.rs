@@ -102,10 +102,7 @@ impl UnaryOp {
                 }
             }
             UnaryOp::Erf => F::from_f64(libm::erf(x.to_f64())),
-            UnaryOp::Gelu => {
-                let erf = F::from_f64(libm::erf(x.to_f64() * std::f64::consts::FRAC_1_SQRT_2));
-                c(0.5) * x * (F::ONE + erf)
-            }
+            UnaryOp::Gelu => crate::fast_math::gelu_erf(x),
             UnaryOp::GeluTanh => crate::fast_math::gelu_tanh(x),
             UnaryOp::Silu => x * sigmoid(x),
             UnaryOp::Powf(p) => x.powf(c(p)),
@@ -128,6 +125,44 @@ fn sigmoid<F: FloatDType>(x: F) -> F {
     }
 }
 
+/// A fused activation backward's kernel for one dtype: `(x, grad) -> grad_in`.
+type BackwardKernel = fn(&Tensor, &Tensor) -> Result<Tensor>;
+
+/// Checks and dtype dispatch of a fused activation backward: `x` and its output gradient `grad`
+/// must agree in shape and dtype; f16/bf16 run the f32 kernel and round back.
+fn activation_backward(
+    op: &'static str,
+    x: &Tensor,
+    grad: &Tensor,
+    f32_kernel: BackwardKernel,
+    f64_kernel: BackwardKernel,
+) -> Result<Tensor> {
+    if x.shape() != grad.shape() || x.dtype() != grad.dtype() {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "x {:?} {} and grad {:?} {} must match",
+                x.shape(),
+                x.dtype(),
+                grad.shape(),
+                grad.dtype()
+            ),
+        ));
+    }
+    match x.dtype() {
+        DType::F32 => f32_kernel(x, grad),
+        DType::F64 => f64_kernel(x, grad),
+        DType::F16 | DType::BF16 => {
+            f32_kernel(&x.to_dtype(DType::F32)?, &grad.to_dtype(DType::F32)?)?.to_dtype(x.dtype())
+        }
+        dtype => Err(Error::UnsupportedDType {
+            op,
+            dtype,
+            expected: "a float dtype (f16, bf16, f32, f64)",
+        }),
+    }
+}
+
 /// Run `op` over every element with the `match` hoisted out of the loop, so each op gets its own
 /// tight (vectorisable) loop instead of a branch per element.
 fn unary_kernel<F: FastExp>(t: &Tensor, op: UnaryOp) -> Result<Tensor> {
@@ -143,6 +178,7 @@ fn unary_kernel<F: FastExp>(t: &Tensor, op: UnaryOp) -> Result<Tensor> {
         UnaryOp::Exp => super::map_elements::<F, F>(t, |x| x.exp()),
         UnaryOp::Recip => super::map_elements::<F, F>(t, |x| x.recip()),
         UnaryOp::GeluTanh => super::map_elements::<F, F>(t, |x| UnaryOp::GeluTanh.eval(x)),
+        UnaryOp::Gelu => super::map_elements::<F, F>(t, crate::fast_math::gelu_erf),
         _ => super::map_elements::<F, F>(t, move |x| op.eval(x)),
     }
 }
@@ -214,18 +250,6 @@ impl Tensor {
     /// shape), in one pass: `g · (½(1 + t) + ½x(1 - t²)·c(1 + 3a x²))` with `t = tanh(c(x + a x³))`.
     pub fn gelu_tanh_backward(&self, grad: &Tensor) -> Result<Tensor> {
         const OP: &str = "gelu_tanh_backward";
-        if self.shape() != grad.shape() || self.dtype() != grad.dtype() {
-            return Err(Error::invalid(
-                OP,
-                format!(
-                    "x {:?} {} and grad {:?} {} must match",
-                    self.shape(),
-                    self.dtype(),
-                    grad.shape(),
-                    grad.dtype()
-                ),
-            ));
-        }
         fn kernel<F: FastExp>(x: &Tensor, g: &Tensor) -> Result<Tensor> {
             let (xs, gs) = (x.contiguous_slice::<F>()?, g.contiguous_slice::<F>()?);
             let c = |v: f64| F::from_f64(v);
@@ -239,19 +263,18 @@ impl Tensor {
             let out = super::map_slices(&xs, &gs, |x, g| f((&x, &g)));
             Tensor::from_vec(out, x.shape().clone())
         }
-        match self.dtype() {
-            DType::F32 => kernel::<f32>(self, grad),
-            DType::F64 => kernel::<f64>(self, grad),
-            DType::F16 | DType::BF16 => self
-                .to_dtype(DType::F32)?
-                .gelu_tanh_backward(&grad.to_dtype(DType::F32)?)?
-                .to_dtype(self.dtype()),
-            dtype => Err(Error::UnsupportedDType {
-                op: OP,
-                dtype,
-                expected: "a float dtype (f16, bf16, f32, f64)",
-            }),
+        activation_backward(OP, self, grad, kernel::<f32>, kernel::<f64>)
+    }
+    /// The gradient of [`Tensor::gelu`] at `self` given the output gradient `grad` (same shape),
+    /// in one pass: `g · (Φ(x) + x φ(x))`.
+    pub fn gelu_backward(&self, grad: &Tensor) -> Result<Tensor> {
+        const OP: &str = "gelu_backward";
+        fn kernel<F: FastExp>(x: &Tensor, g: &Tensor) -> Result<Tensor> {
+            let (xs, gs) = (x.contiguous_slice::<F>()?, g.contiguous_slice::<F>()?);
+            let out = super::map_slices(&xs, &gs, |x, g| g * crate::fast_math::gelu_erf_grad(x));
+            Tensor::from_vec(out, x.shape().clone())
         }
+        activation_backward(OP, self, grad, kernel::<f32>, kernel::<f64>)
     }
     /// SiLU / swish.
     pub fn silu(&self) -> Result<Tensor> {
@@ -379,6 +402,46 @@ mod tests {
         let s = Tensor::from_vec(vec![0.0f64, std::f64::consts::FRAC_PI_2], [2]).unwrap();
         close(&s.sin().unwrap().to_f64_vec(), &[0.0, 1.0], 1e-15);
         close(&s.cos().unwrap().to_f64_vec(), &[1.0, 0.0], 1e-15);
+    }
+
+    #[test]
+    fn f32_gelu_and_its_gradient_follow_the_f64_definition() {
+        let xs: Vec<f64> = (0..4001).map(|i| -12.0 + i as f64 * 0.006).collect();
+        let x64 = Tensor::from_vec(xs.clone(), [xs.len()]).unwrap();
+        let x32 = x64.to_dtype(DType::F32).unwrap();
+        let ones = |t: &Tensor| t.ones_like().unwrap();
+        let want = x64.gelu().unwrap().to_f64_vec();
+        let got = x32.gelu().unwrap().to_f64_vec();
+        let want_g = x64.gelu_backward(&ones(&x64)).unwrap().to_f64_vec();
+        let got_g = x32.gelu_backward(&ones(&x32)).unwrap().to_f64_vec();
+        for (i, &x) in xs.iter().enumerate() {
+            // f32 rounding of x itself moves gelu by up to |gelu'(x)| ulp(x) ≈ 1.1 |x| 6e-8.
+            let tol = 4e-7 * (1.0 + x.abs());
+            assert!(
+                (got[i] - want[i]).abs() <= tol,
+                "gelu({x}): {} vs {}",
+                got[i],
+                want[i]
+            );
+            assert!(
+                (got_g[i] - want_g[i]).abs() <= tol,
+                "gelu'({x}): {} vs {}",
+                got_g[i],
+                want_g[i]
+            );
+            // The f64 gradient against central differences of the f64 function.
+            let h = 1e-5;
+            let f = |v: f64| 0.5 * v * (1.0 + libm::erf(v / std::f64::consts::SQRT_2));
+            let fd = (f(x + h) - f(x - h)) / (2.0 * h);
+            assert!(
+                (want_g[i] - fd).abs() <= 1e-8,
+                "gelu'({x}): {} vs fd {fd}",
+                want_g[i]
+            );
+        }
+        // exact limits far out
+        let far = Tensor::from_vec(vec![-30.0f32, 30.0], [2]).unwrap();
+        assert_eq!(far.gelu().unwrap().to_vec::<f32>().unwrap(), vec![-0.0, 30.0]);
     }
 
     #[test]

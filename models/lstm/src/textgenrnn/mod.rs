@@ -146,7 +146,7 @@ impl TextGenRnn {
         let a = scores.sub(&scores.max(1, true)?)?.exp()?;
         let a = a.div(&a.sum(1, true)?.add_scalar(1e-7)?)?;
         let pooled = x.mul(&a)?.sum(1, false)?; // [B, F]
-        Ok(pooled.matmul(&self.out_kernel.var())?.add(&self.out_bias.var())?)
+        Ok(pooled.matmul_bias(&self.out_kernel.var(), &self.out_bias.var())?)
     }
 }
 

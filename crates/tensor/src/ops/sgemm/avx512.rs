@@ -28,27 +28,60 @@ pub(super) unsafe fn kernel(
     ldc: usize,
     add: bool,
 ) {
-    // SAFETY: the caller's contract (see above).
+    // SAFETY: the caller's contract (see above). A unit stride known at compile time lets the
+    // unrolled k steps address A at constant displacements instead of computing each address.
+    unsafe {
+        if a_rs == 1 && a_ks == MR {
+            body::<1, MR>(kc, a, a_rs, a_ks, b, c, ldc, add)
+        } else if a_ks == 1 {
+            body::<0, 1>(kc, a, a_rs, a_ks, b, c, ldc, add)
+        } else if a_rs == 1 {
+            body::<1, 0>(kc, a, a_rs, a_ks, b, c, ldc, add)
+        } else {
+            body::<0, 0>(kc, a, a_rs, a_ks, b, c, ldc, add)
+        }
+    }
+}
+
+/// Steps of k per iteration of the unrolled loop.
+const UNROLL: usize = 4;
+
+/// [`kernel`] with the row stride `RS` and k stride `KS` of `A` fixed when non-zero.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn body<const RS: usize, const KS: usize>(
+    kc: usize,
+    a: *const f32,
+    a_rs: usize,
+    a_ks: usize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    add: bool,
+) {
+    let rs = if RS == 0 { a_rs } else { RS };
+    let ks = if KS == 0 { a_ks } else { KS };
+    // SAFETY: the caller's contract (see `kernel`).
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); 2]; MR];
         // Four row pointers, three rows apart: rows 3q, 3q+1, 3q+2 are then `base`,
-        // `base + a_rs` and `base + 2 a_rs`, which x86 addresses directly (scaled index), so a
-        // k step costs four pointer bumps instead of a chain of twelve address additions.
-        let mut base = [a, a.add(3 * a_rs), a.add(6 * a_rs), a.add(9 * a_rs)];
+        // `base + rs` and `base + 2 rs`, which x86 addresses directly (scaled index).
+        let mut base = [a, a.add(3 * rs), a.add(6 * rs), a.add(9 * rs)];
         let mut b = b;
-        for _ in 0..kc {
-            let b0 = _mm512_load_ps(b);
-            let b1 = _mm512_load_ps(b.add(16));
-            for (q, bp) in base.iter().enumerate() {
-                for j in 0..3 {
-                    let av = _mm512_set1_ps(*bp.add(j * a_rs));
-                    let row = &mut acc[3 * q + j];
-                    row[0] = _mm512_fmadd_ps(av, b0, row[0]);
-                    row[1] = _mm512_fmadd_ps(av, b1, row[1]);
-                }
+        for _ in 0..kc / UNROLL {
+            for u in 0..UNROLL {
+                step(&mut acc, &base, b, u * NR, u * ks, rs);
             }
             for bp in base.iter_mut() {
-                *bp = bp.add(a_ks);
+                *bp = bp.add(UNROLL * ks);
+            }
+            b = b.add(UNROLL * NR);
+        }
+        for _ in 0..kc % UNROLL {
+            step(&mut acc, &base, b, 0, 0, rs);
+            for bp in base.iter_mut() {
+                *bp = bp.add(ks);
             }
             b = b.add(NR);
         }
@@ -60,6 +93,33 @@ pub(super) unsafe fn kernel(
             } else {
                 _mm512_storeu_ps(cr, row[0]);
                 _mm512_storeu_ps(cr.add(16), row[1]);
+            }
+        }
+    }
+}
+
+/// One k step of [`body`]: `acc[r] += A[r, k] ⊗ B[k]` with `B[k]` at `b + b_off` and row `3q + j`
+/// of `A` at `base[q] + j * rs + a_off`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn step(
+    acc: &mut [[__m512; 2]; MR],
+    base: &[*const f32; 4],
+    b: *const f32,
+    b_off: usize,
+    a_off: usize,
+    rs: usize,
+) {
+    // SAFETY: `body`'s pointers stay inside the caller's panels (see `kernel`).
+    unsafe {
+        let b0 = _mm512_load_ps(b.add(b_off));
+        let b1 = _mm512_load_ps(b.add(b_off + 16));
+        for (q, bp) in base.iter().enumerate() {
+            for j in 0..3 {
+                let av = _mm512_set1_ps(*bp.add(j * rs + a_off));
+                let row = &mut acc[3 * q + j];
+                row[0] = _mm512_fmadd_ps(av, b0, row[0]);
+                row[1] = _mm512_fmadd_ps(av, b1, row[1]);
             }
         }
     }

@@ -21,8 +21,8 @@ use super::MatRef;
 pub(crate) const MR: usize = 12;
 /// Columns of `C` per micro-tile (two 16-lane vectors).
 pub(crate) const NR: usize = 32;
-/// Depth of one pass over a tile: a `KC x NR` panel of `B` (32 KiB) stays in L1 while the
-/// `A` panels of the tile stream past it.
+/// Depth of one pass over a tile: a 12-row `A` panel of this depth (12 KiB) stays in L1 while
+/// the tile's packed `B` panels (32 KiB each, contiguous) stream past it from L2.
 const KC: usize = 256;
 /// Micro-panels of `A` per task tile (rows = `TILE_MR * MR`).
 const TILE_MR: usize = 8;
@@ -150,13 +150,13 @@ unsafe fn run_tile(
         while p0 < k {
             let kc = KC.min(k - p0);
             let add = accumulate || p0 > 0;
-            for jp in jp0..jp1 {
-                let b = b_packed.as_ptr().add(jp * NR * k + p0 * NR);
-                let (j, cols) = (jp * NR, NR.min(n - jp * NR));
-                for ip in ip0..ip1 {
-                    let (ap, a_rs, a_ks) = a.panel(ip);
-                    let ap = ap.add(p0 * a_ks);
-                    let (i, rows) = (ip * MR, MR.min(m - ip * MR));
+            for ip in ip0..ip1 {
+                let (ap, a_rs, a_ks) = a.panel(ip);
+                let ap = ap.add(p0 * a_ks);
+                let (i, rows) = (ip * MR, MR.min(m - ip * MR));
+                for jp in jp0..jp1 {
+                    let b = b_packed.as_ptr().add(jp * NR * k + p0 * NR);
+                    let (j, cols) = (jp * NR, NR.min(n - jp * NR));
                     let c = out.0.add(i * ldc + j);
                     if rows == MR && cols == NR {
                         avx512::kernel(kc, ap, a_rs, a_ks, b, c, ldc, add);

@@ -8,6 +8,9 @@ use rayon::prelude::*;
 
 use super::{MatRef, MR, NR};
 
+/// Depth of one block of the transposed packing (16 KiB of panel rows).
+const TRANSPOSE_K: usize = 128;
+
 /// Elements packed below which one thread packs everything.
 const PARALLEL_PACK: usize = 1 << 15;
 
@@ -64,6 +67,20 @@ pub(super) fn return_buffer(buf: PackBuffer) {
 /// zero-padded panel of `MR * k` floats (12 values per k): the ragged last panel of `A`, which
 /// the micro-kernel cannot read in place.
 pub(super) fn pack_a_panel(out: &mut [f32], lhs: &[f32], l: MatRef, row0: usize, rows: usize, k: usize) {
+    let out = &mut out[..MR * k];
+    if l.col_stride == 1 {
+        // Row-major: read each row contiguously, write it down its column of the panel.
+        for r in 0..rows {
+            let base = l.offset + (row0 + r) * l.row_stride;
+            for (o, &v) in out[r..].iter_mut().step_by(MR).zip(&lhs[base..base + k]) {
+                *o = v;
+            }
+        }
+        for r in rows..MR {
+            out[r..].iter_mut().step_by(MR).for_each(|o| *o = 0.0);
+        }
+        return;
+    }
     for p in 0..k {
         let base = l.offset + row0 * l.row_stride + p * l.col_stride;
         for r in 0..MR {
@@ -88,11 +105,16 @@ pub(super) fn pack_b(dst: &mut [f32], rhs: &[f32], r: MatRef, k: usize, n: usize
                 row[cols..].fill(0.0);
             }
         } else {
-            // Transposed view: read each column contiguously (when row_stride is 1), scatter by k.
-            for q in 0..cols {
-                let base = r.offset + (j0 + q) * r.col_stride;
-                for p in 0..k {
-                    out[p * NR + q] = rhs[base + p * r.row_stride];
+            // Transposed view: read each column contiguously (when row_stride is 1), scatter by k,
+            // in blocks of TRANSPOSE_K steps so the panel rows being written (TRANSPOSE_K * 128
+            // bytes) stay in L1 while all 32 columns pass over them.
+            for p0 in (0..k).step_by(TRANSPOSE_K) {
+                let p1 = (p0 + TRANSPOSE_K).min(k);
+                for q in 0..cols {
+                    let base = r.offset + (j0 + q) * r.col_stride;
+                    for p in p0..p1 {
+                        out[p * NR + q] = rhs[base + p * r.row_stride];
+                    }
                 }
             }
             for row in out.chunks_exact_mut(NR) {
