@@ -113,7 +113,17 @@ fn last_position_logits_match_the_reference() {
         let got = state.feed(&prompt).unwrap();
         let (err, top_got, top_want) = compare(&got, &want);
         eprintln!("{path:?}: max |logit - reference| = {err:.5}, top-5 {top_got:?} vs {top_want:?}");
-        assert_eq!(top_got, top_want, "{path:?}");
+        assert_eq!(top_got[0], top_want[0], "{path:?}: top-1");
+        if path == QuantPath::F32Activations {
+            assert_eq!(top_got, top_want, "{path:?}");
+        } else {
+            // The reference's 2nd and 3rd logits are 0.03 apart, far inside the int8 path's
+            // error: their order is not determined at that precision, the top-5 set is.
+            let (mut g, mut w) = (top_got.clone(), top_want.clone());
+            g.sort_unstable();
+            w.sort_unstable();
+            assert_eq!(g, w, "{path:?}: top-5 set");
+        }
         let tol = if path == QuantPath::F32Activations {
             1e-2
         } else {

@@ -39,22 +39,28 @@ fn attention_dims(op: &'static str, qkv: &Tensor, num_heads: usize) -> Result<(u
     Ok((b, t, three_d / 3))
 }
 
-/// `Σ a_i b_i` with eight independent partial sums (vectorises; a fixed order for a given length).
+/// `Σ a_i b_i` with sixteen independent partial sums folded by halving (vectorises into whole
+/// registers; a fixed order for a given length).
 #[inline(always)]
 pub fn dot<F: FloatDType>(a: &[F], b: &[F]) -> F {
-    let mut acc = [F::zero(); 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let mut acc = [F::zero(); 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
+        for l in 0..16 {
             acc[l] = acc[l] + x[l] * y[l];
+        }
+    }
+    for half in [8, 4, 2, 1] {
+        for l in 0..half {
+            acc[l] = acc[l] + acc[l + half];
         }
     }
     let mut tail = F::zero();
     for (x, y) in ra.iter().zip(rb) {
         tail = tail + *x * *y;
     }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+    acc[0] + tail
 }
 
 /// `y += a * x`.
@@ -444,21 +450,66 @@ fn cache_head(
         for (b, kb) in keys.iter().enumerate().take(n.div_ceil(block_len)) {
             let from = b * block_len;
             let m = (n - from).min(block_len);
-            for (o, sj) in s[from..from + m].iter_mut().enumerate() {
-                *sj = dot(qi, &kb[o * dh..o * dh + dh]) * scale;
-            }
+            key_scores(&mut s[from..from + m], qi, kb, scale);
         }
         softmax_in_place(&mut s[..n]);
         let out = &mut res[i * dh..i * dh + dh];
         for (b, vb) in values.iter().enumerate().take(n.div_ceil(block_len)) {
             let from = b * block_len;
             let m = (n - from).min(block_len);
-            for (o, &p) in s[from..from + m].iter().enumerate() {
-                axpy(out, p, &vb[o * dh..o * dh + dh]);
-            }
+            add_weighted_rows(out, &s[from..from + m], |o| &vb[o * dh..o * dh + dh]);
         }
     }
     res
+}
+
+/// `s[o] = dot(q, keys[o · dh..][..dh]) · scale` for every `o < s.len()` (`dh = q.len()`), the
+/// scores of one query against a block of cached keys. On AVX-512 with `dh` a multiple of 16 each
+/// dot product runs in one register with the halving fold of [`dot`] written out (the compiler's
+/// own vectorisation of a dot product per key shuffles lanes through 128-bit registers), so the
+/// scores are the same bits on every path.
+#[inline(always)]
+fn key_scores(s: &mut [f32], q: &[f32], keys: &[f32], scale: f32) {
+    let dh = q.len();
+    assert!(keys.len() >= s.len() * dh);
+    #[cfg(target_arch = "x86_64")]
+    if dh.is_multiple_of(16) && crate::simd::isa() == crate::simd::Isa::Avx512 {
+        // SAFETY: AVX-512F is present (checked) and every key row lies in `keys` (asserted).
+        unsafe { key_scores_avx512(s, q, keys, scale) };
+        return;
+    }
+    for (o, so) in s.iter_mut().enumerate() {
+        *so = dot(q, &keys[o * dh..o * dh + dh]) * scale;
+    }
+}
+
+/// [`key_scores`] in AVX-512 registers (`q.len()` a multiple of 16).
+///
+/// # Safety
+/// The CPU supports AVX-512F and `keys` holds `s.len() · q.len()` floats.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx,sse3")]
+unsafe fn key_scores_avx512(s: &mut [f32], q: &[f32], keys: &[f32], scale: f32) {
+    use std::arch::x86_64::*;
+    let dh = q.len();
+    // SAFETY: the caller's contract; loads stay inside `q` and key row `o`.
+    unsafe {
+        for (o, so) in s.iter_mut().enumerate() {
+            let k = keys.as_ptr().add(o * dh);
+            let mut acc = _mm512_setzero_ps();
+            for c in (0..dh).step_by(16) {
+                let prod = _mm512_mul_ps(_mm512_loadu_ps(q.as_ptr().add(c)), _mm512_loadu_ps(k.add(c)));
+                acc = _mm512_add_ps(acc, prod);
+            }
+            // Lanes l + 8, then l + 4, l + 2 and l + 1: the fold of `dot`.
+            let v8 = _mm256_add_ps(_mm512_castps512_ps256(acc), _mm512_extractf32x8_ps::<1>(acc));
+            let v4 = _mm_add_ps(_mm256_castps256_ps128(v8), _mm256_extractf128_ps::<1>(v8));
+            let v2 = _mm_add_ps(v4, _mm_movehl_ps(v4, v4));
+            let v1 = _mm_add_ss(v2, _mm_movehdup_ps(v2));
+            // `dot` adds its (empty) tail: + 0.0.
+            *so = (_mm_cvtss_f32(v1) + 0.0) * scale;
+        }
+    }
 }
 
 /// Where one sequence's cached keys and values live, as seen by one layer: blocks of

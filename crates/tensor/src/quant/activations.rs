@@ -72,12 +72,20 @@ fn quantize_rows_kernel(x: &[f32], qs: &mut [i8], meta: &mut [f32]) {
             0.0
         };
         let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-        for (q, &v) in qb.iter_mut().zip(xb) {
-            // Through i32 (a vector conversion; a direct `as i8` is converted one value at a
-            // time); the clamp keeps the value in range.
-            *q = round_half_away(v * id).clamp(-127.0, 127.0) as i32 as i8;
+        let mut codes = [0i32; QK];
+        for (q, &v) in codes.iter_mut().zip(xb) {
+            // `as i32` saturates and maps NaN to 0 value by value (scalar code); NaN is mapped
+            // to 0 and the value clamped first, so the unchecked conversion (one vector
+            // instruction for the block) gives the same codes.
+            let r = round_half_away(v * id);
+            let r = if r.is_nan() { 0.0 } else { r.clamp(-127.0, 127.0) };
+            // SAFETY: `r` is finite and within [-127, 127].
+            *q = unsafe { r.to_int_unchecked::<i32>() };
         }
-        let sum: i32 = qb.iter().map(|&q| q as i32).sum();
+        for (q, &c) in qb.iter_mut().zip(&codes) {
+            *q = c as i8;
+        }
+        let sum: i32 = codes.iter().sum();
         meta[2 * b] = d;
         meta[2 * b + 1] = d * sum as f32;
     }
