@@ -527,6 +527,13 @@ pub struct EvalArgs {
 }
 
 pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    // Name the path the user gave, not the run.json looked for two levels up.
+    if !args.checkpoint.is_dir() {
+        anyhow::bail!(
+            "--checkpoint {}: no such directory (expected a kiln run directory or a step-* checkpoint inside one)",
+            args.checkpoint.display()
+        );
+    }
     // A checkpoint directory sits in RUN/checkpoints/; a run directory holds run.json itself.
     let (run_dir, ckpt) = if args.checkpoint.join(RUN_FILE).exists() {
         let ckpt = kiln::train::latest_checkpoint(&args.checkpoint)?

@@ -50,6 +50,20 @@ fn unknown_dataset_lists_the_known_ones() {
     );
 }
 
+/// A missing `--checkpoint` is named as given (it used to be reported as a `run.json` two
+/// directories up, a path the user never gave).
+#[test]
+fn eval_of_a_missing_checkpoint_names_the_given_path() {
+    let missing = std::env::temp_dir().join(format!(
+        "kiln-no-run-{}/checkpoints/step-00000001",
+        std::process::id()
+    ));
+    let m = missing.to_string_lossy().into_owned();
+    fails_with(&["eval", "--checkpoint", &m], &[&m, "no such directory"]);
+    let out = xtask(&["eval", "--checkpoint", &m]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("run.json"));
+}
+
 #[test]
 fn negative_learning_rate_is_rejected() {
     fails_with(&["train", "--lr", "-0.1"], &["--lr", "-0.1"]);

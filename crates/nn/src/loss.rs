@@ -20,17 +20,33 @@ pub enum Reduction {
     BatchMean,
 }
 
-/// Options of [`cross_entropy`] and [`nll_loss`], as in PyTorch.
-#[derive(Clone, Debug, Default)]
+/// Options of [`cross_entropy`] and [`nll_loss`], as in PyTorch (the default ignores targets
+/// equal to -100, like PyTorch's `ignore_index=-100`).
+#[derive(Clone, Debug)]
 pub struct CrossEntropyOptions {
     /// Per-class weights `[C]`.
     pub weight: Option<Tensor>,
-    /// Samples with this target contribute nothing (PyTorch's default is -100).
+    /// Samples with this target contribute nothing (default `Some(-100)`, as in PyTorch; `None`
+    /// makes every target count).
     pub ignore_index: Option<i64>,
     /// Mix the target with the uniform distribution by this amount (0 = off).
     pub label_smoothing: f64,
     /// How to combine per-sample losses.
     pub reduction: Reduction,
+}
+
+/// PyTorch's default `ignore_index`.
+pub const DEFAULT_IGNORE_INDEX: i64 = -100;
+
+impl Default for CrossEntropyOptions {
+    fn default() -> Self {
+        CrossEntropyOptions {
+            weight: None,
+            ignore_index: Some(DEFAULT_IGNORE_INDEX),
+            label_smoothing: 0.0,
+            reduction: Reduction::Mean,
+        }
+    }
 }
 
 /// Class targets for [`cross_entropy`].
@@ -54,16 +70,14 @@ fn reduce(per_sample: Var, reduction: Reduction, denom: f64) -> Result<Var> {
 /// logits `[N, C]`.
 pub fn cross_entropy(logits: &Var, target: &Target, opts: &CrossEntropyOptions) -> Result<Var> {
     let [_, c] = logits.value().dims2("cross_entropy")?;
-    // The common case (plain mean over class indices) takes the fused node.
-    if let (Target::Indices(t), None, None, 0.0, Reduction::Mean) = (
-        target,
-        &opts.weight,
-        opts.ignore_index,
-        opts.label_smoothing,
-        opts.reduction,
-    ) {
-        check_indices(t, logits.dims()[0], c, None, "cross_entropy")?;
-        return Ok(logits.log_softmax_nll(t)?);
+    // The common case (plain mean over class indices, none of them ignored) takes the fused node.
+    if let (Target::Indices(t), None, 0.0, Reduction::Mean) =
+        (target, &opts.weight, opts.label_smoothing, opts.reduction)
+    {
+        let v = check_indices(t, logits.dims()[0], c, opts.ignore_index, "cross_entropy")?;
+        if opts.ignore_index.is_none_or(|ig| !v.contains(&ig)) {
+            return Ok(logits.log_softmax_nll(t)?);
+        }
     }
     nll_impl(&logits.log_softmax(1)?, target, opts, "cross_entropy")
 }

@@ -155,6 +155,25 @@ fn embedding_padding_row_is_zero_and_gets_no_gradient() {
     assert!(Embedding::new(scope.sub("bad"), 5, 3, Some(5)).is_err());
 }
 
+/// PyTorch semantics: a loaded table's padding row is returned as stored (not zeroed) and gets
+/// no gradient; the other rows read at the same time get theirs.
+#[test]
+fn embedding_returns_a_loaded_padding_row_and_blocks_only_its_gradient() {
+    let scope = Scope::init(0, DType::F64, Device::Cpu);
+    let emb = Embedding::new(scope.sub("e"), 4, 2, Some(1)).unwrap();
+    let loaded = Tensor::from_vec(vec![1.0f64, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0], [4, 2]).unwrap();
+    emb.weight().set_value(loaded);
+    let ids = Tensor::from_vec(vec![1i64, 3, 1], [3]).unwrap();
+    let out = emb.lookup(&ids).unwrap();
+    assert_eq!(
+        out.value().to_vec2::<f64>().unwrap(),
+        vec![vec![3.0, 4.0], vec![7.0, 8.0], vec![3.0, 4.0]]
+    );
+    let g = out.sum_all().unwrap().backward().unwrap();
+    let gw = emb.weight().grad(&g).unwrap().to_vec2::<f64>().unwrap();
+    assert_eq!(gw, vec![vec![0.0; 2], vec![0.0; 2], vec![0.0; 2], vec![1.0; 2]]);
+}
+
 #[test]
 fn dropout_scales_kept_elements_and_is_identity_in_eval() {
     let d = Dropout::new(0.25, 3).unwrap();
@@ -190,6 +209,25 @@ fn norms_match_their_formulas() {
         &[1. / r, 2. / r, 3. / r, 4. / r],
         1e-12,
     );
+}
+
+/// PyTorch's default `ignore_index` is -100: such targets drop out of the mean (and get no
+/// gradient); `ignore_index: None` makes -100 an out-of-range class again.
+#[test]
+fn cross_entropy_ignores_minus_100_by_default() {
+    let logits = t(&[2.0, 0.5, -1.0, 0.1, 0.2, 0.3], &[2, 3]);
+    let lp = logits.log_softmax(1).unwrap().to_vec2::<f64>().unwrap();
+    let x = Var::parameter(logits);
+    let tgt = Target::Indices(Tensor::from_vec(vec![0i64, -100], [2]).unwrap());
+    let loss = loss::cross_entropy(&x, &tgt, &Default::default()).unwrap();
+    close(&loss.value().to_vec::<f64>().unwrap(), &[-lp[0][0]], 1e-12);
+    let g = loss.backward().unwrap();
+    assert_eq!(g.get(&x).unwrap().to_vec2::<f64>().unwrap()[1], vec![0.0; 3]);
+    let strict = CrossEntropyOptions {
+        ignore_index: None,
+        ..Default::default()
+    };
+    assert!(loss::cross_entropy(&x, &tgt, &strict).is_err());
 }
 
 #[test]

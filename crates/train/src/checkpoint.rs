@@ -239,12 +239,18 @@ pub(crate) fn write_checkpoint(job: CheckpointJob) -> Result<PathBuf> {
             .map_err(|e| Error::checkpoint(&tmp, format!("cannot serialise the trainer state: {e}")))?;
         write_synced(&tmp.join(STATE_FILE), &json)?;
         sync_dir(&tmp);
-        if final_dir.exists() {
-            // A checkpoint of the same step (a re-run): the new one replaces it.
-            std::fs::remove_dir_all(&final_dir).map_err(|e| Error::io(&final_dir, e))?;
-        }
+        // A checkpoint of the same step (a re-run): the new one replaces it. The old one leaves
+        // the `step-*` namespace in one rename before anything of it is deleted.
+        let replaced = if final_dir.exists() {
+            Some(retire(&root, &final_dir).map_err(|e| Error::io(&final_dir, e))?)
+        } else {
+            None
+        };
         std::fs::rename(&tmp, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
         sync_dir(&root);
+        if let Some(old) = replaced {
+            let _ = std::fs::remove_dir_all(old);
+        }
         Ok(())
     })();
     if let Err(e) = result {
@@ -264,7 +270,30 @@ fn prune(root: &Path, keep_last: usize, current: usize) {
     let (later, mut kept): (Vec<_>, Vec<_>) = steps.into_iter().partition(|(s, _)| *s > current);
     let old = kept.split_off(keep_last.max(1).min(kept.len()));
     for (_, dir) in later.into_iter().chain(old) {
-        let _ = std::fs::remove_dir_all(dir);
+        remove_step_dir(root, &dir, |d| std::fs::remove_dir_all(d));
+    }
+}
+
+/// Moves the checkpoint directory `dir` out of the `step-*` namespace in one atomic rename (to a
+/// temporary name that [`remove_stale_temporaries`] cleans) and returns its new path.
+fn retire(root: &Path, dir: &Path) -> std::io::Result<PathBuf> {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let trash = root.join(format!("{TMP_PREFIX}removed-{name}-{}", unique_suffix()));
+    std::fs::rename(dir, &trash)?;
+    sync_dir(root);
+    Ok(trash)
+}
+
+/// Removes a checkpoint directory so that no moment leaves a half-deleted `step-*` directory
+/// (one that still looks like a checkpoint): [`retire`] first, then `delete` the retired copy
+/// (best effort; a `kill -9` during the delete leaves only a temporary that the next start
+/// removes).
+fn remove_step_dir(root: &Path, dir: &Path, delete: impl FnOnce(&Path) -> std::io::Result<()>) {
+    if let Ok(trash) = retire(root, dir) {
+        let _ = delete(&trash);
     }
 }
 
@@ -531,6 +560,27 @@ mod tests {
         assert_eq!(parse_step("step-"), None);
         assert_eq!(parse_step(".tmp-step-00000938-1-2"), None);
         assert_eq!(parse_step("step-12a"), None);
+    }
+
+    /// Pruning interrupted in the middle of a delete (here: a delete that stops after one file,
+    /// as a `kill -9` would) leaves no `step-*` directory with missing files: the directory left
+    /// the namespace before anything was deleted, and the next start removes the leftover.
+    #[test]
+    fn interrupted_pruning_leaves_no_damaged_checkpoint() {
+        let root = std::env::temp_dir().join(format!("kiln-prune-{}", unique_suffix()));
+        let old = root.join(checkpoint_name(1));
+        std::fs::create_dir_all(&old).unwrap();
+        for f in [MODEL_FILE, OPTIMIZER_FILE, STATE_FILE] {
+            std::fs::write(old.join(f), b"x").unwrap();
+        }
+        remove_step_dir(&root, &old, |d| std::fs::remove_file(d.join(OPTIMIZER_FILE)));
+        assert!(
+            list_step_dirs(&root).unwrap().is_empty(),
+            "a damaged step-* directory is left"
+        );
+        remove_stale_temporaries(&root);
+        assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

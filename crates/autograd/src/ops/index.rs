@@ -44,13 +44,29 @@ impl Var {
     }
     /// Embedding lookup: `ids` (any shape, integer) into `weight` `[V, D]` gives `ids.shape + [D]`.
     pub fn embedding(ids: &Tensor, weight: &Var) -> Result<Var> {
+        Var::embedding_padded(ids, weight, None)
+    }
+
+    /// [`Var::embedding`] with PyTorch's `padding_idx`: the forward pass returns the stored row
+    /// for every id (the padding row included, as loaded), and the gradient never reaches row
+    /// `padding_idx`.
+    pub fn embedding_padded(ids: &Tensor, weight: &Var, padding_idx: Option<usize>) -> Result<Var> {
         let y = Tensor::embedding(ids, weight.value())?;
         let flat = ids.flatten_all()?;
         let w = weight.value().clone();
         Ok(Var::from_op("embedding", y, &[weight], move |g| {
-            let d = w.dims()[1];
+            let [v, d] = w.dims2("embedding backward")?;
             let g2 = g.reshape([flat.elem_count(), d])?;
-            Ok(vec![Some(w.zeros_like()?.index_add(0, &flat, &g2)?)])
+            let grad = w.zeros_like()?.index_add(0, &flat, &g2)?;
+            Ok(vec![Some(match padding_idx {
+                Some(p) if p < v => {
+                    let row = Tensor::arange(0.0, v as f64, 1.0, kiln_tensor::DType::I64, w.device())?
+                        .cmp_scalar(p as f64, kiln_tensor::ops::binary::CmpOp::Eq)?
+                        .unsqueeze(1)?;
+                    grad.masked_fill(&row, 0.0)?
+                }
+                _ => grad,
+            })])
         }))
     }
 }

@@ -6,7 +6,7 @@ use kiln_tensor::Tensor;
 use crate::{Error, Init, Module, Result, Scope};
 
 /// `nn.Embedding(num, dim, padding_idx)`: `weight` `[num, dim]` initialised N(0, 1), the
-/// `padding_idx` row zero and never updated (its gradient is masked).
+/// `padding_idx` row initialised to zero and never updated (its gradient is zero).
 pub struct Embedding {
     weight: Param,
     padding_idx: Option<usize>,
@@ -38,19 +38,11 @@ impl Embedding {
     pub fn weight(&self) -> &Param {
         &self.weight
     }
-    /// Look up integer ids of any shape: result `ids.shape + [dim]`.
+    /// Look up integer ids of any shape: result `ids.shape + [dim]`. As in PyTorch, the padding
+    /// row is returned as stored (zero when freshly initialised, whatever a loaded table holds)
+    /// and only its gradient is blocked.
     pub fn lookup(&self, ids: &Tensor) -> Result<Var> {
-        let out = Var::embedding(ids, &self.weight.var())?;
-        match self.padding_idx {
-            None => Ok(out),
-            Some(p) => {
-                // No gradient flows into the padding row: mask positions that read it.
-                let mask = ids
-                    .cmp_scalar(p as f64, kiln_tensor::ops::binary::CmpOp::Eq)?
-                    .unsqueeze(-1)?;
-                Ok(out.masked_fill(&mask, 0.0)?)
-            }
-        }
+        Ok(Var::embedding_padded(ids, &self.weight.var(), self.padding_idx)?)
     }
 }
 
