@@ -96,6 +96,66 @@ crate::multiversion!(
     fn quantize_rows[](x: &[f32], qs: &mut [i8], meta: &mut [f32]) = quantize_rows_kernel[]
 );
 
+/// [`quantize_rows_kernel`] in AVX-512 registers, a block of 32 values in two registers: the
+/// same operations value by value (exact maximum, the same scale and reciprocal, halves rounded
+/// away from zero, NaN to 0, clamped), so the same codes and metadata.
+///
+/// # Safety
+/// The CPU supports AVX-512 F and BW; `x.len()` is a multiple of 32, `qs` holds `x.len()` codes
+/// and `meta` two floats per block.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn quantize_rows_avx512(x: &[f32], qs: &mut [i8], meta: &mut [f32]) {
+    use std::arch::x86_64::*;
+    assert!(x.len().is_multiple_of(QK) && qs.len() >= x.len() && meta.len() >= 2 * (x.len() / QK));
+    let abs_mask = _mm512_set1_epi32(0x7FFF_FFFF);
+    let sign_mask = _mm512_set1_epi32(i32::MIN);
+    let (half, one, lim) = (_mm512_set1_ps(0.5), _mm512_set1_ps(1.0), _mm512_set1_ps(127.0));
+    for (b, xb) in x.chunks_exact(QK).enumerate() {
+        // SAFETY: block `b` is 32 floats of `x` and 32 codes of `qs` (asserted above).
+        unsafe {
+            let v = [_mm512_loadu_ps(xb.as_ptr()), _mm512_loadu_ps(xb.as_ptr().add(16))];
+            let abs = v.map(|v| _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), abs_mask)));
+            // `max(new, acc)` keeps `acc` when `new` is NaN, as `f32::max` ignores NaN.
+            let amax =
+                _mm512_reduce_max_ps(_mm512_max_ps(abs[1], _mm512_max_ps(abs[0], _mm512_setzero_ps())));
+            let d = if amax / 127.0 >= f32::MIN_POSITIVE {
+                amax / 127.0
+            } else {
+                0.0
+            };
+            let id = _mm512_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+            let mut sum = _mm512_setzero_si512();
+            for (h, &vh) in v.iter().enumerate() {
+                let y = _mm512_mul_ps(vh, id);
+                let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(y);
+                let frac = _mm512_castsi512_ps(_mm512_and_si512(
+                    _mm512_castps_si512(_mm512_sub_ps(y, t)),
+                    abs_mask,
+                ));
+                let away = _mm512_castsi512_ps(_mm512_or_si512(
+                    _mm512_and_si512(_mm512_castps_si512(y), sign_mask),
+                    _mm512_castps_si512(one),
+                ));
+                let up = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(frac, half);
+                let r = _mm512_mask_add_ps(t, up, t, away);
+                let r = _mm512_min_ps(_mm512_max_ps(r, _mm512_sub_ps(_mm512_setzero_ps(), lim)), lim);
+                // NaN (from a NaN or infinite input) becomes code 0.
+                let ordered = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(y, y);
+                let codes = _mm512_maskz_cvttps_epi32(ordered, r);
+                sum = _mm512_add_epi32(sum, codes);
+                _mm_storeu_si128(
+                    qs.as_mut_ptr().add(b * QK + 16 * h) as *mut __m128i,
+                    _mm512_cvtepi32_epi8(codes),
+                );
+            }
+            let total = _mm512_reduce_add_epi32(sum);
+            meta[2 * b] = d;
+            meta[2 * b + 1] = d * total as f32;
+        }
+    }
+}
+
 impl QuantizedActivations {
     /// An empty buffer, to be filled by [`QuantizedActivations::quantize_into`].
     pub fn new() -> QuantizedActivations {
@@ -125,6 +185,13 @@ impl QuantizedActivations {
         self.cols = cols;
         self.qs.resize(rows * cols, 0);
         self.meta.resize(2 * blocks, 0.0);
+        #[cfg(target_arch = "x86_64")]
+        if crate::simd::isa() == crate::simd::Isa::Avx512 {
+            // SAFETY: AVX-512 F/BW are present (checked); `qs` holds `x.len()` codes and `meta`
+            // two floats per block (resized above).
+            unsafe { quantize_rows_avx512(x, &mut self.qs, &mut self.meta) };
+            return Ok(());
+        }
         quantize_rows(x, &mut self.qs, &mut self.meta);
         Ok(())
     }
@@ -187,6 +254,30 @@ mod tests {
             }
         }
         assert!(QuantizedActivations::quantize(&x, 1, 100).is_err());
+    }
+
+    /// The AVX-512 path gives the portable kernel's codes and metadata bit for bit, ties at
+    /// halves, subnormal, zero, NaN and infinite blocks included.
+    #[test]
+    fn the_avx512_path_matches_the_portable_kernel() {
+        let mut x: Vec<f32> = (0..32 * 40)
+            .map(|i| ((i as u64 * 2654435761 % 10007) as f32 - 5003.0) * 0.00037)
+            .collect();
+        // Block 1: values landing on halves of the step; 2: subnormal; 3: zeros; 4-5: a NaN
+        // and an infinity among normal values.
+        for (j, v) in x[32..64].iter_mut().enumerate() {
+            *v = (j as f32 - 16.0) * 0.5 + if j == 0 { 127.0 } else { 0.0 };
+        }
+        x[64..96].fill(1e-40);
+        x[96..128].fill(0.0);
+        x[130] = f32::NAN;
+        x[170] = f32::INFINITY;
+        let mut want = (vec![0i8; x.len()], vec![0f32; 2 * x.len() / QK]);
+        quantize_rows(&x, &mut want.0, &mut want.1);
+        let got = QuantizedActivations::quantize(&x, 40, 32).unwrap();
+        assert_eq!(got.qs, want.0);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got.meta), bits(&want.1));
     }
 
     #[test]
