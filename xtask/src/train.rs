@@ -81,6 +81,10 @@ pub struct TrainArgs {
     /// Batches averaged into one optimizer step.
     #[arg(long)]
     grad_accum: Option<usize>,
+    /// On a non-finite loss or gradient norm: `stop` (an error naming the step; the default) or
+    /// `skip-batch` (no update from that batch, logged).
+    #[arg(long, value_parser = ["stop", "skip-batch"])]
+    on_nan: Option<String>,
     /// Validation loss every this many steps (besides each epoch's end).
     #[arg(long)]
     eval_every: Option<usize>,
@@ -231,6 +235,11 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     }
     if let Some(a) = args.grad_accum {
         train_cfg.grad_accum_steps = a;
+    }
+    match args.on_nan.as_deref() {
+        Some("skip-batch") => train_cfg.on_nan = kiln::train::OnNan::SkipBatch,
+        Some(_) => train_cfg.on_nan = kiln::train::OnNan::Stop,
+        None => {}
     }
     if let Some(e) = args.eval_every {
         train_cfg.eval_every_steps = Some(e);
@@ -526,6 +535,22 @@ pub struct EvalArgs {
     data_dir: Option<PathBuf>,
 }
 
+/// An error naming the first parameter of `params` (loaded from `from`) that holds a NaN or an
+/// infinity: such weights come from a diverged run and give meaningless results.
+pub(crate) fn ensure_finite_weights(params: &[kiln::autograd::Param], from: &Path) -> anyhow::Result<()> {
+    for p in params {
+        let v = p.value().to_dtype(DType::F32)?.to_vec::<f32>()?;
+        if let Some(x) = v.iter().find(|x| !x.is_finite()) {
+            anyhow::bail!(
+                "{}: parameter {} holds non-finite values ({x}): the run diverged; these weights cannot be used",
+                from.display(),
+                p.name()
+            );
+        }
+    }
+    Ok(())
+}
+
 pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     // Name the path the user gave, not the run.json looked for two levels up.
     if !args.checkpoint.is_dir() {
@@ -556,6 +581,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let cfg = kiln::zoo::merge_config(entry, spec.model_config.as_ref())?;
     let model = (entry.build)(&cfg, Scope::init(0, DType::F32, Device::Cpu))?;
     kiln::nn::load_state_dict_file(&model.parameters(), ckpt.join("model.safetensors"), true)?;
+    ensure_finite_weights(&model.parameters(), &ckpt)?;
     let data_dir = args.data_dir.unwrap_or_else(datasets::default_data_dir);
     let data = datasets::load(
         datasets::find(&dataset)?,

@@ -64,6 +64,58 @@ fn eval_of_a_missing_checkpoint_names_the_given_path() {
     assert!(!String::from_utf8_lossy(&out.stderr).contains("run.json"));
 }
 
+/// `--lr 1e6` diverges: training stops with an error naming the step (it used to run to the end
+/// and exit 0), every checkpoint left holds finite weights, and `eval` refuses weights with a NaN.
+#[test]
+fn a_diverging_run_stops_and_eval_refuses_non_finite_weights() {
+    use kiln::nn::Scope;
+    use kiln::tensor::{DType, Device, Tensor};
+
+    let run = std::env::temp_dir().join(format!("kiln-diverge-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&run);
+    let r = run.to_string_lossy().into_owned();
+    let args = [
+        "train",
+        "--model",
+        "lenet5",
+        "--steps",
+        "40",
+        "--lr",
+        "1e6",
+        "--optimizer",
+        "sgd",
+        "--out",
+        &r,
+    ];
+    fails_with(&args, &["diverged at step"]);
+    let ckpts = run.join("checkpoints");
+    for d in std::fs::read_dir(&ckpts).into_iter().flatten().flatten() {
+        let t = kiln::tensor::io::safetensors::load(d.path().join("model.safetensors")).unwrap();
+        assert!(t
+            .values()
+            .all(|t| t.to_vec::<f32>().unwrap().iter().all(|v| v.is_finite())));
+    }
+
+    // A checkpoint with a NaN weight (written by hand) is refused by eval.
+    let ckpt = run.join("nan").join("checkpoints").join("step-00000001");
+    std::fs::create_dir_all(&ckpt).unwrap();
+    let spec = serde_json::json!({"model": "lenet5", "dataset": "mnist"});
+    std::fs::write(run.join("nan").join("run.json"), spec.to_string()).unwrap();
+    let entry = kiln::find_model("lenet5").unwrap();
+    let full = kiln::zoo::merge_config(entry, None).unwrap();
+    let model = (entry.build)(&full, Scope::init(0, DType::F32, Device::Cpu)).unwrap();
+    let p = &model.parameters()[0];
+    let mut v = p.value().to_vec::<f32>().unwrap();
+    v[0] = f32::NAN;
+    p.set_value(Tensor::from_vec(v, p.value().dims().to_vec()).unwrap());
+    kiln::nn::save_state_dict(&model.parameters(), ckpt.join("model.safetensors")).unwrap();
+    fails_with(
+        &["eval", "--checkpoint", ckpt.to_str().unwrap()],
+        &["non-finite", "diverged"],
+    );
+    std::fs::remove_dir_all(&run).unwrap();
+}
+
 #[test]
 fn negative_learning_rate_is_rejected() {
     fails_with(&["train", "--lr", "-0.1"], &["--lr", "-0.1"]);

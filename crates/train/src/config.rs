@@ -27,6 +27,18 @@ pub enum ProgressMode {
     Off,
 }
 
+/// What training does when a step's loss or gradient norm is not finite (`--on-nan`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnNan {
+    /// Stop with an error naming the step (the default): no update is applied and no checkpoint
+    /// with non-finite weights is written.
+    #[default]
+    Stop,
+    /// Skip the batch (no update from it), log it, and go on.
+    SkipBatch,
+}
+
 /// The configuration of a training run (JSON with every field optional:
 /// `{"epochs": 3, "batch_size": 64, "schedule": {"kind": "cosine", ...}}`).
 ///
@@ -82,6 +94,8 @@ pub struct TrainConfig {
     pub tensorboard: bool,
     /// Draw `curves.png` (loss and accuracy) in `out_dir` at the end (default true).
     pub plot: bool,
+    /// What a non-finite loss or gradient norm does (default: stop with an error).
+    pub on_nan: OnNan,
 }
 
 impl Default for TrainConfig {
@@ -108,6 +122,7 @@ impl Default for TrainConfig {
             progress: ProgressMode::Auto,
             tensorboard: true,
             plot: true,
+            on_nan: OnNan::Stop,
         }
     }
 }

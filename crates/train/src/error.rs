@@ -50,6 +50,14 @@ pub enum Error {
         /// Incomplete or corrupt candidates that were skipped, with the reason.
         skipped: Vec<(PathBuf, String)>,
     },
+    /// Training diverged: a loss, a gradient norm or the weights are not finite.
+    #[error("training diverged at step {step}: {what}; no update was applied and no checkpoint holds these values (lower the learning rate, clip gradients, or pass --on-nan skip-batch)")]
+    Diverged {
+        /// The optimizer step (1-based) that would have been applied.
+        step: usize,
+        /// What is not finite, with its value.
+        what: String,
+    },
     /// A batch or a model output does not fit what training needs.
     #[error("{0}")]
     Data(String),

@@ -44,7 +44,7 @@ pub use callbacks::{
 };
 pub use checkpoint::{latest_checkpoint, load_checkpoint, verify_checkpoint, Checkpoint, TrainerState};
 pub use collective::{Collective, LocalCollective, SingleProcess};
-pub use config::{OptimizerConfig, ProgressMode, TrainConfig};
+pub use config::{OnNan, OptimizerConfig, ProgressMode, TrainConfig};
 pub use error::{Error, Result};
 pub use logs::METRICS_FILE;
 pub use metrics::{EpochMetrics, History, MetricAccumulator, Metrics, StepLog, ValLog};

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use kiln_autograd::{Gradients, Param, Var};
 use kiln_data::{DataLoader, Dataset};
-use kiln_optim::{clip_grad_norm, GradAccumulator, LrSchedule, Optimizer};
+use kiln_optim::{clip_grad_norm, grad_norm, GradAccumulator, LrSchedule, Optimizer};
 use kiln_tensor::{DType, Tensor, TensorRng};
 use kiln_zoo::{Model, Task};
 
@@ -18,7 +18,7 @@ use crate::checkpoint::{
     STATE_FORMAT, STATE_VERSION,
 };
 use crate::collective::{Collective, SingleProcess};
-use crate::config::TrainConfig;
+use crate::config::{OnNan, TrainConfig};
 use crate::logs::RunLogs;
 use crate::metrics::{EpochMetrics, History, MetricAccumulator, Metrics, StepLog};
 use crate::progress::{Progress, ProgressLine};
@@ -90,6 +90,20 @@ fn scalar(t: &Tensor) -> Result<f64> {
         DType::F32 => t.to_scalar::<f32>()? as f64,
         DType::F64 => t.to_scalar::<f64>()?,
         _ => t.to_f64_vec()[0],
+    })
+}
+
+/// Whether every value of `t` is finite (float tensors; integer tensors always are).
+fn all_finite(t: &Tensor) -> Result<bool> {
+    Ok(match t.dtype() {
+        DType::F32 => t.contiguous_slice::<f32>()?.iter().all(|v| v.is_finite()),
+        DType::F64 => t.contiguous_slice::<f64>()?.iter().all(|v| v.is_finite()),
+        d if d.is_float() => t
+            .to_dtype(DType::F32)?
+            .contiguous_slice::<f32>()?
+            .iter()
+            .all(|v| v.is_finite()),
+        _ => true,
     })
 }
 
@@ -361,25 +375,40 @@ impl Trainer {
                         )?;
                     }
                     window_tokens += self.model.tokens_in(&batch.inputs).unwrap_or(0);
-                    let (grads, loss, n) = self.train_batch(batch)?;
-                    step_loss += loss * n as f64;
-                    step_samples += n;
-                    window_samples += n;
-                    micro += 1;
-                    if accum == 1 {
-                        single = Some(grads);
-                    } else {
-                        acc.get_or_insert_with(GradAccumulator::new).add(grads)?;
+                    match self.train_batch(batch)? {
+                        Some((grads, loss, n)) => {
+                            step_loss += loss * n as f64;
+                            step_samples += n;
+                            window_samples += n;
+                            micro += 1;
+                            if accum == 1 {
+                                single = Some(grads);
+                            } else {
+                                acc.get_or_insert_with(GradAccumulator::new).add(grads)?;
+                            }
+                        }
+                        None => progress.message(&format!(
+                            "step {}: non-finite loss, batch {} skipped (--on-nan skip-batch)",
+                            self.state.step + 1,
+                            batches.position() - 1
+                        )),
                     }
                     let pos = batches.position();
-                    if micro < accum && pos < num_batches {
+                    if micro == 0 || (micro < accum && pos < num_batches) {
                         continue;
                     }
                     let mut grads = match single.take() {
                         Some(g) => g,
                         None => acc.take().unwrap_or_default().finish()?,
                     };
-                    let (lr, grad_norm) = self.apply_step(&trainable, &mut grads)?;
+                    let Some((lr, grad_norm)) = self.apply_step(&trainable, &mut grads)? else {
+                        progress.message(&format!(
+                            "step {}: non-finite gradient norm, update skipped (--on-nan skip-batch)",
+                            self.state.step + 1
+                        ));
+                        (micro, step_loss, step_samples) = (0, 0.0, 0);
+                        continue;
+                    };
                     drop(grads);
                     self.state.step += 1;
                     self.state.batch_offset = pos;
@@ -563,8 +592,9 @@ impl Trainer {
     }
 
     /// Forward and backward on one training batch; updates the running metrics. Returns the
-    /// gradients, the batch's mean loss and its size.
-    fn train_batch(&mut self, batch: kiln_data::Batch) -> Result<(Gradients, f64, usize)> {
+    /// gradients, the batch's mean loss and its size, or `None` for a batch with a non-finite
+    /// loss under [`OnNan::SkipBatch`] (under [`OnNan::Stop`] it is an [`Error::Diverged`]).
+    fn train_batch(&mut self, batch: kiln_data::Batch) -> Result<Option<(Gradients, f64, usize)>> {
         let n = batch.len();
         let targets = batch
             .targets
@@ -579,31 +609,58 @@ impl Trainer {
                 self.model.name()
             ))
         })?;
-        let grads = loss.backward()?;
         let lv = scalar(loss.value())?;
+        if !lv.is_finite() {
+            return match self.config.on_nan {
+                OnNan::Stop => Err(Error::Diverged {
+                    step: self.state.step + 1,
+                    what: format!("the loss is {lv}"),
+                }),
+                OnNan::SkipBatch => Ok(None),
+            };
+        }
+        let grads = loss.backward()?;
         let mut batch_metrics = MetricAccumulator::new();
         batch_metrics.add(lv, n, Some(out.logits.value()), Some(&targets), false)?;
         batch_metrics.add_tallies(&out.tallies);
         self.state.epoch_metrics.merge(&batch_metrics);
         self.state.window_metrics.merge(&batch_metrics);
-        Ok((grads, lv, n))
+        Ok(Some((grads, lv, n)))
     }
 
     /// Reduce across replicas, clip, schedule and step. Returns the learning rate used and the
-    /// gradient norm before clipping (when clipping is on).
-    fn apply_step(&mut self, trainable: &[Param], grads: &mut Gradients) -> Result<(f64, Option<f64>)> {
+    /// gradient norm before clipping (when clipping is on), or `None` when the gradient norm is
+    /// not finite under [`OnNan::SkipBatch`] (no update; under [`OnNan::Stop`] it is an
+    /// [`Error::Diverged`]).
+    fn apply_step(
+        &mut self,
+        trainable: &[Param],
+        grads: &mut Gradients,
+    ) -> Result<Option<(f64, Option<f64>)>> {
         // The one place where gradients cross replicas.
         self.collective.all_reduce_gradients(trainable, grads)?;
-        let mut norm = None;
-        if let Some(max) = self.config.clip_grad_norm {
-            norm = Some(clip_grad_norm(trainable, grads, max)?);
+        let (norm, clipped) = match self.config.clip_grad_norm {
+            Some(max) => {
+                let n = clip_grad_norm(trainable, grads, max)?;
+                (n, Some(n))
+            }
+            None => (grad_norm(trainable, grads)?, None),
+        };
+        if !norm.is_finite() {
+            return match self.config.on_nan {
+                OnNan::Stop => Err(Error::Diverged {
+                    step: self.state.step + 1,
+                    what: format!("the gradient norm is {norm}"),
+                }),
+                OnNan::SkipBatch => Ok(None),
+            };
         }
         if let Some(s) = &self.config.schedule {
             s.apply(&mut *self.optimizer);
         }
         let lr = self.optimizer.lr();
         self.optimizer.step(grads)?;
-        Ok((lr, norm))
+        Ok(Some((lr, clipped)))
     }
 
     /// Evaluate on `data` (which must have targets): mean loss, and accuracy and top-5 accuracy
@@ -712,6 +769,16 @@ impl Trainer {
     }
 
     fn checkpoint_job(&self, root: PathBuf) -> Result<CheckpointJob> {
+        // Never a checkpoint with non-finite weights (an update can overflow with a finite loss
+        // and gradient).
+        for p in &self.params {
+            if !all_finite(&p.value())? {
+                return Err(Error::Diverged {
+                    step: self.state.step,
+                    what: format!("parameter {} holds non-finite values after this step", p.name()),
+                });
+            }
+        }
         Ok(CheckpointJob {
             root,
             // Tensors are immutable handles: these are snapshots, whatever training does next.

@@ -399,3 +399,101 @@ fn data_parallel_replicas_stay_identical() {
     // And they trained: not rank 0's initial weights.
     assert_ne!(results[0].0, param_bits(&trainer(10, quiet())));
 }
+
+/// Whether every weight in a checkpoint's model file is finite.
+fn checkpoint_is_finite(step_dir: &std::path::Path) -> bool {
+    let tensors = kiln_tensor::io::safetensors::load(step_dir.join("model.safetensors")).unwrap();
+    tensors
+        .values()
+        .all(|t| t.to_vec::<f32>().unwrap().iter().all(|v| v.is_finite()))
+}
+
+/// A learning rate of 1e6 drives the loss to inf/NaN: training stops with an error naming the
+/// step instead of running to the end, and no checkpoint (one is due every step) holds
+/// non-finite weights.
+#[test]
+fn divergence_stops_training_and_never_checkpoints_non_finite_weights() {
+    let dir = scratch("diverge");
+    let model = Mlp::new(5);
+    let opt = Box::new(
+        Sgd::from_params(
+            model.parameters(),
+            SgdConfig {
+                lr: 1e6,
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    );
+    let cfg = TrainConfig {
+        epochs: Some(50),
+        out_dir: Some(dir.clone()),
+        checkpoint_every_steps: Some(1),
+        keep_last: 1000,
+        ..quiet()
+    };
+    let mut t = Trainer::new(Box::new(model) as Box<dyn Model>, opt, cfg).unwrap();
+    let e = t.fit(&blobs(60, 1), None).unwrap_err().to_string();
+    assert!(e.contains("diverged at step"), "{e}");
+    let step: usize = e
+        .split("diverged at step ")
+        .nth(1)
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(step < 50 * 4, "stopped at step {step}: {e}");
+    let ckpts: Vec<_> = std::fs::read_dir(dir.join("checkpoints"))
+        .unwrap()
+        .flatten()
+        .filter(|d| d.file_name().to_string_lossy().starts_with("step-"))
+        .collect();
+    assert!(!ckpts.is_empty());
+    for d in ckpts {
+        assert!(
+            checkpoint_is_finite(&d.path()),
+            "{:?} holds non-finite weights",
+            d.path()
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `OnNan::SkipBatch`: a batch whose loss is NaN (a NaN input) gives no update; training goes
+/// on and ends with finite weights that still learn the task.
+#[test]
+fn skip_batch_drops_only_the_non_finite_batches() {
+    let data = blobs(96, 3);
+    let (x, y) = (data.inputs().clone(), data.targets().unwrap().clone());
+    let mut xv = x.to_vec::<f32>().unwrap();
+    xv[0] = f32::NAN;
+    let poisoned =
+        TensorDataset::new(kiln_tensor::Tensor::from_vec(xv, x.dims().to_vec()).unwrap(), y).unwrap();
+    let cfg = TrainConfig {
+        epochs: Some(5),
+        shuffle: false,
+        ..quiet()
+    };
+    let e = trainer(7, cfg.clone())
+        .fit(&poisoned, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("diverged at step 1") && e.contains("NaN"), "{e}");
+    let mut t = trainer(
+        7,
+        TrainConfig {
+            on_nan: kiln_train::OnNan::SkipBatch,
+            ..cfg
+        },
+    );
+    let h = t.fit(&poisoned, None).unwrap();
+    // 6 batches per epoch, the first skipped each time.
+    assert_eq!(t.step(), 5 * 5);
+    assert!(param_bits(&t)
+        .iter()
+        .all(|(_, b)| b.iter().all(|&v| f32::from_bits(v).is_finite())));
+    let last = h.epochs.last().unwrap();
+    assert!(last.train.loss.is_finite() && last.train.loss < 0.5, "{last:?}");
+}
