@@ -611,13 +611,7 @@ impl Trainer {
         })?;
         let lv = scalar(loss.value())?;
         if !lv.is_finite() {
-            return match self.config.on_nan {
-                OnNan::Stop => Err(Error::Diverged {
-                    step: self.state.step + 1,
-                    what: format!("the loss is {lv}"),
-                }),
-                OnNan::SkipBatch => Ok(None),
-            };
+            return self.non_finite(format!("the loss is {lv}"));
         }
         let grads = loss.backward()?;
         let mut batch_metrics = MetricAccumulator::new();
@@ -626,6 +620,18 @@ impl Trainer {
         self.state.epoch_metrics.merge(&batch_metrics);
         self.state.window_metrics.merge(&batch_metrics);
         Ok(Some((grads, lv, n)))
+    }
+
+    /// What a non-finite `what` does to the coming step: an [`Error::Diverged`] naming it under
+    /// [`OnNan::Stop`], `None` (skip) under [`OnNan::SkipBatch`].
+    fn non_finite<T>(&self, what: String) -> Result<Option<T>> {
+        match self.config.on_nan {
+            OnNan::Stop => Err(Error::Diverged {
+                step: self.state.step + 1,
+                what,
+            }),
+            OnNan::SkipBatch => Ok(None),
+        }
     }
 
     /// Reduce across replicas, clip, schedule and step. Returns the learning rate used and the
@@ -647,13 +653,7 @@ impl Trainer {
             None => (grad_norm(trainable, grads)?, None),
         };
         if !norm.is_finite() {
-            return match self.config.on_nan {
-                OnNan::Stop => Err(Error::Diverged {
-                    step: self.state.step + 1,
-                    what: format!("the gradient norm is {norm}"),
-                }),
-                OnNan::SkipBatch => Ok(None),
-            };
+            return self.non_finite(format!("the gradient norm is {norm}"));
         }
         if let Some(s) = &self.config.schedule {
             s.apply(&mut *self.optimizer);
