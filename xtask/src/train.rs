@@ -54,6 +54,10 @@ pub struct TrainArgs {
     /// Continue the run in this directory from its newest complete checkpoint.
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Replace the run already in the run directory (without it, an existing run is refused:
+    /// continue it with --resume or pick another --out).
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
     /// A JSON file with any of: model, dataset, optimizer, lr, model_config, train (TrainConfig fields).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -340,6 +344,20 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         bail!("--warmup-steps and --min-lr shape the default schedule; the run's config already sets \"schedule\"");
     }
 
+    // Never delete a run by accident: a new run into a directory that holds one needs
+    // --overwrite (checkpoint pruning would remove its steps, and its logs would be replaced).
+    let holds_run = out.join(RUN_FILE).exists() || out.join("checkpoints").exists();
+    if args.resume.is_none() && holds_run {
+        if !args.overwrite {
+            bail!(
+                "{} already holds a run: continue it with --resume {}, replace it with --overwrite, or choose another --out",
+                out.display(),
+                out.display()
+            );
+        }
+        println!("--overwrite: removing the run in {}", out.display());
+        std::fs::remove_dir_all(&out).with_context(|| format!("removing {}", out.display()))?;
+    }
     std::fs::create_dir_all(&out)
         .with_context(|| format!("cannot create run directory {}", out.display()))?;
     let stored = RunSpec {
@@ -354,18 +372,6 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         task: spec.task.clone(),
         init: spec.init.clone(),
     };
-    std::fs::write(out.join(RUN_FILE), serde_json::to_string_pretty(&stored)?)?;
-    // `cargo xtask generate --weights RUN --prompt TEXT` reads it.
-    if let Some(tokenizer) = &data.tokenizer {
-        tokenizer.save(out.join("tokenizer.json"))?;
-    } else if let Some(file) = &data.tokenizer_file {
-        std::fs::copy(file, out.join("tokenizer.json"))
-            .with_context(|| format!("copying the tokenizer {}", file.display()))?;
-    } else if let Some(init) = spec.init.as_ref().filter(|_| sft) {
-        std::fs::copy(init.join("tokenizer.json"), out.join("tokenizer.json"))
-            .with_context(|| format!("copying the tokenizer of {}", init.display()))?;
-    }
-
     println!(
         "training {model_name} ({} parameters) on {dataset}: {} train / {} test examples, run directory {}",
         model.num_parameters(),
@@ -378,6 +384,23 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         let ckpt = trainer.resume(&out)?;
         println!("resumed from {} at step {}", ckpt.display(), trainer.step());
     }
+    // Written only once everything (a resumed checkpoint included) was accepted, and atomically:
+    // a refused --resume leaves the run resumable as it was.
+    kiln::train::write_file_atomically(
+        &out.join(RUN_FILE),
+        serde_json::to_string_pretty(&stored)?.as_bytes(),
+    )?;
+    // `cargo xtask generate --weights RUN --prompt TEXT` reads it.
+    if let Some(tokenizer) = &data.tokenizer {
+        tokenizer.save(out.join("tokenizer.json"))?;
+    } else if let Some(file) = &data.tokenizer_file {
+        std::fs::copy(file, out.join("tokenizer.json"))
+            .with_context(|| format!("copying the tokenizer {}", file.display()))?;
+    } else if let Some(init) = spec.init.as_ref().filter(|_| sft) {
+        std::fs::copy(init.join("tokenizer.json"), out.join("tokenizer.json"))
+            .with_context(|| format!("copying the tokenizer of {}", init.display()))?;
+    }
+
     let before = if sft && args.resume.is_none() {
         let m = trainer.evaluate(test_set)?;
         println!(

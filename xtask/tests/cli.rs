@@ -116,6 +116,52 @@ fn a_diverging_run_stops_and_eval_refuses_non_finite_weights() {
     std::fs::remove_dir_all(&run).unwrap();
 }
 
+/// A second `train --out RUN` without `--resume` is refused and leaves the run as it was (it used
+/// to delete its checkpoints); a refused `--resume` leaves run.json byte for byte; `--overwrite`
+/// replaces the run.
+#[test]
+fn an_existing_run_is_never_replaced_without_overwrite() {
+    let run = std::env::temp_dir().join(format!("kiln-existing-run-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&run);
+    let r = run.to_string_lossy().into_owned();
+    let first = ["train", "--model", "lenet5", "--steps", "2", "--out", &r];
+    succeeds(&first);
+    let listing = |dir: &std::path::Path| {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let (ckpts, spec) = (
+        listing(&run.join("checkpoints")),
+        std::fs::read(run.join("run.json")).unwrap(),
+    );
+    assert!(ckpts.iter().any(|c| c.starts_with("step-")), "{ckpts:?}");
+    fails_with(&first, &["already holds a run", "--resume", "--overwrite"]);
+    assert_eq!(listing(&run.join("checkpoints")), ckpts);
+    fails_with(&["train", "--resume", &r, "--batch-size", "32"], &["batch"]);
+    assert_eq!(
+        std::fs::read(run.join("run.json")).unwrap(),
+        spec,
+        "a refused --resume rewrote run.json"
+    );
+    succeeds(&[
+        "train",
+        "--model",
+        "lenet5",
+        "--steps",
+        "1",
+        "--out",
+        &r,
+        "--overwrite",
+    ]);
+    assert!(listing(&run.join("checkpoints")).contains(&"step-00000001".to_string()));
+    std::fs::remove_dir_all(&run).unwrap();
+}
+
 #[test]
 fn negative_learning_rate_is_rejected() {
     fails_with(&["train", "--lr", "-0.1"], &["--lr", "-0.1"]);

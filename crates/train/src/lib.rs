@@ -42,7 +42,9 @@ mod trainer;
 pub use callbacks::{
     Callback, CallbackContext, EarlyStopping, LrLogger, LrRecords, ModelCheckpoint, Monitor, StepEnd,
 };
-pub use checkpoint::{latest_checkpoint, load_checkpoint, verify_checkpoint, Checkpoint, TrainerState};
+pub use checkpoint::{
+    latest_checkpoint, load_checkpoint, verify_checkpoint, write_file_atomically, Checkpoint, TrainerState,
+};
 pub use collective::{Collective, LocalCollective, SingleProcess};
 pub use config::{OnNan, OptimizerConfig, ProgressMode, TrainConfig};
 pub use error::{Error, Result};
