@@ -29,6 +29,17 @@ pub enum Error {
         /// The shape found.
         got: Shape,
     },
+    /// A loaded tensor's dtype cannot stand for the parameter (integer or boolean data for a
+    /// float parameter, or the reverse).
+    #[error("parameter {name:?}: the module holds {expected} values, the weights have {got} (not converted: a float parameter loads only float weights)")]
+    DTypeMismatch {
+        /// Full dotted name.
+        name: String,
+        /// The parameter's dtype.
+        expected: kiln_tensor::DType,
+        /// The dtype found.
+        got: kiln_tensor::DType,
+    },
     /// Strict loading found tensors no parameter asked for.
     #[error("unexpected keys in the loaded weights (strict loading): {0:?}")]
     UnexpectedKeys(Vec<String>),

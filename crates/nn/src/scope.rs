@@ -209,6 +209,9 @@ pub struct LoadReport {
     pub missing: Vec<String>,
     /// Tensors no parameter matched.
     pub unexpected: Vec<String>,
+    /// Tensors converted to their parameter's float dtype (name, stored dtype, parameter dtype),
+    /// e.g. f16 or bf16 weights into f32 parameters; each is also logged to stderr.
+    pub converted: Vec<(String, kiln_tensor::DType, kiln_tensor::DType)>,
 }
 
 /// The state dict of `params`: name → value.
@@ -243,6 +246,20 @@ pub fn load_state_dict(
                     got: t.shape().clone(),
                 })
             }
+            // Between floats a conversion keeps the values (logged below); integer or boolean
+            // data in a float parameter (or the reverse) is a wrong file, not a conversion.
+            Some(t) if t.dtype().is_float() != p.value().dtype().is_float() => {
+                return Err(Error::DTypeMismatch {
+                    name: p.name().to_string(),
+                    expected: p.value().dtype(),
+                    got: t.dtype(),
+                })
+            }
+            Some(t) if t.dtype() != p.value().dtype() => {
+                report
+                    .converted
+                    .push((p.name().to_string(), t.dtype(), p.value().dtype()))
+            }
             Some(_) => {}
         }
     }
@@ -266,6 +283,12 @@ pub fn load_state_dict(
         if !report.unexpected.is_empty() {
             return Err(Error::UnexpectedKeys(report.unexpected));
         }
+    }
+    if let Some((name, from, to)) = report.converted.first() {
+        eprintln!(
+            "loading weights: {} tensor(s) converted to the parameters' dtype (first: {name} {from} -> {to})",
+            report.converted.len()
+        );
     }
     for p in params {
         if let Some(t) = weights.get(p.name()) {

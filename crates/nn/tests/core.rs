@@ -124,6 +124,29 @@ fn state_dict_round_trip_is_exact_and_bad_loads_change_nothing() {
         "{e}"
     );
     assert_eq!(mlp2.parameters()[0].value().to_vec::<f32>().unwrap(), before);
+    // Integer data for a float parameter is an error naming the key and both dtypes (it used to
+    // be converted silently); f64 or f16 weights convert to f32 and are reported.
+    let mut ints = kiln_tensor::io::load_safetensors(&path).unwrap();
+    ints.insert(
+        "2.bias".into(),
+        Tensor::zeros([3], DType::U32, Device::Cpu).unwrap(),
+    );
+    let e = load_state_dict(&mlp2.parameters(), &ints, true)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("2.bias") && e.contains("u32") && e.contains("f32"),
+        "{e}"
+    );
+    assert_eq!(mlp2.parameters()[0].value().to_vec::<f32>().unwrap(), before);
+    let mut wide = kiln_tensor::io::load_safetensors(&path).unwrap();
+    let b = wide["2.bias"].to_dtype(DType::F64).unwrap();
+    wide.insert("2.bias".into(), b);
+    let report = load_state_dict(&mlp2.parameters(), &wide, true).unwrap();
+    assert_eq!(
+        report.converted,
+        vec![("2.bias".to_string(), DType::F64, DType::F32)]
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
