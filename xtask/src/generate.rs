@@ -230,8 +230,11 @@ fn load_gguf(entry: &ModelEntry, path: &Path) -> anyhow::Result<Loaded> {
     })
 }
 
-/// `path` as a run or checkpoint directory: `(run directory, checkpoint directory)`.
-fn locate_checkpoint(path: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+/// `path` as a run or checkpoint directory: `(run directory, checkpoint directory)`. A checkpoint
+/// named directly is verified as the newest one of a run is (sizes and checksums recorded in its
+/// trainer state); one without a trainer state (not written by kiln's trainer) is loaded
+/// unverified, and that is said.
+pub(crate) fn locate_checkpoint(path: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     if path.join("run.json").is_file() {
         let ckpt = kiln::train::latest_checkpoint(path)?
             .with_context(|| format!("no complete checkpoint in run directory {}", path.display()))?;
@@ -240,6 +243,15 @@ fn locate_checkpoint(path: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     let run = path.parent().and_then(Path::parent).map(Path::to_path_buf);
     match run {
         Some(run) if path.join("model.safetensors").is_file() && run.join("run.json").is_file() => {
+            if path.join(kiln::train::checkpoint::STATE_FILE).is_file() {
+                kiln::train::verify_checkpoint(path)?;
+            } else {
+                eprintln!(
+                    "{}: no {} beside the weights, so their size and checksum are not verified",
+                    path.display(),
+                    kiln::train::checkpoint::STATE_FILE
+                );
+            }
             Ok((run, path.to_path_buf()))
         }
         _ => bail!(

@@ -582,22 +582,9 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
             args.checkpoint.display()
         );
     }
-    // A checkpoint directory sits in RUN/checkpoints/; a run directory holds run.json itself.
-    let (run_dir, ckpt) = if args.checkpoint.join(RUN_FILE).exists() {
-        let ckpt = kiln::train::latest_checkpoint(&args.checkpoint)?
-            .with_context(|| format!("no complete checkpoint in {}", args.checkpoint.display()))?;
-        (args.checkpoint.clone(), ckpt)
-    } else {
-        let run = args
-            .checkpoint
-            .parent()
-            .and_then(Path::parent)
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        (run, args.checkpoint.clone())
-    };
-    let spec = read_spec(&run_dir.join(RUN_FILE))
-        .with_context(|| format!("{} is not inside a kiln run directory", args.checkpoint.display()))?;
+    // A run directory (its newest complete checkpoint) or a verified checkpoint inside one.
+    let (run_dir, ckpt) = crate::generate::locate_checkpoint(&args.checkpoint)?;
+    let spec = read_spec(&run_dir.join(RUN_FILE))?;
     let model_name = spec.model.context("run.json names no model")?;
     let dataset = spec.dataset.context("run.json names no dataset")?;
     let entry = kiln::find_model(&model_name)?;

@@ -159,6 +159,16 @@ fn an_existing_run_is_never_replaced_without_overwrite() {
         "--overwrite",
     ]);
     assert!(listing(&run.join("checkpoints")).contains(&"step-00000001".to_string()));
+    // A checkpoint named directly is verified like a run's newest one: a flipped byte is refused.
+    let step = run.join("checkpoints").join("step-00000001");
+    let mut bytes = std::fs::read(step.join("model.safetensors")).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(step.join("model.safetensors"), bytes).unwrap();
+    fails_with(
+        &["eval", "--checkpoint", step.to_str().unwrap()],
+        &["model.safetensors", "checksum"],
+    );
     std::fs::remove_dir_all(&run).unwrap();
 }
 
