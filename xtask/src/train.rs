@@ -173,6 +173,25 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
     };
+    // A resumed run keeps what defines it: a flag that would change it is refused by name (it
+    // used to be accepted, and a different dataset trained on silently).
+    macro_rules! fixed_on_resume {
+        ($($field:ident: $flag:literal),*) => {$(
+            if let (Some(_), Some(given)) = (&args.resume, &args.$field) {
+                if spec.$field.as_ref() != Some(given) {
+                    bail!(
+                        "{} {:?}: the resumed run was trained with {}; a resumed run keeps its {} (start a new run with --out to change it)",
+                        $flag,
+                        given,
+                        spec.$field.as_ref().map_or("none".to_string(), |v| format!("{v:?}")),
+                        $flag.trim_start_matches("--")
+                    );
+                }
+            }
+        )*};
+    }
+    fixed_on_resume!(model: "--model", dataset: "--dataset", optimizer: "--optimizer", lr: "--lr",
+        seq_len: "--seq-len", task: "--task", init: "--init");
     macro_rules! flag {
         ($field:ident) => {
             if let Some(v) = args.$field.clone() {

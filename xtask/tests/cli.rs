@@ -143,6 +143,13 @@ fn an_existing_run_is_never_replaced_without_overwrite() {
     fails_with(&first, &["already holds a run", "--resume", "--overwrite"]);
     assert_eq!(listing(&run.join("checkpoints")), ckpts);
     fails_with(&["train", "--resume", &r, "--batch-size", "32"], &["batch"]);
+    // Flags that define the run are refused by name on resume (a different dataset used to be
+    // trained on silently).
+    fails_with(
+        &["train", "--resume", &r, "--dataset", "fashion-mnist"],
+        &["--dataset", "mnist", "resumed run keeps"],
+    );
+    fails_with(&["train", "--resume", &r, "--lr", "0.5"], &["--lr", "0.001"]);
     assert_eq!(
         std::fs::read(run.join("run.json")).unwrap(),
         spec,
