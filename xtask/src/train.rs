@@ -142,6 +142,9 @@ pub struct RunSpec {
     pub task: Option<String>,
     /// The run whose weights and tokenizer this run started from.
     pub init: Option<PathBuf>,
+    /// The training data's content fingerprint (`kiln_data::content_fingerprint`), written by
+    /// `train`; `--resume` refuses data that does not match it.
+    pub data_fingerprint: Option<String>,
 }
 
 const RUN_FILE: &str = "run.json";
@@ -338,6 +341,14 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| if transformer { "adamw" } else { "adam" }.into());
     let optimizer = build_optimizer(&optimizer_name, lr, &recipe, transformer, model.parameters())?;
     let (train_set, test_set) = (data.train.as_ref(), data.test.as_ref());
+    let data_fingerprint = kiln::data::content_fingerprint(train_set)?;
+    if let (Some(_), Some(recorded)) = (&args.resume, &spec.data_fingerprint) {
+        if *recorded != data_fingerprint {
+            bail!(
+                "--resume: the run was trained on {dataset} data with fingerprint \"{recorded}\", the data now read gives \"{data_fingerprint}\" (the dataset files changed?); resume with the same data, or start a new run"
+            );
+        }
+    }
     if train_cfg.schedule.is_none() {
         // Without a schedule from the config: cosine decay to 0 over the run, which settles the
         // weights at the end instead of stopping mid-noise at the peak learning rate.
@@ -390,6 +401,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         recipe: Some(recipe.clone()),
         task: spec.task.clone(),
         init: spec.init.clone(),
+        data_fingerprint: Some(data_fingerprint),
     };
     println!(
         "training {model_name} ({} parameters) on {dataset}: {} train / {} test examples, run directory {}",

@@ -76,7 +76,7 @@ pub mod text;
 pub mod vision;
 
 pub use dataset::Example;
-pub use dataset::{Batch, Dataset, TensorDataset, MNIST_MEAN, MNIST_STD};
+pub use dataset::{content_fingerprint, Batch, Dataset, TensorDataset, MNIST_MEAN, MNIST_STD};
 pub use error::{Error, Result};
 pub use loader::{epoch_permutation, Batches, DataLoader};
 pub use pipeline::{Pipeline, PipelineIter, PipelineState, Source};
