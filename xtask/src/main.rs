@@ -15,6 +15,7 @@ mod models;
 mod perplexity;
 mod prepare_data;
 mod serve;
+mod signals;
 mod train;
 
 use clap::{Parser, Subcommand};

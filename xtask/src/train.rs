@@ -444,7 +444,18 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     };
     let started = std::time::Instant::now();
     let val = trainer.config().eval_every_steps.map(|_| test_set);
+    let signals = crate::signals::SignalFlag::install()?;
+    trainer.add_callback(signals.callback());
     let history = trainer.fit(train_set, val)?;
+    if let Some(code) = signals.received() {
+        println!(
+            "stopped at step {} ({}): checkpoint written; continue with --resume {}",
+            trainer.step(),
+            history.stopped_early.as_deref().unwrap_or("signal"),
+            out.display()
+        );
+        std::process::exit(code);
+    }
     let train_secs = started.elapsed().as_secs_f64();
     let test = trainer.evaluate(test_set)?;
     let acc = test.accuracy.unwrap_or(f64::NAN);

@@ -179,6 +179,52 @@ fn an_existing_run_is_never_replaced_without_overwrite() {
     std::fs::remove_dir_all(&run).unwrap();
 }
 
+/// SIGINT during training: the step finishes, a complete checkpoint is written and the process
+/// exits 130 (it used to die without one); `--resume` then continues from it.
+#[cfg(unix)]
+#[test]
+fn sigint_checkpoints_and_exits_130() {
+    use std::io::{BufRead, BufReader};
+    let run = std::env::temp_dir().join(format!("kiln-sigint-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&run);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args([
+            "train",
+            "--model",
+            "lenet5",
+            "--steps",
+            "100000",
+            "--out",
+            run.to_str().unwrap(),
+        ])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for the first logged steps, then interrupt.
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        if line.unwrap().contains("step") {
+            break;
+        }
+    }
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let rest: Vec<String> = lines.map_while(|l| l.ok()).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{rest:?}");
+    assert!(rest.iter().any(|l| l.contains("--resume")), "{rest:?}");
+    let ckpt = kiln::train::latest_checkpoint(&run)
+        .unwrap()
+        .expect("a complete checkpoint");
+    kiln::train::verify_checkpoint(&ckpt).unwrap();
+    std::fs::remove_dir_all(&run).unwrap();
+}
+
 #[test]
 fn negative_learning_rate_is_rejected() {
     fails_with(&["train", "--lr", "-0.1"], &["--lr", "-0.1"]);
