@@ -349,17 +349,31 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             );
         }
     }
+    // Optimizer steps the run will have made at its end.
+    let per_epoch = train_set
+        .len()
+        .div_ceil(train_cfg.batch_size * train_cfg.grad_accum_steps.max(1));
+    let total = match (train_cfg.max_steps, train_cfg.epochs) {
+        (Some(s), _) => s,
+        (None, Some(e)) => e * per_epoch,
+        (None, None) => per_epoch,
+    };
+    // Extending a resumed run past the end of its decaying schedule would train the extra
+    // steps at the schedule's final rate (0 for the default cosine): refused, saying how.
+    if let (
+        Some(_),
+        Some(Schedule::WarmupCosine { total_steps, .. } | Schedule::OneCycle { total_steps, .. }),
+    ) = (&args.resume, &train_cfg.schedule)
+    {
+        if total > *total_steps {
+            bail!(
+                "--resume to {total} steps: the run's learning-rate schedule decays to its end at step {total_steps}, so the steps after it would train at its final rate; a resumed run keeps its schedule. To train longer, give the full length when starting (a run interrupted with Ctrl-C and resumed is bit-identical to one trained straight), or start a new run"
+            );
+        }
+    }
     if train_cfg.schedule.is_none() {
         // Without a schedule from the config: cosine decay to 0 over the run, which settles the
         // weights at the end instead of stopping mid-noise at the peak learning rate.
-        let per_epoch = train_set
-            .len()
-            .div_ceil(train_cfg.batch_size * train_cfg.grad_accum_steps.max(1));
-        let total = match (train_cfg.max_steps, train_cfg.epochs) {
-            (Some(s), _) => s,
-            (None, Some(e)) => e * per_epoch,
-            (None, None) => per_epoch,
-        };
         let warmup_steps = args
             .warmup_steps
             .unwrap_or(if transformer { total / 20 } else { 0 });

@@ -193,7 +193,7 @@ fn sigint_checkpoints_and_exits_130() {
             "--model",
             "lenet5",
             "--steps",
-            "100000",
+            "600",
             "--out",
             run.to_str().unwrap(),
         ])
@@ -222,7 +222,27 @@ fn sigint_checkpoints_and_exits_130() {
         .unwrap()
         .expect("a complete checkpoint");
     kiln::train::verify_checkpoint(&ckpt).unwrap();
+    // Extending past the end of the run's schedule is refused, saying why.
+    let r = run.to_string_lossy().into_owned();
+    fails_with(
+        &["train", "--resume", &r, "--steps", "1200"],
+        &["schedule", "600"],
+    );
+    // Resumed to its end, the interrupted run equals one trained straight, bit for bit.
+    succeeds(&["train", "--resume", &r]);
+    let straight = run.with_extension("straight");
+    let _ = std::fs::remove_dir_all(&straight);
+    let s = straight.to_string_lossy().into_owned();
+    succeeds(&["train", "--model", "lenet5", "--steps", "600", "--out", &s]);
+    let last = |dir: &std::path::Path| {
+        std::fs::read(dir.join("checkpoints/step-00000600/model.safetensors")).unwrap()
+    };
+    assert!(
+        last(&run) == last(&straight),
+        "interrupted + resumed differs from straight"
+    );
     std::fs::remove_dir_all(&run).unwrap();
+    std::fs::remove_dir_all(&straight).unwrap();
 }
 
 #[test]
