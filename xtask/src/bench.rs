@@ -86,6 +86,32 @@ pub struct BenchArgs {
 
 /// Runs the benchmark `args.name` names.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    for (flag, v) in [
+        ("--iters", args.iters),
+        ("--batch-size", args.batch_size),
+        ("--in-channels", args.in_channels),
+        ("--image-size", args.image_size),
+        ("--reps", args.reps),
+        ("--rounds", args.rounds),
+    ] {
+        if v == 0 {
+            anyhow::bail!("{flag} 0: must be at least 1");
+        }
+    }
+    // The random input batch alone: refuse sizes that would not fit in memory, before allocating.
+    let input_floats = args
+        .batch_size
+        .saturating_mul(args.in_channels)
+        .saturating_mul(args.image_size.saturating_mul(args.image_size));
+    const MAX_INPUT_FLOATS: usize = 1 << 28;
+    if input_floats > MAX_INPUT_FLOATS {
+        anyhow::bail!(
+            "--batch-size {} x --in-channels {} x --image-size {}²: {input_floats} input values, more than the {MAX_INPUT_FLOATS} (1 GiB) a benchmark batch may take",
+            args.batch_size,
+            args.in_channels,
+            args.image_size
+        );
+    }
     match args.name.as_str() {
         "train-lenet" => train_step("lenet5", &args),
         "train-mnist-cnn" => train_step("mnist-cnn", &args),

@@ -152,7 +152,23 @@ const RUN_FILE: &str = "run.json";
 fn read_spec(path: &Path) -> anyhow::Result<RunSpec> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
-    serde_json::from_str(&text)
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("config file {} is not valid JSON", path.display()))?;
+    // serde would also read an array as the fields in order: a run config is an object.
+    if !value.is_object() {
+        bail!(
+            "config file {} must hold a JSON object ({{\"model\": ..., \"train\": {{...}}}}), found {}",
+            path.display(),
+            match value {
+                serde_json::Value::Array(_) => "an array",
+                serde_json::Value::String(_) => "a string",
+                serde_json::Value::Number(_) => "a number",
+                serde_json::Value::Bool(_) => "a boolean",
+                _ => "null",
+            }
+        );
+    }
+    serde_json::from_value(value)
         .with_context(|| format!("config file {} is not a valid run config", path.display()))
 }
 
@@ -170,6 +186,13 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         bail!("--resume continues a run with its own settings; it cannot be combined with --config");
     }
     let mut train_cfg: TrainConfig = match &spec.train {
+        // `max_steps` alone means that many steps: the default of one epoch must not cut it short.
+        Some(v) if v.get("max_steps").is_some_and(|s| !s.is_null()) && v.get("epochs").is_none() => {
+            TrainConfig {
+                epochs: None,
+                ..serde_json::from_value(v.clone()).context("invalid \"train\" section")?
+            }
+        }
         Some(v) => serde_json::from_value(v.clone()).context("invalid \"train\" section")?,
         None => TrainConfig {
             epochs: Some(5),

@@ -245,6 +245,67 @@ fn sigint_checkpoints_and_exits_130() {
     std::fs::remove_dir_all(&straight).unwrap();
 }
 
+/// Zero or huge benchmark sizes are refused up front (`--iters 0` used to panic, a huge
+/// `--image-size` to run out of memory).
+#[test]
+fn bench_sizes_are_checked() {
+    fails_with(
+        &["bench", "train-lenet", "--iters", "0"],
+        &["--iters 0", "at least 1"],
+    );
+    fails_with(
+        &["bench", "train-lenet", "--batch-size", "0"],
+        &["--batch-size 0"],
+    );
+    fails_with(
+        &["bench", "train-lenet", "--image-size", "100000"],
+        &["--image-size", "1 GiB"],
+    );
+}
+
+/// A config file holding an array (serde reads one as the fields in order) is refused, and a
+/// `"train"` section with `max_steps` alone trains that many steps (the default of one epoch, 2
+/// steps of 30000 images here, used to stop it first).
+#[test]
+fn config_files_are_objects_and_max_steps_alone_counts() {
+    let dir = std::env::temp_dir().join(format!("kiln-config-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let array = dir.join("array.json");
+    std::fs::write(&array, r#"["lenet5", "mnist"]"#).unwrap();
+    fails_with(
+        &["train", "--config", array.to_str().unwrap()],
+        &["JSON object", "an array"],
+    );
+    let cfg = dir.join("steps.json");
+    std::fs::write(
+        &cfg,
+        r#"{"model": "lenet5", "train": {"max_steps": 3, "batch_size": 30000}}"#,
+    )
+    .unwrap();
+    let run = dir.join("run");
+    succeeds(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    // The epoch's checkpoint (step 2) and the end's (step 3).
+    let steps: Vec<String> = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("step-"))
+        .collect();
+    assert_eq!(
+        steps.iter().max().map(String::as_str),
+        Some("step-00000003"),
+        "{steps:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn negative_learning_rate_is_rejected() {
     fails_with(&["train", "--lr", "-0.1"], &["--lr", "-0.1"]);
