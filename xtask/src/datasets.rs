@@ -219,17 +219,8 @@ pub fn load(info: &DatasetInfo, data_dir: &Path, seq_len: usize) -> anyhow::Resu
             load_books(info.name, &path, data_dir, seq_len).with_context(context)
         }
         _ => {
-            let train = Mnist::load(&path, Split::Train)
-                .with_context(context)?
-                .to_dataset(true)?;
-            let test = Mnist::load(&path, Split::Test)
-                .with_context(context)?
-                .to_dataset(true)?;
-            let (train, test) = if info.name == "mnist-sequential" {
-                (as_row_sequences(&train)?, as_row_sequences(&test)?)
-            } else {
-                (train, test)
-            };
+            let train = load_image_split(info, &path, Split::Train).with_context(context)?;
+            let test = load_image_split(info, &path, Split::Test).with_context(context)?;
             Ok(Loaded {
                 train: Box::new(train),
                 test: Box::new(test),
@@ -239,6 +230,31 @@ pub fn load(info: &DatasetInfo, data_dir: &Path, seq_len: usize) -> anyhow::Resu
                 baselines: serde_json::json!({}),
             })
         }
+    }
+}
+
+/// The test (image datasets) or validation (text) split alone, for `eval`: an image dataset
+/// reads only its test files (not the 60,000 training images).
+pub fn load_test(info: &DatasetInfo, data_dir: &Path, seq_len: usize) -> anyhow::Result<Box<dyn Dataset>> {
+    match info.name {
+        "tinyshakespeare-char" | "shakespeare-mlm" | "authors" => Ok(load(info, data_dir, seq_len)?.test),
+        _ => {
+            let path = data_dir.join(info.path);
+            let test = load_image_split(info, &path, Split::Test)
+                .with_context(|| format!("loading dataset {} from {}", info.name, path.display()))?;
+            Ok(Box::new(test))
+        }
+    }
+}
+
+/// One split of an IDX image dataset (MNIST layout), normalized; `mnist-sequential` reads each
+/// image as a sequence of its rows.
+fn load_image_split(info: &DatasetInfo, path: &Path, split: Split) -> anyhow::Result<TensorDataset> {
+    let images = Mnist::load(path, split)?.to_dataset(true)?;
+    if info.name == "mnist-sequential" {
+        as_row_sequences(&images)
+    } else {
+        Ok(images)
     }
 }
 

@@ -10,6 +10,7 @@ mod bench_serve;
 mod chat;
 mod datasets;
 mod embed;
+mod exit;
 mod generate;
 mod models;
 mod perplexity;
@@ -77,11 +78,10 @@ fn keep_freed_memory() {
 
 fn main() {
     keep_freed_memory();
+    exit::install_panic_hook();
     let cli = Cli::parse();
     if let Err(e) = dispatch(cli) {
-        // One line: the error and its causes; exit code 2 as for bad command-line usage.
-        eprintln!("error: {e:#}");
-        std::process::exit(2);
+        exit::fail(e);
     }
 }
 

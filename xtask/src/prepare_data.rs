@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use kiln::data::text::corpus::DEFAULT_CHUNK_BYTES;
 use kiln::data::text::lm::split_point;
 use kiln::data::text::shard::write_shard;
-use kiln::data::text::{encode_corpus, CharTokenizer, TextTokenizer, TokenDType, Tokenizer};
+use kiln::data::text::{encode_corpus, load_tokenizer, CharTokenizer, TextTokenizer, TokenDType, Tokenizer};
 
 /// Options of `cargo xtask prepare-data`.
 #[derive(clap::Args)]
@@ -21,7 +21,8 @@ pub struct PrepareDataArgs {
     #[arg(long)]
     corpus: PathBuf,
     /// `gpt2` (the GPT-2 tokenizer in data/tokenizers/gpt2/), `char` (a character tokenizer
-    /// built from the corpus), or the path of any tokenizer.json.
+    /// built from the corpus), or the path of a tokenizer file: a Hugging Face tokenizer.json or
+    /// a kiln character tokenizer (the `tokenizer.json` of a char-level run).
     #[arg(long)]
     tokenizer: String,
     /// Output directory (created if needed).
@@ -43,8 +44,8 @@ fn gpt2_tokenizer_path() -> PathBuf {
 
 /// The tokenizer, its kind for meta.json, and how to write it into the output directory.
 enum Choice {
-    Hf {
-        tokenizer: Box<Tokenizer>,
+    File {
+        tokenizer: Box<dyn TextTokenizer>,
         kind: &'static str,
         source: PathBuf,
     },
@@ -57,7 +58,7 @@ impl Choice {
             "char" => Choice::Char(CharTokenizer::from_text(corpus)),
             "gpt2" => {
                 let source = gpt2_tokenizer_path();
-                Choice::Hf {
+                Choice::File {
                     tokenizer: Box::new(Tokenizer::from_file(&source)?),
                     kind: "gpt2",
                     source,
@@ -68,8 +69,8 @@ impl Choice {
                 if !source.exists() {
                     bail!("--tokenizer {path}: expected gpt2, char or the path of a tokenizer.json, and no such file exists");
                 }
-                Choice::Hf {
-                    tokenizer: Box::new(Tokenizer::from_file(&source)?),
+                Choice::File {
+                    tokenizer: load_tokenizer(&source)?,
                     kind: "file",
                     source,
                 }
@@ -79,14 +80,14 @@ impl Choice {
 
     fn tokenizer(&self) -> &dyn TextTokenizer {
         match self {
-            Choice::Hf { tokenizer, .. } => tokenizer.as_ref(),
+            Choice::File { tokenizer, .. } => tokenizer.as_ref(),
             Choice::Char(c) => c,
         }
     }
 
     fn kind(&self) -> &'static str {
         match self {
-            Choice::Hf { kind, .. } => kind,
+            Choice::File { kind, .. } => kind,
             Choice::Char(_) => "char",
         }
     }
@@ -94,7 +95,7 @@ impl Choice {
     /// Write the tokenizer into `out`; returns its file name.
     fn save(&self, out: &Path) -> anyhow::Result<&'static str> {
         match self {
-            Choice::Hf { source, .. } => {
+            Choice::File { source, .. } => {
                 let name = "tokenizer.json";
                 // A byte copy keeps the file exactly as given.
                 std::fs::copy(source, out.join(name)).with_context(|| {
@@ -133,6 +134,14 @@ pub fn run(args: PrepareDataArgs) -> anyhow::Result<()> {
     }
     let n_val = split_point(tokens.len(), args.val_fraction);
     let n_train = tokens.len() - n_val;
+    // An empty shard cannot be trained or validated on (and used to be written, with exit 0).
+    if n_train == 0 || n_val == 0 {
+        bail!(
+            "--val-fraction {} splits the corpus's {} tokens into {n_train} for training and {n_val} for validation; both need at least one token (expected a fraction that leaves some on each side)",
+            args.val_fraction,
+            tokens.len()
+        );
+    }
 
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     write_shard(args.out.join("train.bin"), &tokens[..n_train], vocab_size)?;

@@ -49,7 +49,7 @@ pub struct TrainArgs {
     #[arg(long)]
     seed: Option<u64>,
     /// Run directory for logs and checkpoints (default runs/MODEL-DATASET).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     out: Option<PathBuf>,
     /// Continue the run in this directory from its newest complete checkpoint.
     #[arg(long)]
@@ -411,6 +411,18 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         bail!("--warmup-steps and --min-lr shape the default schedule; the run's config already sets \"schedule\"");
     }
 
+    let mut trainer = Trainer::new(model, optimizer, train_cfg)?;
+    if args.resume.is_some() {
+        let (ckpt, skipped) = trainer.resume_reporting(&out)?;
+        for (path, why) in &skipped {
+            println!("skipped newer checkpoint {}: {why}", path.display());
+        }
+        println!("resumed from {} at step {}", ckpt.display(), trainer.step());
+    }
+    // The held-out data must fit the model before hours of training, not at the evaluation after.
+    trainer
+        .check_data(test_set)
+        .context("the test/validation split does not fit the model")?;
     // Never delete a run by accident: a new run into a directory that holds one needs
     // --overwrite (checkpoint pruning would remove its steps, and its logs would be replaced).
     let holds_run = out.join(RUN_FILE).exists() || out.join("checkpoints").exists();
@@ -433,7 +445,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         optimizer: Some(optimizer_name.clone()),
         lr: Some(lr),
         model_config: Some(model_cfg),
-        train: Some(serde_json::to_value(&train_cfg)?),
+        train: Some(serde_json::to_value(trainer.config())?),
         seq_len: spec.seq_len,
         recipe: Some(recipe.clone()),
         task: spec.task.clone(),
@@ -442,16 +454,11 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     };
     println!(
         "training {model_name} ({} parameters) on {dataset}: {} train / {} test examples, run directory {}",
-        model.num_parameters(),
+        trainer.model().num_parameters(),
         train_set.len(),
         test_set.len(),
         out.display()
     );
-    let mut trainer = Trainer::new(model, optimizer, train_cfg)?;
-    if args.resume.is_some() {
-        let ckpt = trainer.resume(&out)?;
-        println!("resumed from {} at step {}", ckpt.display(), trainer.step());
-    }
     // Written only once everything (a resumed checkpoint included) was accepted, and atomically:
     // a refused --resume leaves the run resumable as it was.
     kiln::train::write_file_atomically(
@@ -672,7 +679,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     kiln::nn::load_state_dict_file(&model.parameters(), ckpt.join("model.safetensors"), true)?;
     ensure_finite_weights(&model.parameters(), &ckpt)?;
     let data_dir = args.data_dir.unwrap_or_else(datasets::default_data_dir);
-    let data = datasets::load(
+    let test_set = datasets::load_test(
         datasets::find(&dataset)?,
         &data_dir,
         spec.seq_len
@@ -687,7 +694,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
     )?;
-    let m = trainer.evaluate(data.test.as_ref())?;
+    let m = trainer.evaluate(test_set.as_ref())?;
     if args.json {
         println!(
             "{}",

@@ -22,13 +22,21 @@ fn succeeds(args: &[&str]) -> String {
     text
 }
 
+/// Runs xtask, asserts it failed as a usage or input error (exit code 2, as clap's usage
+/// errors) without a panic, and that its message holds every needle.
 fn fails_with(args: &[&str], needles: &[&str]) {
+    fails_with_code(args, 2, needles)
+}
+
+/// Runs xtask, asserts it exited with `code` without a panic or a backtrace, and that its
+/// message holds every needle.
+fn fails_with_code(args: &[&str], code: i32, needles: &[&str]) {
     let out = xtask(args);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{args:?} should fail");
-    // Clap's usage errors and kiln's own errors both exit with 2.
-    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
     assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    assert!(!err.contains("acktrace"), "{args:?} printed a backtrace: {err}");
     for n in needles {
         assert!(err.contains(n), "{args:?}: message lacks {n:?}: {err}");
     }
@@ -87,7 +95,8 @@ fn a_diverging_run_stops_and_eval_refuses_non_finite_weights() {
         "--out",
         &r,
     ];
-    fails_with(&args, &["diverged at step"]);
+    // A failure while running (not a usage error): exit code 1.
+    fails_with_code(&args, 1, &["diverged at step"]);
     let ckpts = run.join("checkpoints");
     for d in std::fs::read_dir(&ckpts).into_iter().flatten().flatten() {
         let t = kiln::tensor::io::safetensors::load(d.path().join("model.safetensors")).unwrap();
@@ -141,6 +150,30 @@ fn an_existing_run_is_never_replaced_without_overwrite() {
     );
     assert!(ckpts.iter().any(|c| c.starts_with("step-")), "{ckpts:?}");
     fails_with(&first, &["already holds a run", "--resume", "--overwrite"]);
+    // A resumed run writes into its own directory: another --out is refused, not ignored.
+    fails_with(
+        &["train", "--resume", &r, "--out", "runs/elsewhere"],
+        &["--out", "--resume"],
+    );
+    // eval reads only the test split: a data directory without the training files serves.
+    let only_test = run.join("only-test");
+    std::fs::create_dir_all(only_test.join("mnist")).unwrap();
+    for f in ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"] {
+        std::fs::copy(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../data/mnist/").to_string() + f,
+            only_test.join("mnist").join(f),
+        )
+        .unwrap();
+    }
+    let eval = succeeds(&[
+        "eval",
+        "--checkpoint",
+        &r,
+        "--data-dir",
+        only_test.to_str().unwrap(),
+    ]);
+    assert!(eval.contains("accuracy"), "{eval}");
+    std::fs::remove_dir_all(&only_test).unwrap();
     assert_eq!(listing(&run.join("checkpoints")), ckpts);
     fails_with(&["train", "--resume", &r, "--batch-size", "32"], &["batch"]);
     // Flags that define the run are refused by name on resume (a different dataset used to be
@@ -180,23 +213,20 @@ fn an_existing_run_is_never_replaced_without_overwrite() {
 }
 
 /// SIGINT during training: the step finishes, a complete checkpoint is written and the process
-/// exits 130 (it used to die without one); `--resume` then continues from it.
+/// exits 130 (it used to die without one); `--resume` then continues from it, to the same weights
+/// as a run trained straight, bit for bit, with one log entry per step.
 #[cfg(unix)]
-#[test]
-fn sigint_checkpoints_and_exits_130() {
+fn interrupted_and_resumed_equals_straight(name: &str, run_args: &[&str], steps: usize) {
     use std::io::{BufRead, BufReader};
-    let run = std::env::temp_dir().join(format!("kiln-sigint-{}", std::process::id()));
+    let run = std::env::temp_dir().join(format!("kiln-sigint-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&run);
+    let r = run.to_string_lossy().into_owned();
+    let steps_arg = steps.to_string();
+    let mut args = vec!["train", "--steps", &steps_arg, "--log-every", "10"];
+    args.extend_from_slice(run_args);
     let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args([
-            "train",
-            "--model",
-            "lenet5",
-            "--steps",
-            "600",
-            "--out",
-            run.to_str().unwrap(),
-        ])
+        .args(&args)
+        .args(["--out", &r])
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -223,26 +253,52 @@ fn sigint_checkpoints_and_exits_130() {
         .expect("a complete checkpoint");
     kiln::train::verify_checkpoint(&ckpt).unwrap();
     // Extending past the end of the run's schedule is refused, saying why.
-    let r = run.to_string_lossy().into_owned();
+    let longer = (2 * steps).to_string();
     fails_with(
-        &["train", "--resume", &r, "--steps", "1200"],
-        &["schedule", "600"],
+        &["train", "--resume", &r, "--steps", &longer],
+        &["schedule", &steps_arg],
     );
     // Resumed to its end, the interrupted run equals one trained straight, bit for bit.
     succeeds(&["train", "--resume", &r]);
     let straight = run.with_extension("straight");
     let _ = std::fs::remove_dir_all(&straight);
     let s = straight.to_string_lossy().into_owned();
-    succeeds(&["train", "--model", "lenet5", "--steps", "600", "--out", &s]);
+    succeeds(&[args.as_slice(), &["--out", &s]].concat());
     let last = |dir: &std::path::Path| {
-        std::fs::read(dir.join("checkpoints/step-00000600/model.safetensors")).unwrap()
+        std::fs::read(dir.join(format!("checkpoints/step-{steps:08}/model.safetensors"))).unwrap()
     };
     assert!(
         last(&run) == last(&straight),
-        "interrupted + resumed differs from straight"
+        "{name}: interrupted + resumed differs from straight"
     );
+    // One log entry per step: those logged after the checkpoint were dropped at resume.
+    let logged: Vec<u64> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["type"] == "step")
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
+    let want: Vec<u64> = (1..=steps as u64).filter(|s| s % 10 == 0).collect();
+    assert_eq!(logged, want, "{name}: metrics.jsonl steps");
     std::fs::remove_dir_all(&run).unwrap();
     std::fs::remove_dir_all(&straight).unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn sigint_checkpoints_exits_130_and_resumes_bit_exact_lenet5() {
+    interrupted_and_resumed_equals_straight("lenet5", &["--model", "lenet5"], 600);
+}
+
+#[cfg(unix)]
+#[test]
+fn sigint_checkpoints_exits_130_and_resumes_bit_exact_lstm_lm() {
+    interrupted_and_resumed_equals_straight(
+        "lstm-lm",
+        &["--model", "lstm-lm", "--dataset", "tinyshakespeare-char"],
+        200,
+    );
 }
 
 /// Zero or huge benchmark sizes are refused up front (`--iters 0` used to panic, a huge
@@ -639,18 +695,25 @@ fn prepare_data_with_the_char_tokenizer_writes_shards_and_meta() {
     std::fs::create_dir_all(&dir).unwrap();
     let corpus = dir.join("corpus.txt");
     std::fs::write(&corpus, "to be or not to be\n".repeat(50)).unwrap();
-    let out = xtask(&[
-        "prepare-data",
-        "--corpus",
-        corpus.to_str().unwrap(),
-        "--tokenizer",
-        "char",
-        "--out",
-        dir.join("out").to_str().unwrap(),
-        "--val-fraction",
-        "0.2",
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let prepare = |tokenizer: &str, out: &str, val_fraction: &str| -> Vec<String> {
+        [
+            "prepare-data",
+            "--corpus",
+            corpus.to_str().unwrap(),
+            "--tokenizer",
+            tokenizer,
+            "--out",
+            out,
+            "--val-fraction",
+            val_fraction,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    fn strs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    succeeds(&strs(&prepare("char", dir.join("out").to_str().unwrap(), "0.2")));
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("out/meta.json")).unwrap()).unwrap();
     assert_eq!(meta["tokenizer"], "char");
@@ -663,7 +726,71 @@ fn prepare_data_with_the_char_tokenizer_writes_shards_and_meta() {
         32 + 2 * 760
     );
     assert!(dir.join("out/char_tokenizer.json").exists());
+
+    // kiln's own character tokenizer file serves as --tokenizer (it used to be refused).
+    let again = dir.join("again");
+    succeeds(&strs(&prepare(
+        dir.join("out/char_tokenizer.json").to_str().unwrap(),
+        again.to_str().unwrap(),
+        "0.2",
+    )));
+    assert_eq!(
+        std::fs::read(again.join("train.bin")).unwrap(),
+        std::fs::read(dir.join("out/train.bin")).unwrap()
+    );
+    // A split that leaves a side empty is refused (it used to write an empty shard, exit 0).
+    fails_with(
+        &strs(&prepare("char", dir.join("empty").to_str().unwrap(), "0.99999")),
+        &["--val-fraction", "0 for training"],
+    );
+    assert!(!dir.join("empty/train.bin").exists());
+
+    // A validation shard the model cannot take (token ids past its vocabulary) is refused
+    // before training, not at the evaluation after it.
+    kiln::data::text::shard::write_shard(dir.join("out/val.bin"), &[9u32, 12, 15, 3, 1, 0, 2, 4, 5, 6], 16)
+        .unwrap();
+    let run = dir.join("run");
+    fails_with(
+        &[
+            "train",
+            "--model",
+            "lstm-lm",
+            "--dataset",
+            dir.join("out").to_str().unwrap(),
+            "--seq-len",
+            "4",
+            "--steps",
+            "100000",
+            "--out",
+            run.to_str().unwrap(),
+        ],
+        &["does not fit the model"],
+    );
+    assert!(!run.join("checkpoints").exists());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Errors are one line with their causes and no backtrace, even with RUST_BACKTRACE set (common
+/// in users' environments): a usage error and an input error found deep in a load.
+#[test]
+fn errors_are_one_line_without_a_backtrace() {
+    for args in [
+        &["train", "--model", "resnet9000"][..],
+        &["train", "--dataset", "no/such/shards", "--model", "lstm-lm"][..],
+        &["eval", "--checkpoint", "README.md"][..],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args(args)
+            .env("RUST_BACKTRACE", "full")
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("error: "), "{args:?}: {err}");
+        assert!(!err.contains("acktrace") && !err.contains("panicked"), "{err}");
+    }
 }
 
 #[test]

@@ -205,8 +205,13 @@ pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!("{TMP_PREFIX}{name}-{}", unique_suffix()));
-    let written =
-        write_synced(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
+    // A failure is reported on `path`, the file the caller asked for, not the temporary name.
+    let written = write_synced(&tmp, bytes)
+        .map_err(|e| match e {
+            Error::Io { source, .. } => Error::io(path, source),
+            other => other,
+        })
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -574,6 +579,18 @@ impl Drop for CheckpointWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A failed atomic write names the file asked for, not its temporary sibling (a run
+    /// directory that cannot be written used to be reported as `.tmp-run.json-...`).
+    #[test]
+    fn a_failed_atomic_write_names_the_file() {
+        let path = std::env::temp_dir()
+            .join(format!("kiln-no-dir-{}", std::process::id()))
+            .join("run.json");
+        let e = write_file_atomically(&path, b"{}").unwrap_err().to_string();
+        assert!(e.starts_with(&path.display().to_string()), "{e}");
+        assert!(!e.contains(TMP_PREFIX), "{e}");
+    }
 
     #[test]
     fn names_parse() {

@@ -26,23 +26,37 @@ pub(crate) struct RunLogs {
     jsonl_path: PathBuf,
     jsonl: BufWriter<File>,
     events: Option<EventWriter>,
+    /// Entries of a resumed run's log dropped at open (logged after its checkpoint).
+    pub dropped: usize,
 }
 
 impl RunLogs {
-    /// Open `dir/metrics.jsonl` (appending when `append`, for a resumed run) and, with
-    /// `tensorboard`, a new event file in `dir`.
-    pub fn open(dir: &Path, append: bool, tensorboard: bool) -> Result<RunLogs> {
+    /// Open `dir/metrics.jsonl` and, with `tensorboard`, a new event file in `dir`. A run
+    /// resumed after `resumed_at` steps keeps the log's entries up to that step and drops the
+    /// later ones (written by the interrupted run after its last checkpoint, and about to be
+    /// logged again); its event file starts with a TensorBoard purge at the next step. A new
+    /// run starts an empty log.
+    pub fn open(dir: &Path, resumed_at: Option<usize>, tensorboard: bool) -> Result<RunLogs> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let jsonl_path = dir.join(METRICS_FILE);
+        let dropped = match resumed_at {
+            Some(step) => keep_entries_through(&jsonl_path, step)?,
+            None => 0,
+        };
         let file = std::fs::OpenOptions::new()
             .create(true)
             .write(true)
-            .append(append)
-            .truncate(!append)
+            .append(resumed_at.is_some())
+            .truncate(resumed_at.is_none())
             .open(&jsonl_path)
             .map_err(|e| Error::io(&jsonl_path, e))?;
         let events = if tensorboard {
-            Some(EventWriter::create(dir)?)
+            let mut ev = EventWriter::create(dir)?;
+            if let Some(step) = resumed_at {
+                ev.add_session_start(step + 1)?;
+                ev.flush()?;
+            }
+            Some(ev)
         } else {
             None
         };
@@ -50,6 +64,7 @@ impl RunLogs {
             jsonl_path,
             jsonl: BufWriter::new(file),
             events,
+            dropped,
         })
     }
 
@@ -167,6 +182,35 @@ impl RunLogs {
         }
         Ok(())
     }
+}
+
+/// Rewrites the JSON-lines log at `path` (atomically) without the entries logged after `step`;
+/// lines that are not entries with a step (e.g. a line cut short by a kill) are dropped too.
+/// Returns how many were dropped. A missing log is left missing.
+fn keep_entries_through(path: &Path, step: usize) -> Result<usize> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let mut kept = String::with_capacity(text.len());
+    let mut dropped = 0usize;
+    for line in text.lines() {
+        let entry_step = serde_json::from_str::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v.get("step").and_then(|s| s.as_u64()));
+        match entry_step {
+            Some(s) if s <= step as u64 => {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+            _ => dropped += 1,
+        }
+    }
+    if dropped > 0 {
+        crate::write_file_atomically(path, kept.as_bytes())?;
+    }
+    Ok(dropped)
 }
 
 /// Adds a model's own metrics to a JSON line as `{prefix}{name}`.

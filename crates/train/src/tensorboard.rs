@@ -11,10 +11,16 @@
 //! `file_version = "brain.Event:2"`, the others a `Summary` of scalar values:
 //!
 //! ```text
-//! Event   { double wall_time = 1; int64 step = 2; string file_version = 3; Summary summary = 5; }
+//! Event   { double wall_time = 1; int64 step = 2; string file_version = 3; Summary summary = 5;
+//!           SessionLog session_log = 6; }
 //! Summary { repeated Value value = 1; }
 //! Value   { string tag = 1; float simple_value = 2; }
+//! SessionLog { SessionStatus status = 1; }   // START = 1
 //! ```
+//!
+//! A resumed run starts its new file with a `SessionLog` START at the first step it will log:
+//! TensorBoard then drops the earlier files' events from that step on (logged after the
+//! checkpoint the run resumed from), so the curve has no duplicate steps.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -73,6 +79,19 @@ fn encode_event(wall_time: f64, step: i64, file_version: Option<&str>, scalars: 
         }
         put_bytes(&mut ev, 5, &summary);
     }
+    ev
+}
+
+/// The `SessionLog.status` of a (re)started run.
+const SESSION_START: u64 = 1;
+
+/// An `Event` at `step` holding a `SessionLog` START.
+fn encode_session_start(wall_time: f64, step: i64) -> Vec<u8> {
+    let mut ev = encode_event(wall_time, step, None, &[]);
+    let mut log = Vec::with_capacity(2);
+    put_key(&mut log, 1, 0);
+    put_varint(&mut log, SESSION_START);
+    put_bytes(&mut ev, 6, &log);
     ev
 }
 
@@ -167,6 +186,12 @@ impl EventWriter {
         self.write_record(&encode_event(now_secs(), step as i64, None, scalars))
     }
 
+    /// Write a `SessionLog` START at `step`: TensorBoard drops the events of earlier files at
+    /// and after `step` (written by an interrupted run after the checkpoint it resumes from).
+    pub fn add_session_start(&mut self, step: usize) -> Result<()> {
+        self.write_record(&encode_session_start(now_secs(), step as i64))
+    }
+
     /// Write one scalar value at `step`.
     pub fn add_scalar(&mut self, tag: &str, value: f32, step: usize) -> Result<()> {
         self.add_scalars(step, &[(tag, value)])
@@ -195,6 +220,8 @@ pub struct Event {
     pub file_version: Option<String>,
     /// Scalar summary values, `(tag, value)`.
     pub scalars: Vec<(String, f32)>,
+    /// Whether the event is a `SessionLog` START (a resumed run's purge point).
+    pub session_start: bool,
 }
 
 /// A cursor over protobuf bytes.
@@ -249,6 +276,7 @@ fn decode_event(data: &[u8]) -> std::result::Result<Event, String> {
         step: 0,
         file_version: None,
         scalars: Vec::new(),
+        session_start: false,
     };
     let mut r = Reader { buf: data, pos: 0 };
     while !r.done() {
@@ -274,6 +302,14 @@ fn decode_event(data: &[u8]) -> std::result::Result<Event, String> {
                         if let Some(x) = x {
                             ev.scalars.push((tag, x));
                         }
+                    }
+                }
+            }
+            (6, 2, log, _) => {
+                let mut l = Reader { buf: log, pos: 0 };
+                while !l.done() {
+                    if let (1, 0, _, status) = l.field()? {
+                        ev.session_start = status == SESSION_START;
                     }
                 }
             }

@@ -19,7 +19,7 @@ use crate::checkpoint::{
 };
 use crate::collective::{Collective, SingleProcess};
 use crate::config::{OnNan, TrainConfig};
-use crate::logs::RunLogs;
+use crate::logs::{RunLogs, METRICS_FILE};
 use crate::metrics::{EpochMetrics, History, MetricAccumulator, Metrics, StepLog};
 use crate::progress::{Progress, ProgressLine};
 use crate::{Error, Result};
@@ -315,7 +315,11 @@ impl Trainer {
 
         let mut logs = match self.out_dir() {
             Some(dir) => {
-                let logs = RunLogs::open(dir, self.state.step > 0, cfg.tensorboard)?;
+                let logs = RunLogs::open(
+                    dir,
+                    (self.state.step > 0).then_some(self.state.step),
+                    cfg.tensorboard,
+                )?;
                 self.writer = Some(CheckpointWriter::start(&dir.join(CHECKPOINTS_DIR))?);
                 Some(logs)
             }
@@ -326,6 +330,12 @@ impl Trainer {
         } else {
             Progress::new(crate::config::ProgressMode::Off)
         };
+        if let Some(l) = logs.as_ref().filter(|l| l.dropped > 0) {
+            progress.message(&format!(
+                "{}: dropped {} entries logged after step {} (the run resumes from its checkpoint there)",
+                METRICS_FILE, l.dropped, self.state.step
+            ));
+        }
         let epochs = cfg.epochs.unwrap_or(usize::MAX);
         let max_steps = cfg.max_steps.unwrap_or(usize::MAX);
         let mut stop: Option<String> = None;
@@ -706,6 +716,21 @@ impl Trainer {
         result
     }
 
+    /// Run the model (eval mode, no gradients) on the first batch of `data`, so that a dataset
+    /// it cannot take (labels out of its range, examples of another size, no targets, no
+    /// examples) is an error before training rather than at the evaluation after it. Changes
+    /// nothing: no weights, statistics or random state.
+    pub fn check_data(&self, data: &dyn Dataset) -> Result<()> {
+        if data.is_empty() {
+            return Err(Error::Data("the evaluation dataset holds no example".into()));
+        }
+        let head = FirstExamples {
+            data,
+            len: data.len().min(self.config.eval_batch_size()),
+        };
+        self.evaluate(&head).map(|_| ())
+    }
+
     /// The model's outputs (logits) for every example of `data`, in order, concatenated along
     /// the first dimension. Runs in eval mode without recording a graph; targets are ignored.
     pub fn predict(&self, data: &dyn Dataset) -> Result<Tensor> {
@@ -849,13 +874,19 @@ impl Trainer {
     /// `grad_accum_steps`, `seed`, `shuffle`, `drop_last`); anything else is an error and
     /// nothing is changed.
     pub fn resume(&mut self, dir: impl AsRef<Path>) -> Result<PathBuf> {
+        Ok(self.resume_reporting(dir)?.0)
+    }
+
+    /// [`Trainer::resume`], also returning the newer checkpoints that were skipped, each with
+    /// why (incomplete or damaged), so that a fallback to an older one can be reported.
+    pub fn resume_reporting(&mut self, dir: impl AsRef<Path>) -> Result<(PathBuf, Vec<(PathBuf, String)>)> {
         let dir = dir.as_ref();
-        let ckpt = if dir.join(STATE_FILE).is_file() {
-            dir.to_path_buf()
+        let (ckpt, skipped) = if dir.join(STATE_FILE).is_file() {
+            (dir.to_path_buf(), Vec::new())
         } else {
             let scan = checkpoint::scan_checkpoints(dir)?;
             match scan.latest {
-                Some(p) => p,
+                Some(p) => (p, scan.skipped),
                 None => {
                     return Err(Error::NoCheckpoint {
                         dir: dir.to_path_buf(),
@@ -865,7 +896,7 @@ impl Trainer {
             }
         };
         self.restore(&ckpt)?;
-        Ok(ckpt)
+        Ok((ckpt, skipped))
     }
 
     fn restore(&mut self, path: &Path) -> Result<()> {
@@ -987,4 +1018,20 @@ fn epoch_summary(e: &EpochMetrics, epochs: Option<usize>) -> String {
     }
     s.push_str(&format!(" ({:.1} s)", e.seconds));
     s
+}
+
+/// The first `len` examples of a dataset.
+struct FirstExamples<'a> {
+    data: &'a dyn Dataset,
+    len: usize,
+}
+
+impl Dataset for FirstExamples<'_> {
+    fn len(&self) -> usize {
+        self.len
+    }
+    /// The loader asks only for indices below `len`, which the wrapped dataset holds.
+    fn get_batch(&self, indices: &[usize]) -> kiln_data::Result<kiln_data::Batch> {
+        self.data.get_batch(indices)
+    }
 }

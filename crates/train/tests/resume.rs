@@ -199,8 +199,23 @@ fn interrupted_or_damaged_checkpoints_are_never_chosen() {
             ..quiet()
         },
     );
-    assert_eq!(t.resume(&dir).unwrap(), good);
+    let (used, skipped) = t.resume_reporting(&dir).unwrap();
+    assert_eq!(used, good);
     assert_eq!(t.step(), 6);
+    // The fallback says which newer checkpoints were skipped, newest first, and why.
+    let skipped: Vec<(String, &str)> = skipped
+        .iter()
+        .map(|(p, why)| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                why.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(skipped.len(), 5, "{skipped:?}");
+    assert_eq!(skipped[0].0, "step-00000016");
+    assert!(skipped[2].1.contains("checksum"), "{skipped:?}");
+    assert_eq!(skipped[4].0, "step-00000008");
     // Resuming straight from a damaged checkpoint is a clear error.
     let e = t.resume(ck.join("step-00000012")).unwrap_err().to_string();
     assert!(
@@ -426,4 +441,55 @@ fn killed_mid_write_never_leaves_a_chosen_damaged_checkpoint() {
         assert_eq!(t.resume(&dir).unwrap(), latest);
         assert_eq!(t.step(), state.step);
     }
+}
+
+/// A run killed after its last checkpoint logged steps that the resumed run logs again: the log
+/// keeps one entry per step, and the new TensorBoard file purges the old ones from there on.
+#[test]
+fn resumed_logs_have_no_duplicate_steps() {
+    let dir = scratch("logs-dedup");
+    let cfg = |steps| TrainConfig {
+        max_steps: Some(steps),
+        epochs: None,
+        out_dir: Some(dir.clone()),
+        log_every_steps: 1,
+        checkpoint_every_steps: Some(3),
+        keep_last: 10,
+        ..quiet()
+    };
+    let data = blobs(200, 1);
+    trainer(5, cfg(5)).fit(&data, None).unwrap();
+    // The kill came before the step-5 checkpoint was written: steps 4 and 5 were logged.
+    std::fs::remove_dir_all(dir.join("checkpoints/step-00000005")).unwrap();
+    let mut t = trainer(5, cfg(6));
+    assert_eq!(t.resume(&dir).unwrap(), dir.join("checkpoints/step-00000003"));
+    t.fit(&data, None).unwrap();
+
+    let log = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let steps: Vec<u64> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["type"] == "step")
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, vec![1, 2, 3, 4, 5, 6], "{log}");
+
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("events.out"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 2);
+    let newest = files
+        .iter()
+        .map(|f| kiln_train::tensorboard::read_events(f).unwrap())
+        .find(|ev| ev.iter().any(|e| e.session_start))
+        .expect("the resumed run's event file starts with a SessionLog START");
+    assert_eq!(
+        newest[1].step, 4,
+        "the purge point is the first step logged again"
+    );
+    assert!(newest[1].session_start);
+    assert_eq!(newest.iter().filter(|e| e.session_start).count(), 1);
 }
