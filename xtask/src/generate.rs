@@ -15,7 +15,7 @@ use kiln::tensor::{DType, Device};
 use kiln::zoo::generate::{generate, BatchGenerator, CausalLm, Detokenizer, SamplingParams, TextStream};
 use kiln::zoo::{Model, ModelEntry, QuantReport, Task};
 
-use crate::train::RunSpec;
+use kiln::train::{RunSpec, RUN_FILE};
 
 /// Options of `cargo xtask generate`.
 #[derive(clap::Args)]
@@ -328,11 +328,7 @@ pub fn load(entry: &ModelEntry, path: &Path) -> anyhow::Result<Loaded> {
     }
     if path.is_dir() {
         let (run_dir, ckpt) = locate_checkpoint(path)?;
-        let run_file = run_dir.join("run.json");
-        let text = std::fs::read_to_string(&run_file)
-            .with_context(|| format!("cannot read {}", run_file.display()))?;
-        let spec: RunSpec = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a valid run config", run_file.display()))?;
+        let spec = RunSpec::read(&run_dir.join(RUN_FILE))?;
         if spec.model.as_deref() != Some(entry.name) {
             bail!(
                 "{} holds a run of model {}, not {}",

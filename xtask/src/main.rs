@@ -18,6 +18,7 @@ mod prepare_data;
 mod serve;
 mod signals;
 mod train;
+mod verify;
 
 use clap::{Parser, Subcommand};
 
@@ -62,6 +63,8 @@ enum Command {
     Baseline(baseline::BaselineArgs),
     /// Speed benchmarks: `train-lenet`, `train-mnist-cnn`, `train-resnet20`, `decode`, `train-gpt-tiny`, `llama`.
     Bench(bench::BenchArgs),
+    /// Check every checkpoint of a run directory (sizes and checksums); fails if one is damaged.
+    Verify(verify::VerifyArgs),
     /// Print the kiln crates this build links and the compute devices it can use.
     Info,
 }
@@ -98,6 +101,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Models(args) => models::run(args),
         Command::Baseline(args) => baseline::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Verify(args) => verify::run(args),
         Command::Info => info(),
     }
 }

@@ -8,9 +8,8 @@ use kiln::data::text::load_tokenizer;
 use kiln::nn::Scope;
 use kiln::optim::{AdamW, AdamWConfig, Optimizer, ParamGroup, Schedule};
 use kiln::tensor::{DType, Device};
-use kiln::train::{OptimizerConfig, TrainConfig, Trainer};
+use kiln::train::{OptimizerConfig, Recipe, RunSpec, TrainConfig, Trainer, RUN_FILE};
 use kiln::zoo::Model;
-use serde::{Deserialize, Serialize};
 
 use crate::datasets::{self, check_fits, fit_model_to_data};
 
@@ -107,69 +106,10 @@ pub struct TrainArgs {
     init: Option<PathBuf>,
 }
 
-/// The transformer recipe's optimizer settings, stored in `run.json` so `--resume` rebuilds the
-/// same optimizer.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct Recipe {
-    /// Adam's second-moment decay.
-    pub beta2: Option<f64>,
-    /// AdamW's decoupled weight decay (matrices only for the transformer recipe).
-    pub weight_decay: Option<f64>,
-}
-
-/// A run's settings: the config file's schema, and what is stored as `run.json` in the run directory.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RunSpec {
-    /// Registered model name.
-    pub model: Option<String>,
-    /// Dataset name.
-    pub dataset: Option<String>,
-    /// Optimizer name.
-    pub optimizer: Option<String>,
-    /// Learning rate.
-    pub lr: Option<f64>,
-    /// Overrides of the model's default config.
-    pub model_config: Option<serde_json::Value>,
-    /// Trainer settings.
-    pub train: Option<serde_json::Value>,
-    /// Tokens per example of a language-modelling dataset.
-    pub seq_len: Option<usize>,
-    /// Optimizer details beyond the name and learning rate.
-    pub recipe: Option<Recipe>,
-    /// `sft` for instruction tuning; absent for the dataset's own task.
-    pub task: Option<String>,
-    /// The run whose weights and tokenizer this run started from.
-    pub init: Option<PathBuf>,
-    /// The training data's content fingerprint (`kiln_data::content_fingerprint`), written by
-    /// `train`; `--resume` refuses data that does not match it.
-    pub data_fingerprint: Option<String>,
-}
-
-const RUN_FILE: &str = "run.json";
-
+/// Reads a settings file, naming it in errors.
 fn read_spec(path: &Path) -> anyhow::Result<RunSpec> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read config file {}", path.display()))?;
-    let value: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("config file {} is not valid JSON", path.display()))?;
-    // serde would also read an array as the fields in order: a run config is an object.
-    if !value.is_object() {
-        bail!(
-            "config file {} must hold a JSON object ({{\"model\": ..., \"train\": {{...}}}}), found {}",
-            path.display(),
-            match value {
-                serde_json::Value::Array(_) => "an array",
-                serde_json::Value::String(_) => "a string",
-                serde_json::Value::Number(_) => "a number",
-                serde_json::Value::Bool(_) => "a boolean",
-                _ => "null",
-            }
-        );
-    }
-    serde_json::from_value(value)
-        .with_context(|| format!("config file {} is not a valid run config", path.display()))
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+    Ok(RunSpec::from_json(&bytes, path)?)
 }
 
 pub fn train(args: TrainArgs) -> anyhow::Result<()> {
@@ -185,20 +125,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     if args.resume.is_some() && args.config.is_some() {
         bail!("--resume continues a run with its own settings; it cannot be combined with --config");
     }
-    let mut train_cfg: TrainConfig = match &spec.train {
-        // `max_steps` alone means that many steps: the default of one epoch must not cut it short.
-        Some(v) if v.get("max_steps").is_some_and(|s| !s.is_null()) && v.get("epochs").is_none() => {
-            TrainConfig {
-                epochs: None,
-                ..serde_json::from_value(v.clone()).context("invalid \"train\" section")?
-            }
-        }
-        Some(v) => serde_json::from_value(v.clone()).context("invalid \"train\" section")?,
-        None => TrainConfig {
-            epochs: Some(5),
-            ..Default::default()
-        },
-    };
+    let mut train_cfg = spec.train_config()?;
     // A resumed run keeps what defines it: a flag that would change it is refused by name (it
     // used to be accepted, and a different dataset trained on silently).
     macro_rules! fixed_on_resume {
@@ -413,11 +340,22 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
 
     let mut trainer = Trainer::new(model, optimizer, train_cfg)?;
     if args.resume.is_some() {
-        let (ckpt, skipped) = trainer.resume_reporting(&out)?;
-        for (path, why) in &skipped {
-            println!("skipped newer checkpoint {}: {why}", path.display());
+        match trainer.resume_reporting(&out) {
+            Ok((ckpt, skipped)) => {
+                for (path, why) in &skipped {
+                    println!("skipped newer checkpoint {}: {why}", path.display());
+                }
+                println!("resumed from {} at step {}", ckpt.display(), trainer.step());
+            }
+            // Stopped before its first checkpoint: nothing to lose, the run starts over.
+            Err(kiln::train::Error::NoCheckpoint { skipped, .. }) if skipped.is_empty() => {
+                println!(
+                    "{} has no checkpoint yet: the run starts from its beginning",
+                    out.display()
+                );
+            }
+            Err(e) => return Err(e.into()),
         }
-        println!("resumed from {} at step {}", ckpt.display(), trainer.step());
     }
     // The held-out data must fit the model before hours of training, not at the evaluation after.
     trainer

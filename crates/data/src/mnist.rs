@@ -40,21 +40,32 @@ fn format_err(path: &Path, reason: impl Into<String>) -> Error {
     }
 }
 
+/// The largest decompressed IDX file read (1 GiB; MNIST's largest is 47 MB): a gzip stream that
+/// inflates past it (a "zip bomb") is refused instead of exhausting memory.
+pub const MAX_IDX_BYTES: u64 = 1 << 30;
+
 /// The file's bytes, gunzipped when they start with the gzip magic `1f 8b`.
 fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
     let raw = std::fs::read(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
     })?;
+    gunzip_if_gz(raw, path)
+}
+
+/// `raw` gunzipped when it starts with the gzip magic `1f 8b`, else `raw` itself; `origin` names
+/// the data in errors.
+fn gunzip_if_gz(raw: Vec<u8>, origin: &Path) -> Result<Vec<u8>> {
     if !raw.starts_with(&[0x1f, 0x8b]) {
         return Ok(raw);
     }
     let mut out = Vec::new();
     flate2::read::MultiGzDecoder::new(raw.as_slice())
+        .take(MAX_IDX_BYTES + 1)
         .read_to_end(&mut out)
         .map_err(|e| {
             format_err(
-                path,
+                origin,
                 format!(
                     "corrupt or truncated gzip data: {e} (after {} decompressed bytes, reading {} compressed bytes)",
                     out.len(),
@@ -62,6 +73,12 @@ fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
                 ),
             )
         })?;
+    if out.len() as u64 > MAX_IDX_BYTES {
+        return Err(format_err(
+            origin,
+            format!("the gzip data inflates past {MAX_IDX_BYTES} bytes, more than an IDX file of this reader holds"),
+        ));
+    }
     Ok(out)
 }
 
@@ -145,16 +162,26 @@ fn parse_idx<'a>(path: &Path, bytes: &'a [u8], expected: u32, what: &str) -> Res
 /// columns]`.
 pub fn load_idx_images(path: impl AsRef<Path>) -> Result<(Vec<u8>, [usize; 3])> {
     let path = path.as_ref();
-    let bytes = read_maybe_gz(path)?;
-    let (dims, data) = parse_idx(path, &bytes, IMAGES_MAGIC, "image")?;
+    decode_idx_images(read_maybe_gz(path)?, path)
+}
+
+/// [`load_idx_images`] of a file's contents (gzip-compressed or not); `origin` names it in errors.
+pub fn decode_idx_images(bytes: Vec<u8>, origin: &Path) -> Result<(Vec<u8>, [usize; 3])> {
+    let bytes = gunzip_if_gz(bytes, origin)?;
+    let (dims, data) = parse_idx(origin, &bytes, IMAGES_MAGIC, "image")?;
     Ok((data.to_vec(), [dims[0], dims[1], dims[2]]))
 }
 
 /// Read an IDX label file (`*-labels-idx1-ubyte[.gz]`): one byte per example.
 pub fn load_idx_labels(path: impl AsRef<Path>) -> Result<Vec<u8>> {
     let path = path.as_ref();
-    let bytes = read_maybe_gz(path)?;
-    let (_, data) = parse_idx(path, &bytes, LABELS_MAGIC, "label")?;
+    decode_idx_labels(read_maybe_gz(path)?, path)
+}
+
+/// [`load_idx_labels`] of a file's contents (gzip-compressed or not); `origin` names it in errors.
+pub fn decode_idx_labels(bytes: Vec<u8>, origin: &Path) -> Result<Vec<u8>> {
+    let bytes = gunzip_if_gz(bytes, origin)?;
+    let (_, data) = parse_idx(origin, &bytes, LABELS_MAGIC, "label")?;
     Ok(data.to_vec())
 }
 

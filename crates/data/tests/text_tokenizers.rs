@@ -292,3 +292,20 @@ fn load_tokenizer_dispatches_on_the_file() {
     assert_eq!(t.vocab_size(), 50257);
     assert_eq!(t.encode("Hello world").unwrap(), vec![15496, 995]);
 }
+
+/// A JSON syntax error inside the "decoder" object made `tokenizers` panic (found by fuzzing,
+/// `fuzz/regressions/tokenizer_json/`): it is an error naming the file.
+#[test]
+fn a_syntax_error_inside_the_decoder_is_an_error_not_a_panic() {
+    let text = r#"{"version": "1.0", "decoder": {H": 39, "type": "ByteLevel"}, "model": {"type": "BPE", "vocab": {}, "merges": []}}"#;
+    let Err(e) = Tokenizer::from_bytes(text.as_bytes(), "bad/tokenizer.json") else {
+        panic!("a tokenizer.json with a syntax error was accepted");
+    };
+    let e = e.to_string();
+    assert!(e.contains("bad/tokenizer.json") && e.contains("not JSON"), "{e}");
+    // Likewise a byte that is not UTF-8 inside a decoder key.
+    let mut bytes = br#"{"version": "1.0", "decoder": {"type": "ByteLevel", "add_pr"#.to_vec();
+    bytes.push(0xf3);
+    bytes.extend_from_slice(br#"efix_space": true}, "model": {"type": "BPE", "vocab": {}, "merges": []}}"#);
+    assert!(Tokenizer::from_bytes(&bytes, "bad/tokenizer.json").is_err());
+}

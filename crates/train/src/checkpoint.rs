@@ -456,6 +456,35 @@ pub fn scan_checkpoints(dir: impl AsRef<Path>) -> Result<CheckpointScan> {
     })
 }
 
+/// A `step-*` checkpoint directory and the outcome of [`verify_checkpoint`] on it.
+#[derive(Clone, Debug)]
+pub struct CheckpointCheck {
+    /// Its step.
+    pub step: usize,
+    /// Its directory.
+    pub path: PathBuf,
+    /// `None` when complete, else why it is damaged or incomplete.
+    pub problem: Option<String>,
+}
+
+/// Every `step-*` checkpoint under `dir` (a run directory or its `checkpoints/`), by step, each
+/// verified. A missing directory has none.
+pub fn verify_all_checkpoints(dir: impl AsRef<Path>) -> Result<Vec<CheckpointCheck>> {
+    let root = checkpoints_root(dir.as_ref());
+    if !root.exists() {
+        return Ok(Vec::new());
+    }
+    let mut steps = list_step_dirs(&root)?;
+    steps.sort();
+    Ok(steps
+        .into_iter()
+        .map(|(step, path)| {
+            let problem = verify_checkpoint(&path).err().map(|e| e.to_string());
+            CheckpointCheck { step, path, problem }
+        })
+        .collect())
+}
+
 /// The newest complete checkpoint under `dir` (a run directory or its `checkpoints/`): the
 /// highest-step `step-*` directory that passes [`verify_checkpoint`]. Temporary directories of
 /// interrupted writes and damaged checkpoints are never chosen.

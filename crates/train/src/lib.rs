@@ -36,6 +36,7 @@ mod logs;
 pub mod metrics;
 pub mod plot;
 mod progress;
+pub mod run_spec;
 pub mod tensorboard;
 mod trainer;
 
@@ -43,11 +44,13 @@ pub use callbacks::{
     Callback, CallbackContext, EarlyStopping, LrLogger, LrRecords, ModelCheckpoint, Monitor, StepEnd,
 };
 pub use checkpoint::{
-    latest_checkpoint, load_checkpoint, verify_checkpoint, write_file_atomically, Checkpoint, TrainerState,
+    latest_checkpoint, load_checkpoint, verify_all_checkpoints, verify_checkpoint, write_file_atomically,
+    Checkpoint, CheckpointCheck, TrainerState,
 };
 pub use collective::{Collective, LocalCollective, SingleProcess};
 pub use config::{OnNan, OptimizerConfig, ProgressMode, TrainConfig};
 pub use error::{Error, Result};
 pub use logs::METRICS_FILE;
 pub use metrics::{EpochMetrics, History, MetricAccumulator, Metrics, StepLog, ValLog};
+pub use run_spec::{Recipe, RunSpec, RUN_FILE};
 pub use trainer::{Trainer, CURVES_FILE, HISTORY_FILE};

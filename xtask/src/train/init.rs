@@ -14,7 +14,9 @@ use anyhow::{bail, Context};
 use kiln::tensor::Tensor;
 use kiln::zoo::Model;
 
-use super::{read_spec, RunSpec, RUN_FILE};
+use kiln::train::{RunSpec, RUN_FILE};
+
+use super::read_spec;
 
 /// Where `--init` weights come from.
 pub enum InitSource {

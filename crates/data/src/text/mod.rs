@@ -73,10 +73,15 @@ pub trait TextTokenizer: Send + Sync {
 pub fn load_tokenizer(path: impl AsRef<Path>) -> Result<Box<dyn TextTokenizer>> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;
-    if char_tokenizer::is_char_tokenizer_json(&bytes) {
-        Ok(Box::new(CharTokenizer::from_json_bytes(&bytes, path)?))
+    tokenizer_from_bytes(&bytes, path)
+}
+
+/// [`load_tokenizer`] of a file's contents; `origin` names it in errors.
+pub fn tokenizer_from_bytes(bytes: &[u8], origin: &Path) -> Result<Box<dyn TextTokenizer>> {
+    if char_tokenizer::is_char_tokenizer_json(bytes) {
+        Ok(Box::new(CharTokenizer::from_json_bytes(bytes, origin)?))
     } else {
-        Ok(Box::new(Tokenizer::from_bytes(&bytes, path)?))
+        Ok(Box::new(Tokenizer::from_bytes(bytes, origin)?))
     }
 }
 

@@ -170,6 +170,10 @@ impl Tokenizer {
     /// Parse the contents of a `tokenizer.json`; `source` names it in errors.
     pub fn from_bytes(bytes: &[u8], source: impl AsRef<Path>) -> Result<Tokenizer> {
         let source = source.as_ref();
+        // The JSON syntax is checked first: `tokenizers` 0.23 panics (`expect("Helper")`) instead
+        // of returning an error on a syntax error inside the "decoder" object (found by fuzzing).
+        serde_json::from_slice::<serde_json::Value>(bytes)
+            .map_err(|e| format_error(source, format!("not a valid tokenizer.json: not JSON: {e}")))?;
         let inner = tokenizers::Tokenizer::from_bytes(bytes)
             .map_err(|e| format_error(source, format!("not a valid tokenizer.json: {e}")))?;
         Ok(Self::from_hf(inner, source))
