@@ -209,6 +209,13 @@ fn an_existing_run_is_never_replaced_without_overwrite() {
         &["eval", "--checkpoint", step.to_str().unwrap()],
         &["model.safetensors", "checksum"],
     );
+    // `verify` lists every checkpoint and fails (a runtime failure, exit 1) on the damaged one.
+    fails_with_code(&["verify", &r], 1, &["1 of 1 checkpoints", "damaged"]);
+    // A run stopped before its first checkpoint resumes from its beginning.
+    std::fs::remove_dir_all(run.join("checkpoints")).unwrap();
+    let resumed = succeeds(&["train", "--resume", &r]);
+    assert!(resumed.contains("no checkpoint yet"), "{resumed}");
+    assert!(succeeds(&["verify", &r]).contains("all complete"));
     std::fs::remove_dir_all(&run).unwrap();
 }
 
