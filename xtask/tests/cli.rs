@@ -308,6 +308,41 @@ fn sigint_checkpoints_exits_130_and_resumes_bit_exact_lstm_lm() {
     );
 }
 
+/// Results do not depend on the thread count: LeNet-5 trained on 1 and on 2 threads
+/// (`KILN_NUM_THREADS`) logs the same losses and ends with the same weights, bit for bit (the
+/// convolution's weight gradient used to be summed in one part per thread).
+#[test]
+fn training_is_bit_identical_at_1_and_2_threads() {
+    let base = std::env::temp_dir().join(format!("kiln-threads-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let run = |threads: &str| {
+        let dir = base.join(threads);
+        let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args(["train", "--model", "lenet5", "--steps", "20", "--log-every", "1"])
+            .arg("--out")
+            .arg(&dir)
+            .env("KILN_NUM_THREADS", threads)
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let losses: Vec<String> = std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["type"] == "step")
+            .map(|v| v["loss"].to_string())
+            .collect();
+        let weights = std::fs::read(dir.join("checkpoints/step-00000020/model.safetensors")).unwrap();
+        (losses, weights)
+    };
+    let (one, two) = (run("1"), run("2"));
+    assert_eq!(one.0.len(), 20);
+    assert_eq!(one.0, two.0, "loss curves differ");
+    assert!(one.1 == two.1, "weights differ");
+    std::fs::remove_dir_all(&base).unwrap();
+}
+
 /// Zero or huge benchmark sizes are refused up front (`--iters 0` used to panic, a huge
 /// `--image-size` to run out of memory).
 #[test]

@@ -31,6 +31,7 @@ mod shape;
 pub mod simd;
 pub mod storage;
 mod tensor;
+mod threads;
 
 pub use device::Device;
 pub use dtype::{DType, FloatDType, WithDType};
@@ -41,5 +42,6 @@ pub use random::TensorRng;
 pub use shape::{AllDims, Dim, Dims, Shape};
 pub use storage::live_storage_bytes;
 pub use tensor::Tensor;
+pub use threads::{num_threads, set_num_threads, THREADS_ENV};
 
 pub use half::{bf16, f16};

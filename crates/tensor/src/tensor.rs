@@ -62,6 +62,8 @@ macro_rules! with_dtype {
 impl Tensor {
     /// A tensor over existing CPU storage with the given layout.
     pub fn from_storage(storage: CpuStorage, layout: Layout) -> Tensor {
+        // Every tensor passes here before a kernel runs on it: the pool is sized now.
+        crate::threads::init_from_env();
         Tensor(Arc::new(TensorInner {
             storage: Arc::new(Storage::new_cpu(storage)),
             layout,

@@ -494,6 +494,10 @@ fn run<T: GemmDType>(
     Tensor::from_vec(out, out_dims)
 }
 
+/// The weight gradient is summed over the batch in this many partial sums (fewer for a smaller
+/// batch), run in parallel: enough for 16 threads, cheap to add up.
+const GRAD_WEIGHT_PARTIALS: usize = 16;
+
 /// Elements above which a single image's im2col/col2im is split across threads.
 const PARALLEL_ELEMS: usize = 1 << 16;
 
@@ -699,7 +703,10 @@ fn grad_weight<T: GemmDType>(x: &[T], cols: &[T], g: &Geom) -> Vec<T> {
     };
     let mut dw = vec![T::ZERO; wlen];
     let threads = rayon::current_num_threads();
-    let chunks = g.n.min(threads);
+    // A fixed number of partial sums, whatever the thread count, so that the gradient (and a
+    // whole training run) is bit-identical at 1 thread and at 64: each partial sums its run of
+    // images in order, and the partials are added in order.
+    let chunks = g.n.min(GRAD_WEIGHT_PARTIALS);
     if chunks <= 1 || wlen == 0 {
         accumulate(0..g.n, &mut dw, true);
         return dw;
