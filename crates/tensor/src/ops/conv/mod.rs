@@ -495,8 +495,12 @@ fn run<T: GemmDType>(
 }
 
 /// The weight gradient is summed over the batch in this many partial sums (fewer for a smaller
-/// batch), run in parallel: enough for 16 threads, cheap to add up.
-const GRAD_WEIGHT_PARTIALS: usize = 16;
+/// batch), run in parallel; with more threads than partials, each partial's products use the
+/// spare threads. Few, because zeroing and adding up the partials is memory traffic.
+const GRAD_WEIGHT_PARTIALS: usize = 4;
+
+/// Weight-gradient elements added up per task when the partial sums are reduced.
+const REDUCE_CHUNK: usize = 1 << 14;
 
 /// Elements above which a single image's im2col/col2im is split across threads.
 const PARALLEL_ELEMS: usize = 1 << 16;
@@ -712,7 +716,8 @@ fn grad_weight<T: GemmDType>(x: &[T], cols: &[T], g: &Geom) -> Vec<T> {
         return dw;
     }
     let per_chunk = g.n.div_ceil(chunks);
-    let threaded = g.n < threads;
+    // The products give the same bits with or without threads (tiles of C, never split over K).
+    let threaded = chunks < threads;
     let partials: Vec<Vec<T>> = (0..g.n.div_ceil(per_chunk))
         .into_par_iter()
         .map(|ci| {
@@ -725,11 +730,15 @@ fn grad_weight<T: GemmDType>(x: &[T], cols: &[T], g: &Geom) -> Vec<T> {
             part
         })
         .collect();
-    for part in &partials {
-        for (d, &v) in dw.iter_mut().zip(part) {
-            *d = d.add(v);
+    // Each element adds the partials in the same order, whichever task it falls in.
+    dw.par_chunks_mut(REDUCE_CHUNK).enumerate().for_each(|(ci, d)| {
+        let range = ci * REDUCE_CHUNK..ci * REDUCE_CHUNK + d.len();
+        for part in &partials {
+            for (x, &v) in d.iter_mut().zip(&part[range.clone()]) {
+                *x = x.add(v);
+            }
         }
-    }
+    });
     dw
 }
 
