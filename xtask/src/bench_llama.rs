@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::Context;
 use kiln::model_crates::llama::{load_gguf, Llama};
 use kiln::tensor::quant::QuantPath;
-use kiln::zoo::generate::CausalLm;
+use kiln::zoo::generate::{BatchDecoder, CausalLm, KvBatchDecoder};
 use rayon::prelude::*;
 
 use crate::bench_decode::{argmax, median};
@@ -58,6 +58,37 @@ fn measure(model: &Llama, prompt: &[u32], gen: usize) -> anyhow::Result<(f64, f6
     Ok((pp, gen as f64 / t.elapsed().as_secs_f64()))
 }
 
+/// Sequences the batched measurement advances together (kiln-serve's default running batch).
+const BATCH: usize = 16;
+
+/// Milliseconds per step of [`BATCH`] sequences advanced together by one greedy token each, after
+/// each was prefilled with `prompt` (median of `steps` steps).
+fn measure_batched(model: &Llama, prompt: &[u32], steps: usize) -> anyhow::Result<f64> {
+    let mut dec = KvBatchDecoder::new(model);
+    let mut next = Vec::with_capacity(BATCH);
+    for _ in 0..BATCH {
+        let id = dec.add_sequence()?;
+        let logits = dec.step(&[(id, prompt)])?;
+        next.push((id, argmax(&logits[0])));
+    }
+    let mut times = Vec::with_capacity(steps);
+    for _ in 0..steps {
+        let tokens: Vec<[u32; 1]> = next.iter().map(|&(_, t)| [t]).collect();
+        let feeds: Vec<_> = next
+            .iter()
+            .zip(&tokens)
+            .map(|(&(id, _), t)| (id, &t[..]))
+            .collect();
+        let t = Instant::now();
+        let logits = dec.step(&feeds)?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        for (n, l) in next.iter_mut().zip(&logits) {
+            n.1 = argmax(l);
+        }
+    }
+    Ok(median(times))
+}
+
 /// Runs the benchmark on `weights` with `reps` repetitions per activation path (`only` one of
 /// them when given).
 pub fn run(weights: &Path, reps: usize, only: Option<&str>) -> anyhow::Result<()> {
@@ -94,6 +125,12 @@ pub fn run(weights: &Path, reps: usize, only: Option<&str>) -> anyhow::Result<()
             "  {path:?}: prompt {pp:.1} tok/s, decode {tg:.1} tok/s ({:.0}% of the bandwidth ceiling {:.1} tok/s)",
             100.0 * tg * bytes / bw,
             bw / bytes
+        );
+        let step = measure_batched(&model, &ids, gen / 2)?;
+        println!(
+            "  {path:?}: batched decode of {BATCH} sequences: {step:.2} ms per step, {:.1} tok/s ({:.2}x one sequence)",
+            BATCH as f64 * 1e3 / step,
+            BATCH as f64 * 1e3 / step / tg
         );
     }
     Ok(())

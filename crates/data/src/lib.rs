@@ -69,6 +69,7 @@
 
 mod dataset;
 mod error;
+pub mod json;
 pub mod loader;
 pub mod mnist;
 pub mod pipeline;

@@ -63,6 +63,73 @@ impl FastExp for f32 {
     }
 }
 
+/// `e^x` in f64 for `x ≤ 0`, branch-free so a loop of it vectorises: Cody–Waite reduction
+/// `x = n ln2 + r` (|r| ≤ ln2/2, `n ln2` split in two parts so `r` is exact to the last bits), the
+/// degree-13 Taylor polynomial of `e^r` (truncation below 1e-17 relative), scaled by `2^n`
+/// through the exponent bits: within 2 ulp of libm's `exp` on `[-708, 0]`; 0 below -708 (where
+/// libm's results are subnormal, negligible beside any sum they enter).
+#[inline(always)]
+pub fn exp_f64_nonpositive(x: f64) -> f64 {
+    // 1.5 * 2^52: adding it rounds to the nearest integer and leaves it in the low mantissa bits.
+    const ROUND: f64 = 6_755_399_441_055_744.0;
+    const LN2_HI: f64 = 0.693_147_180_369_123_8; // 0x3FE62E42FEE00000: n · LN2_HI is exact
+    const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
+    let under = x < -708.0;
+    let x = if under { -708.0 } else { x.min(0.0) };
+    let t = x * std::f64::consts::LOG2_E + ROUND;
+    let n = t - ROUND;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let mut p = 1.0 / 6_227_020_800.0; // 1/13!
+    for c in [
+        1.0 / 479_001_600.0,
+        1.0 / 39_916_800.0,
+        1.0 / 3_628_800.0,
+        1.0 / 362_880.0,
+        1.0 / 40_320.0,
+        1.0 / 5_040.0,
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ] {
+        p = p * r + c;
+    }
+    let n_int = t.to_bits() as i64 - ROUND.to_bits() as i64;
+    let e = p * f64::from_bits(((n_int + 1023) as u64) << 52);
+    if under {
+        0.0
+    } else {
+        e
+    }
+}
+
+#[inline(always)]
+fn softmax_weights_kernel(logits: &[f32], max: f64, temperature: f64, out: &mut [f64]) -> f64 {
+    let mut lanes = [0f64; 8];
+    let (chunks, rest) = (logits.chunks_exact(8), logits.len() / 8 * 8);
+    for (c, o) in chunks.zip(out.chunks_exact_mut(8)) {
+        for l in 0..8 {
+            o[l] = exp_f64_nonpositive((c[l] as f64 - max) / temperature);
+            lanes[l] += o[l];
+        }
+    }
+    for (l, (&v, o)) in logits[rest..].iter().zip(&mut out[rest..]).enumerate() {
+        *o = exp_f64_nonpositive((v as f64 - max) / temperature);
+        lanes[l] += *o;
+    }
+    lanes.iter().sum()
+}
+
+crate::multiversion! {
+    /// The unnormalised softmax weights `out[i] = e^((logits[i] − max) / temperature)` in f64
+    /// (`max` at least every logit; `-inf` logits weigh 0) through [`exp_f64_nonpositive`],
+    /// vectorised; returns their sum, taken in 8 interleaved partial sums (a fixed order).
+    pub fn softmax_weights_f64[](logits: &[f32], max: f64, temperature: f64, out: &mut [f64]) -> f64 = softmax_weights_kernel[]
+}
+
 /// `1/√2`.
 const FRAC_1_SQRT_2: f64 = std::f64::consts::FRAC_1_SQRT_2;
 /// `1/√(2π)`, the standard normal density at 0.
@@ -131,4 +198,48 @@ fn swiglu_kernel(gate: &mut [f32], up: &[f32]) {
 crate::multiversion! {
     /// The SwiGLU of a Llama MLP in place: `gate[i] = silu(gate[i]) · up[i]`, vectorised.
     pub fn swiglu_in_place[](gate: &mut [f32], up: &[f32]) = swiglu_kernel[]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ulps(a: f64, b: f64) -> u64 {
+        (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs()
+    }
+
+    #[test]
+    fn f64_exp_is_within_two_ulp_of_libm_and_zero_past_its_floor() {
+        let mut worst = 0;
+        for i in 0..=200_000 {
+            let x = -708.0 * (i as f64 / 200_000.0).powf(3.0);
+            worst = worst.max(ulps(exp_f64_nonpositive(x), x.exp()));
+        }
+        assert!(worst <= 2, "worst error {worst} ulp");
+        assert_eq!(exp_f64_nonpositive(0.0), 1.0);
+        assert_eq!(exp_f64_nonpositive(-709.0), 0.0);
+        assert_eq!(exp_f64_nonpositive(f64::NEG_INFINITY), 0.0);
+    }
+
+    #[test]
+    fn softmax_weights_match_the_scalar_definition() {
+        let logits: Vec<f32> = (0..37)
+            .map(|i| {
+                if i == 5 {
+                    f32::NEG_INFINITY
+                } else {
+                    (i as f32 * 0.37).sin() * 9.0
+                }
+            })
+            .collect();
+        let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+        let mut w = vec![0f64; logits.len()];
+        let total = softmax_weights_f64(&logits, max, 0.7, &mut w);
+        for (&v, &got) in logits.iter().zip(&w) {
+            let want = ((v as f64 - max) / 0.7).exp();
+            assert!(ulps(got, want) <= 2, "{v}: {got} vs {want}");
+        }
+        assert_eq!(w[5], 0.0);
+        assert!((total - w.iter().sum::<f64>()).abs() <= 1e-14 * total);
+    }
 }

@@ -67,14 +67,7 @@ impl RunSpec {
         };
         let value: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|e| bad(format!("not valid JSON: {e}")))?;
-        let found = match &value {
-            serde_json::Value::Object(_) => None,
-            serde_json::Value::Array(_) => Some("an array"),
-            serde_json::Value::String(_) => Some("a string"),
-            serde_json::Value::Number(_) => Some("a number"),
-            serde_json::Value::Bool(_) => Some("a boolean"),
-            serde_json::Value::Null => Some("null"),
-        };
+        let found = kiln_data::json::non_object_kind(&value);
         if let Some(found) = found {
             return Err(bad(format!(
                 "a run config must be a JSON object ({{\"model\": ..., \"train\": {{...}}}}), found {found}"

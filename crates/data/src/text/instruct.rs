@@ -139,14 +139,7 @@ fn json_message(e: &serde_json::Error) -> String {
 fn parse_record(line: &str) -> std::result::Result<InstructionRecord, String> {
     let value: serde_json::Value = serde_json::from_str(line)
         .map_err(|e| format!("invalid JSON at column {}: {}", e.column(), json_message(&e)))?;
-    let kind = match &value {
-        serde_json::Value::Object(_) => None,
-        serde_json::Value::Array(_) => Some("an array"),
-        serde_json::Value::String(_) => Some("a string"),
-        serde_json::Value::Number(_) => Some("a number"),
-        serde_json::Value::Bool(_) => Some("a boolean"),
-        serde_json::Value::Null => Some("null"),
-    };
+    let kind = crate::json::non_object_kind(&value);
     if let Some(kind) = kind {
         return Err(format!("expected a JSON object, found {kind}"));
     }

@@ -74,27 +74,45 @@ fn axpy<F: FloatDType>(y: &mut [F], a: F, x: &[F]) {
 /// Lanes of one register-held accumulator block (two AVX-512 vectors of f32).
 const LANES: usize = 32;
 
-/// `out += Σ_j w_j · row(j)[..out.len()]`, j ascending. Each block of [`LANES`] outputs is summed
-/// in a local array the compiler keeps in registers (an [`axpy`] per `j` would store and reload
-/// `out` every time); the per-element order of operations is the same as repeated `axpy`.
+/// `out[c0..c0 + W] += Σ_j w_j · row(j)[c0..c0 + W]`, j ascending, in a local array the compiler
+/// keeps in registers.
+#[inline(always)]
+fn add_weighted_block<'a, F: FloatDType, const W: usize>(
+    out: &mut [F],
+    c0: usize,
+    w: &[F],
+    row: &impl Fn(usize) -> &'a [F],
+) {
+    let mut acc = [F::zero(); W];
+    acc.copy_from_slice(&out[c0..c0 + W]);
+    for (j, &wj) in w.iter().enumerate() {
+        let r: &[F; W] = row(j)[c0..c0 + W].try_into().expect("a full block");
+        for l in 0..W {
+            acc[l] = acc[l] + wj * r[l];
+        }
+    }
+    out[c0..c0 + W].copy_from_slice(&acc);
+}
+
+/// `out += Σ_j w_j · row(j)[..out.len()]`, j ascending. Blocks of outputs are summed in local
+/// arrays the compiler keeps in registers (an [`axpy`] per `j` would store and reload `out` every
+/// time): 64 at a time (four independent AVX-512 chains, so the adds' latency overlaps), then 32;
+/// the per-element order of operations is the same as repeated `axpy` whatever the block.
 #[inline(always)]
 fn add_weighted_rows<'a, F: FloatDType>(out: &mut [F], w: &[F], row: impl Fn(usize) -> &'a [F]) {
     let d = out.len();
-    let full = d / LANES * LANES;
-    for c0 in (0..full).step_by(LANES) {
-        let mut acc = [F::zero(); LANES];
-        acc.copy_from_slice(&out[c0..c0 + LANES]);
-        for (j, &wj) in w.iter().enumerate() {
-            let r: &[F; LANES] = row(j)[c0..c0 + LANES].try_into().expect("a full block");
-            for l in 0..LANES {
-                acc[l] = acc[l] + wj * r[l];
-            }
-        }
-        out[c0..c0 + LANES].copy_from_slice(&acc);
+    let mut c0 = 0;
+    while c0 + 2 * LANES <= d {
+        add_weighted_block::<F, { 2 * LANES }>(out, c0, w, &row);
+        c0 += 2 * LANES;
     }
-    if full < d {
+    while c0 + LANES <= d {
+        add_weighted_block::<F, LANES>(out, c0, w, &row);
+        c0 += LANES;
+    }
+    if c0 < d {
         for (j, &wj) in w.iter().enumerate() {
-            axpy(&mut out[full..], wj, &row(j)[full..d]);
+            axpy(&mut out[c0..], wj, &row(j)[c0..d]);
         }
     }
 }
@@ -265,7 +283,7 @@ crate::multiversion! {
 
 crate::multiversion! {
     /// [`cache_head`] for this machine's widest vectors.
-    fn cache_head_mv[](q: &[f32], q_stride: usize, keys: &[&[f32]], values: &[&[f32]], block_len: usize, dh: usize, start: usize, t: usize, scale: f32) -> Vec<f32> = cache_head[]
+    fn cache_head_mv[](q: &[f32], q_stride: usize, heads: usize, keys: &[&[f32]], values: &[&[f32]], block_len: usize, dh: usize, start: usize, t: usize, scale: f32) -> Vec<f32> = cache_head[]
 }
 
 fn forward_impl<F: FastExp>(
@@ -425,15 +443,24 @@ impl Tensor {
     }
 }
 
-/// One query head over the cached keys and values of its kv head, held in blocks of `block_len`
-/// positions (`keys[b]` and `values[b]` start at position `b * block_len`, `[block_len, dh]`).
-/// Scores, softmax and the weighted sum run over positions in order, so the split into blocks
-/// does not change a bit of the result.
+/// Positions a grouped cache pass reads per chunk: 64 keys or values of width 64 are 16 KiB, so
+/// the chunk stays in L1 while every query head of the group reads it.
+const CACHE_CHUNK: usize = 64;
+
+/// The `heads` query heads that share one kv head (grouped-query attention; 1 for plain
+/// multi-head attention) over the cached keys and values of that kv head, held in blocks of
+/// `block_len` positions (`keys[b]` and `values[b]` start at position `b * block_len`,
+/// `[block_len, dh]`). Query head `g` of new position `i` is `q[i * q_stride + g * dh..][..dh]`;
+/// the result is `[t, heads * dh]`. Each head's scores, softmax and weighted sum run over the
+/// positions in order, so neither the split into blocks nor the grouping changes a bit of it; the
+/// positions are visited a chunk at a time for all the heads, so each key and value is read from
+/// memory once per group, not once per head.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn cache_head(
     q: &[f32],
     q_stride: usize,
+    heads: usize,
     keys: &[&[f32]],
     values: &[&[f32]],
     block_len: usize,
@@ -442,22 +469,38 @@ fn cache_head(
     t: usize,
     scale: f32,
 ) -> Vec<f32> {
-    let mut res = vec![0f32; t * dh];
-    let mut s = vec![0f32; start + t];
+    let width = heads * dh;
+    let mut res = vec![0f32; t * width];
+    let stride = start + t;
+    let mut s = vec![0f32; heads * stride];
+    // The chunks of positions `0..n`: (block, offset in it, first position, length).
+    let chunks = |n: usize| {
+        (0..n.div_ceil(block_len)).flat_map(move |b| {
+            let m = (n - b * block_len).min(block_len);
+            (0..m)
+                .step_by(CACHE_CHUNK)
+                .map(move |o| (b, o, b * block_len + o, CACHE_CHUNK.min(m - o)))
+        })
+    };
     for i in 0..t {
-        let qi = &q[i * q_stride..i * q_stride + dh];
         let n = start + i + 1;
-        for (b, kb) in keys.iter().enumerate().take(n.div_ceil(block_len)) {
-            let from = b * block_len;
-            let m = (n - from).min(block_len);
-            key_scores(&mut s[from..from + m], qi, kb, scale);
+        for (b, o, from, m) in chunks(n) {
+            let kb = &keys[b][o * dh..(o + m) * dh];
+            for g in 0..heads {
+                let qi = &q[i * q_stride + g * dh..i * q_stride + g * dh + dh];
+                key_scores(&mut s[g * stride + from..g * stride + from + m], qi, kb, scale);
+            }
         }
-        softmax_in_place(&mut s[..n]);
-        let out = &mut res[i * dh..i * dh + dh];
-        for (b, vb) in values.iter().enumerate().take(n.div_ceil(block_len)) {
-            let from = b * block_len;
-            let m = (n - from).min(block_len);
-            add_weighted_rows(out, &s[from..from + m], |o| &vb[o * dh..o * dh + dh]);
+        for g in 0..heads {
+            softmax_in_place(&mut s[g * stride..g * stride + n]);
+        }
+        let out = &mut res[i * width..(i + 1) * width];
+        for (b, o, from, m) in chunks(n) {
+            let vb = &values[b][o * dh..(o + m) * dh];
+            for (g, out) in out.chunks_exact_mut(dh).enumerate() {
+                let w = &s[g * stride + from..g * stride + from + m];
+                add_weighted_rows(out, w, |r| &vb[r * dh..r * dh + dh]);
+            }
         }
     }
     res
@@ -494,13 +537,62 @@ unsafe fn key_scores_avx512(s: &mut [f32], q: &[f32], keys: &[f32], scale: f32) 
     let dh = q.len();
     // SAFETY: the caller's contract; loads stay inside `q` and key row `o`.
     unsafe {
-        for (o, so) in s.iter_mut().enumerate() {
+        // The 16-lane partial sums of `dot` for key row `o`.
+        let partials = |o: usize| {
             let k = keys.as_ptr().add(o * dh);
             let mut acc = _mm512_setzero_ps();
             for c in (0..dh).step_by(16) {
                 let prod = _mm512_mul_ps(_mm512_loadu_ps(q.as_ptr().add(c)), _mm512_loadu_ps(k.add(c)));
                 acc = _mm512_add_ps(acc, prod);
             }
+            acc
+        };
+        let zero = _mm512_setzero_ps();
+        let scale16 = _mm512_set1_ps(scale);
+        let full = s.len() / 16 * 16;
+        for o0 in (0..full).step_by(16) {
+            // Sixteen keys folded together: each step adds the same pairs of lanes as `dot`'s
+            // halving fold (l + 8, l + 4, l + 2, l + 1) for every key at once, so the scores are
+            // the bits of the one-key path below at a fraction of its shuffles.
+            let mut v1 = [zero; 8];
+            for (p, v) in v1.iter_mut().enumerate() {
+                let (a, b) = (partials(o0 + 2 * p), partials(o0 + 2 * p + 1));
+                // [a lanes 0-7 | b lanes 0-7] + [a lanes 8-15 | b lanes 8-15].
+                *v = _mm512_add_ps(
+                    _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
+                    _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
+                );
+            }
+            // 128-bit lane j of v2[c] holds key 4c + j's four partial sums.
+            let mut v2 = [zero; 4];
+            for (c, v) in v2.iter_mut().enumerate() {
+                let (a, b) = (v1[2 * c], v1[2 * c + 1]);
+                *v = _mm512_add_ps(
+                    _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b),
+                    _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
+                );
+            }
+            // Lane j of v3[e]: two sums of key 8e + j, then two of key 8e + 4 + j.
+            let mut v3 = [zero; 2];
+            for (e, v) in v3.iter_mut().enumerate() {
+                let (a, b) = (v2[2 * e], v2[2 * e + 1]);
+                *v = _mm512_add_ps(
+                    _mm512_shuffle_ps::<0b01_00_01_00>(a, b),
+                    _mm512_shuffle_ps::<0b11_10_11_10>(a, b),
+                );
+            }
+            // Element 4j + t: key 4t + j.
+            let v4 = _mm512_add_ps(
+                _mm512_shuffle_ps::<0b10_00_10_00>(v3[0], v3[1]),
+                _mm512_shuffle_ps::<0b11_01_11_01>(v3[0], v3[1]),
+            );
+            let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+            // `dot` adds its (empty) tail: + 0.0.
+            let scores = _mm512_mul_ps(_mm512_add_ps(_mm512_permutexvar_ps(order, v4), zero), scale16);
+            _mm512_storeu_ps(s.as_mut_ptr().add(o0), scores);
+        }
+        for (o, so) in s.iter_mut().enumerate().skip(full) {
+            let acc = partials(o);
             // Lanes l + 8, then l + 4, l + 2 and l + 1: the fold of `dot`.
             let v8 = _mm256_add_ps(_mm512_castps512_ps256(acc), _mm512_extractf32x8_ps::<1>(acc));
             let v4 = _mm_add_ps(_mm256_castps256_ps128(v8), _mm256_extractf128_ps::<1>(v8));
@@ -589,24 +681,25 @@ pub fn attend_to_blocks(
         .all(|b| b.len() >= kv_heads * bl * dh));
     let group = h / kv_heads;
     let scale = 1.0 / (dh as f32).sqrt();
-    // One task per head: each writes its own `dh` columns of every row.
-    let head = |hq: usize| -> Vec<f32> {
-        let kvh = hq / group;
+    // One task per kv head: its group of query heads, `group * dh` columns of every row.
+    let kv_head = |kvh: usize| -> Vec<f32> {
         let (from, to) = (kvh * bl * dh, (kvh + 1) * bl * dh);
         let keys: Vec<&[f32]> = kv.keys.iter().map(|b| &b[from..to]).collect();
         let values: Vec<&[f32]> = kv.values.iter().map(|b| &b[from..to]).collect();
-        let q = &q[hq * dh..];
-        cache_head_mv(q, h * dh, &keys, &values, bl, dh, start, t, scale)
+        let q = &q[kvh * group * dh..];
+        cache_head_mv(q, h * dh, group, &keys, &values, bl, dh, start, t, scale)
     };
     let work = h * t * (start + t) * dh;
-    let per_head: Vec<Vec<f32>> = if work >= PARALLEL_WORK {
-        (0..h).into_par_iter().map(head).collect()
+    let per_kv_head: Vec<Vec<f32>> = if work >= PARALLEL_WORK && kv_heads > 1 {
+        (0..kv_heads).into_par_iter().map(kv_head).collect()
     } else {
-        (0..h).map(head).collect()
+        (0..kv_heads).map(kv_head).collect()
     };
-    for (hq, res) in per_head.iter().enumerate() {
+    let width = group * dh;
+    for (kvh, res) in per_kv_head.iter().enumerate() {
         for i in 0..t {
-            out[i * h * dh + hq * dh..i * h * dh + hq * dh + dh].copy_from_slice(&res[i * dh..i * dh + dh]);
+            out[i * h * dh + kvh * width..i * h * dh + (kvh + 1) * width]
+                .copy_from_slice(&res[i * width..(i + 1) * width]);
         }
     }
 }
@@ -765,6 +858,32 @@ mod tests {
         };
         let mut got = vec![0f32; t * h * dh];
         attend_to_blocks(&q, &blocks, h, kvh, dh, start, t, &mut got);
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn register_blocked_kernels_keep_the_bits_of_the_plain_loops() {
+        let val = |i: usize| ((i * 37 % 101) as f32 / 50.0 - 1.0) * 1.3;
+        // Scores: 37 keys (two blocks of 16 folded together, then 5 one by one) of width 64.
+        let (dh, n, scale) = (64, 37, 0.125f32);
+        let q: Vec<f32> = (0..dh).map(|i| val(i + 11)).collect();
+        let keys: Vec<f32> = (0..n * dh).map(val).collect();
+        let mut s = vec![0f32; n];
+        key_scores(&mut s, &q, &keys, scale);
+        for (o, &got) in s.iter().enumerate() {
+            let want = dot(&q, &keys[o * dh..(o + 1) * dh]) * scale;
+            assert_eq!(got.to_bits(), want.to_bits(), "key {o}");
+        }
+        // Weighted values: 101 outputs (a 64-block, a 32-block and a tail of 5).
+        let (d, rows) = (101, 9);
+        let x: Vec<f32> = (0..rows * d).map(|i| val(i + 5)).collect();
+        let w: Vec<f32> = (0..rows).map(|j| val(j * 7 + 2)).collect();
+        let mut got: Vec<f32> = (0..d).map(|i| val(i + 3)).collect();
+        let mut want = got.clone();
+        add_weighted_rows(&mut got, &w, |j| &x[j * d..(j + 1) * d]);
+        for (j, &wj) in w.iter().enumerate() {
+            axpy(&mut want, wj, &x[j * d..(j + 1) * d]);
+        }
         assert_eq!(got, want);
     }
 }

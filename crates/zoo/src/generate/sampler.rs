@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use kiln_tensor::fast_math::softmax_weights_f64;
 use kiln_tensor::TensorRng;
 
 use super::SamplingParams;
@@ -27,11 +28,12 @@ pub fn next_token_distribution(
     if temperature == 0.0 {
         return Ok(vec![(best as u32, 1.0)]);
     }
-    let max = max as f64;
-    let mut probs: Vec<(u32, f64)> = logits
-        .iter()
+    let mut weights = vec![0f64; logits.len()];
+    softmax_weights_f64(logits, max as f64, temperature, &mut weights);
+    let mut probs: Vec<(u32, f64)> = weights
+        .into_iter()
         .enumerate()
-        .map(|(i, &v)| (i as u32, ((v as f64 - max) / temperature).exp()))
+        .map(|(i, p)| (i as u32, p))
         .filter(|&(_, p)| p > 0.0)
         .collect();
     // Stable: equal probabilities keep the lower id first.
@@ -104,51 +106,58 @@ fn check_logits(logits: &[f32]) -> Result<(usize, f32)> {
     Ok((best, max))
 }
 
-/// Candidates [`Sampler`] orders at a time when it draws from the whole vocabulary.
-const DRAW_CHUNK: usize = 256;
+/// Weight tiers of [`draw_untruncated`]: a tier holds the tokens at most this many times less
+/// likely than those of the tier before (the first, those within it of the most likely token).
+const TIER_RATIO: f64 = 1.0 / 1024.0;
+
+thread_local! {
+    /// Each sampling thread's buffer of softmax weights (a vocabulary of f64 per draw would be a
+    /// fresh, page-faulting allocation every token).
+    static WEIGHTS: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// The token whose cumulative probability first passes `u`, walking tokens from the most likely
 /// (lowest id on ties) — the draw of [`next_token_distribution`] without truncation — but
-/// ordering only as many candidates as the walk reaches, a chunk at a time (a draw almost always
-/// ends among the first few hundred of a 50k vocabulary).
+/// ordering only the tokens the walk reaches: tokens are taken in tiers of weight (within
+/// [`TIER_RATIO`] of the most likely, then the next factor, ...), each tier sorted and walked
+/// after the one before, and a draw almost always ends in the first tier (a few hundred
+/// tokens of a 50k vocabulary).
 fn draw_untruncated(logits: &[f32], temperature: f64, u: f64) -> Result<u32> {
     let (_, max) = check_logits(logits)?;
-    let max = max as f64;
-    let weights: Vec<f64> = logits
-        .iter()
-        .map(|&v| ((v as f64 - max) / temperature).exp())
-        .collect();
-    let total: f64 = weights.iter().sum();
-    let target = u * total;
-    let mut rest: Vec<u32> = (0..logits.len() as u32)
-        .filter(|&i| weights[i as usize] > 0.0)
-        .collect();
-    let order = |a: &u32, b: &u32| {
-        weights[*b as usize]
-            .total_cmp(&weights[*a as usize])
-            .then(a.cmp(b))
-    };
-    let mut cum = 0.0;
-    let mut last = rest[0];
-    let mut from = 0;
-    while from < rest.len() {
-        let chunk = &mut rest[from..];
-        let k = DRAW_CHUNK.min(chunk.len());
-        if k < chunk.len() {
-            chunk.select_nth_unstable_by(k - 1, order);
-        }
-        chunk[..k].sort_unstable_by(order);
-        for &id in &chunk[..k] {
-            cum += weights[id as usize];
-            last = id;
-            if target < cum {
-                return Ok(id);
+    WEIGHTS.with(|cell| {
+        let mut weights = cell.borrow_mut();
+        weights.resize(logits.len(), 0.0);
+        let total = softmax_weights_f64(logits, max as f64, temperature, &mut weights);
+        let target = u * total;
+        let order = |a: &u32, b: &u32| {
+            weights[*b as usize]
+                .total_cmp(&weights[*a as usize])
+                .then(a.cmp(b))
+        };
+        // The most likely token weighs 1: tier k holds the weights in [RATIO^(k+1), RATIO^k);
+        // after a few tiers the last takes every token left with a positive weight.
+        let (mut cum, mut last, mut above) = (0.0, 0u32, f64::INFINITY);
+        let mut tier: Vec<u32> = Vec::new();
+        for k in 1..=4 {
+            let floor = if k < 4 { TIER_RATIO.powi(k) } else { 0.0 };
+            tier.clear();
+            tier.extend((0..logits.len() as u32).filter(|&i| {
+                let w = weights[i as usize];
+                (w < above) & (w >= floor) & (w > 0.0)
+            }));
+            tier.sort_unstable_by(order);
+            for &id in &tier {
+                cum += weights[id as usize];
+                last = id;
+                if target < cum {
+                    return Ok(id);
+                }
             }
+            above = floor;
         }
-        from += k;
-    }
-    // Rounding left the total a hair below the target: the last candidate.
-    Ok(last)
+        // Rounding left the total a hair below the target: the last candidate.
+        Ok(last)
+    })
 }
 
 /// The tokens a sequence has seen, for the penalties: every prompt and output token, and how
@@ -409,8 +418,8 @@ mod tests {
     }
 
     #[test]
-    fn the_chunked_draw_picks_what_the_sorted_walk_picks() {
-        // 3000 tokens (several chunks), ties included, a few forbidden.
+    fn the_tiered_draw_picks_what_the_sorted_walk_picks() {
+        // 3000 tokens (weights spanning every tier at temperature 0.3), ties included, a few forbidden.
         let logits: Vec<f32> = (0..3000)
             .map(|i| {
                 if i % 97 == 0 {
