@@ -16,7 +16,7 @@ use kiln_zoo::Result;
 
 use crate::model::Llama;
 use crate::rope::RopeTable;
-use crate::weights::{rms_norm, Input, Segment};
+use crate::weights::{rms_norm, Input, Linear, Segment};
 
 impl KvCausalLm for Llama {
     fn kv_shape(&self) -> KvShape {
@@ -99,9 +99,13 @@ impl Llama {
         for (l, layer) in self.layers.iter().enumerate() {
             rms_norm(&x, &layer.attn_norm.values()?, eps, &mut h);
             let input = Input::new(&h, d);
-            layer.q.apply(&input, &segments, path, &mut q)?;
-            layer.k.apply(&input, &segments, path, &mut k)?;
-            layer.v.apply(&input, &segments, path, &mut v)?;
+            Linear::apply_shared(
+                &[&layer.q, &layer.k, &layer.v],
+                &input,
+                &segments,
+                path,
+                &mut [&mut q, &mut k, &mut v],
+            )?;
             for r in 0..rows {
                 rope.rotate(r, &mut q[r * d..(r + 1) * d]);
                 rope.rotate(r, &mut k[r * kvd..(r + 1) * kvd]);
@@ -122,8 +126,13 @@ impl Llama {
             x.iter_mut().zip(&proj).for_each(|(x, p)| *x += p);
             rms_norm(&x, &layer.ffn_norm.values()?, eps, &mut h);
             let input = Input::new(&h, d);
-            layer.gate.apply(&input, &segments, path, &mut gate)?;
-            layer.up.apply(&input, &segments, path, &mut up)?;
+            Linear::apply_shared(
+                &[&layer.gate, &layer.up],
+                &input,
+                &segments,
+                path,
+                &mut [&mut gate, &mut up],
+            )?;
             swiglu_in_place(&mut gate, &up);
             layer
                 .down

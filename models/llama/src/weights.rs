@@ -78,6 +78,36 @@ impl Linear {
         Ok(p.value().to_dtype(DType::F32)?.contiguous()?)
     }
 
+    /// `outs[i] = input linears[i]ᵀ` for matrices that read the same input: ggml blocks on the
+    /// 8-bit activation path run as one product over all of them (one fork-join), anything else
+    /// one [`Linear::apply`] at a time; the results are the same either way.
+    pub(crate) fn apply_shared(
+        linears: &[&Linear],
+        input: &Input<'_>,
+        segments: &[Segment],
+        path: QuantPath,
+        outs: &mut [&mut [f32]],
+    ) -> Result<()> {
+        let blocks: Option<Vec<&kiln_tensor::quant::QMatrix>> = linears
+            .iter()
+            .map(|l| match l {
+                Linear::Quant(QWeight::Blocks(q)) => Some(q),
+                _ => None,
+            })
+            .collect();
+        match blocks {
+            Some(mats) if path == QuantPath::Int8Activations => Ok(
+                kiln_tensor::quant::QMatrix::matmul_quantized_many(&mats, input.quantized()?, outs)?,
+            ),
+            _ => {
+                for (l, out) in linears.iter().zip(outs.iter_mut()) {
+                    l.apply(input, segments, path, out)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// `out = input Wᵀ` for every row of `input`.
     pub(crate) fn apply(
         &self,

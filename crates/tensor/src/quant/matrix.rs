@@ -205,37 +205,80 @@ impl QMatrix {
     /// `out = acts @ Wᵀ` with activations already quantized (one quantization shared by the
     /// products that read the same input).
     pub fn matmul_quantized(&self, acts: &QuantizedActivations, out: &mut [f32]) -> Result<()> {
+        QMatrix::matmul_quantized_many(&[self], acts, &mut [out])
+    }
+
+    /// `outs[i] = acts @ mats[i]ᵀ` for matrices that read the same input (a layer's query, key
+    /// and value projections; its gate and up projections): on the packed kernel, one parallel
+    /// loop over the row tasks of all of them, so a decoding step pays one fork-join where it
+    /// would pay one per matrix. Each output is computed as by [`QMatrix::matmul_quantized`].
+    pub fn matmul_quantized_many(
+        mats: &[&QMatrix],
+        acts: &QuantizedActivations,
+        outs: &mut [&mut [f32]],
+    ) -> Result<()> {
         let m = acts.rows();
-        self.check_rows("QMatrix::matmul_quantized", m, acts.cols(), out.len())?;
+        if mats.len() != outs.len() {
+            return Err(Error::InvalidArgument {
+                op: "QMatrix::matmul_quantized_many",
+                reason: format!("{} matrices but {} outputs", mats.len(), outs.len()),
+            });
+        }
+        for (q, o) in mats.iter().zip(outs.iter()) {
+            q.check_rows("QMatrix::matmul_quantized", m, acts.cols(), o.len())?;
+        }
         let rows: Vec<_> = (0..m).map(|i| acts.row(i)).collect();
+        // The matrices with a packed kernel run together; the others on the tile kernel.
         #[cfg(target_arch = "x86_64")]
-        if super::packed::supported(self.format, self.rows) {
+        let packed_ok = |q: &QMatrix| super::packed::supported(q.format, q.rows);
+        #[cfg(not(target_arch = "x86_64"))]
+        let packed_ok = |_: &QMatrix| false;
+        #[cfg(target_arch = "x86_64")]
+        {
             use super::packed::{dot_groups, pack, GROUP};
-            let (n, blocks) = (self.rows, self.cols / super::activations::QK);
-            let packed = self
-                .packed
-                .get_or_init(|| pack(self.format, self.blocks(), n, blocks));
-            let group_bytes = packed.len() / (n / GROUP);
-            let out_ptr = SendPtr(out.as_mut_ptr());
-            let run = |t: usize| {
+            let packed: Vec<(usize, &[u8], SendPtr)> = mats
+                .iter()
+                .zip(outs.iter_mut())
+                .enumerate()
+                .filter(|(_, (q, _))| packed_ok(q))
+                .map(|(i, (q, o))| {
+                    let blocks = q.cols / super::activations::QK;
+                    let p = q
+                        .packed
+                        .get_or_init(|| pack(q.format, q.blocks(), q.rows, blocks));
+                    (i, p.as_slice(), SendPtr(o.as_mut_ptr()))
+                })
+                .collect();
+            let run = |(j, t): (usize, usize)| {
+                let (i, packed, out) = packed[j];
+                let q = mats[i];
+                let (n, blocks) = (q.rows, q.cols / super::activations::QK);
+                let group_bytes = packed.len() / (n / GROUP);
                 let first = t * ROWS_PER_TASK;
                 let groups = ROWS_PER_TASK.min(n - first) / GROUP;
                 let w = &packed[first / GROUP * group_bytes..(first / GROUP + groups) * group_bytes];
-                // SAFETY: `out` holds m × n values (checked above); task `t` alone writes the
-                // columns of weight rows `first..first + 16 · groups`.
-                unsafe { dot_groups(self.format, w, blocks, &rows, out_ptr.get(), n, first) }
+                // SAFETY: output `i` holds m × n values (checked above); task `(j, t)` alone
+                // writes its columns of weight rows `first..first + 16 · groups`.
+                unsafe { dot_groups(q.format, w, blocks, &rows, out.get(), n, first) }
             };
-            let tasks = n.div_ceil(ROWS_PER_TASK);
-            if tasks > 1 {
-                (0..tasks).into_par_iter().for_each(run);
+            let tasks: Vec<(usize, usize)> = packed
+                .iter()
+                .enumerate()
+                .flat_map(|(j, &(i, _, _))| (0..mats[i].rows.div_ceil(ROWS_PER_TASK)).map(move |t| (j, t)))
+                .collect();
+            if tasks.len() > 1 {
+                tasks.into_par_iter().for_each(run);
             } else {
-                run(0);
+                tasks.into_iter().for_each(run);
             }
-            return Ok(());
         }
-        self.for_row_tiles(m, out, self.blocks(), self.row_bytes, |w, tile| {
-            dot_tile(self.format, w, self.row_bytes, &rows, tile)
-        });
+        for (q, out) in mats.iter().zip(outs.iter_mut()) {
+            if !packed_ok(q) {
+                q.for_row_tiles(m, out, q.blocks(), q.row_bytes, |w, tile| {
+                    dot_tile(q.format, w, q.row_bytes, &rows, tile)
+                });
+            }
+        }
         Ok(())
     }
 
@@ -432,6 +475,33 @@ mod tests {
             })
             .unwrap();
             assert_eq!(one, all[i * rows..(i + 1) * rows]);
+        }
+    }
+
+    #[test]
+    fn products_sharing_an_input_equal_the_products_one_at_a_time() {
+        let (cols, m) = (32 * 5, 6);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21);
+        let x: Vec<f32> = (0..m * cols).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+        let acts = QuantizedActivations::quantize(&x, m, cols).unwrap();
+        // 64 and 48 rows take the packed kernel where there is one; 20 rows never do.
+        for rows in [[64, 48], [48, 20]] {
+            let mats: Vec<QMatrix> = rows
+                .iter()
+                .enumerate()
+                .map(|(s, &r)| {
+                    let f = QuantFormat::Q4_1;
+                    QMatrix::from_bytes(f, r, cols, random_blocks(f, r, cols, 30 + s as u64)).unwrap()
+                })
+                .collect();
+            let (mut a, mut b) = (vec![0f32; m * rows[0]], vec![0f32; m * rows[1]]);
+            QMatrix::matmul_quantized_many(&[&mats[0], &mats[1]], &acts, &mut [&mut a, &mut b]).unwrap();
+            for (q, got) in mats.iter().zip([&a, &b]) {
+                let mut alone = vec![0f32; m * q.rows()];
+                q.matmul_quantized(&acts, &mut alone).unwrap();
+                assert_eq!(&alone, got);
+            }
+            assert!(QMatrix::matmul_quantized_many(&[&mats[0], &mats[1]], &acts, &mut [&mut a]).is_err());
         }
     }
 
