@@ -260,5 +260,8 @@ mod tests {
         check(97, 131, 513, true, false, true);
         check(37, 45, 260, false, true, false);
         check(37, 45, 260, true, true, true);
+        // Full 32-column panels of a transposed B: 16 x 16 register transposes, then k % 16.
+        check(30, 96, 300, false, true, false);
+        check(50, 64, 32, true, true, true);
     }
 }

@@ -93,6 +93,57 @@ pub(super) fn pack_a_panel(out: &mut [f32], lhs: &[f32], l: MatRef, row0: usize,
     }
 }
 
+/// Writes the transpose of the 16 x 16 block whose row `i` is the 16 floats at `src[starts[i]..]`:
+/// `dst[j * dst_stride + i] = src[starts[i] + j]`.
+///
+/// # Safety
+/// AVX-512F is present; every `starts[i] + 16 <= src` length; `dst` has 16 rows of 16 floats at
+/// `dst_stride`.
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose_16x16(src: *const f32, starts: [usize; 16], dst: *mut f32, dst_stride: usize) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's contract bounds every load and store.
+    unsafe {
+        let r: [__m512; 16] = std::array::from_fn(|i| _mm512_loadu_ps(src.add(starts[i])));
+        // Pairs of rows interleaved, then 2x2 blocks of pairs, then 128-bit lanes in two rounds.
+        let t: [__m512; 16] = std::array::from_fn(|i| {
+            let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
+            if i % 2 == 0 {
+                _mm512_unpacklo_ps(a, b)
+            } else {
+                _mm512_unpackhi_ps(a, b)
+            }
+        });
+        let u: [__m512; 16] = std::array::from_fn(|i| {
+            let (g, j) = (i / 4 * 4, i % 4);
+            let (a, b) = (t[g + j / 2], t[g + 2 + j / 2]);
+            if j % 2 == 0 {
+                _mm512_shuffle_ps::<0x44>(a, b)
+            } else {
+                _mm512_shuffle_ps::<0xEE>(a, b)
+            }
+        });
+        let v: [__m512; 16] = std::array::from_fn(|i| {
+            let (g, j) = (i / 8 * 8, i % 8);
+            let (a, b) = (u[g + j % 4], u[g + 4 + j % 4]);
+            if j < 4 {
+                _mm512_shuffle_f32x4::<0x88>(a, b)
+            } else {
+                _mm512_shuffle_f32x4::<0xDD>(a, b)
+            }
+        });
+        for i in 0..16 {
+            let (a, b) = (v[i % 8], v[8 + i % 8]);
+            let w = if i < 8 {
+                _mm512_shuffle_f32x4::<0x88>(a, b)
+            } else {
+                _mm512_shuffle_f32x4::<0xDD>(a, b)
+            };
+            _mm512_storeu_ps(dst.add(i * dst_stride), w);
+        }
+    }
+}
+
 /// Packs `rhs` (`k x n` through `r`) into `n.div_ceil(NR)` panels of `NR * k` floats.
 pub(super) fn pack_b(dst: &mut [f32], rhs: &[f32], r: MatRef, k: usize, n: usize, threads: bool) {
     let panel = |(jp, out): (usize, &mut [f32])| {
@@ -108,7 +159,29 @@ pub(super) fn pack_b(dst: &mut [f32], rhs: &[f32], r: MatRef, k: usize, n: usize
             // Transposed view: read each column contiguously (when row_stride is 1), scatter by k,
             // in blocks of TRANSPOSE_K steps so the panel rows being written (TRANSPOSE_K * 128
             // bytes) stay in L1 while all 32 columns pass over them.
-            for p0 in (0..k).step_by(TRANSPOSE_K) {
+            // Full panels of columns stored contiguously in k: 16 x 16 blocks transposed in
+            // AVX-512 registers (the element-by-element scatter was 6% of a BERT forward).
+            let mut done = 0;
+            if cols == NR && r.row_stride == 1 {
+                done = k / 16 * 16;
+                for p0 in (0..done).step_by(16) {
+                    for q0 in [0, 16] {
+                        let src = |q: usize| r.offset + (j0 + q0 + q) * r.col_stride + p0;
+                        assert!(src(15) + 16 <= rhs.len() && (p0 + 16) * NR <= out.len());
+                        // SAFETY: sgemm runs only where AVX-512F is present (`available`); the
+                        // assert bounds the 16 reads of 16 floats and the 16 writes.
+                        unsafe {
+                            transpose_16x16(
+                                rhs.as_ptr(),
+                                std::array::from_fn(src),
+                                out.as_mut_ptr().add(p0 * NR + q0),
+                                NR,
+                            )
+                        };
+                    }
+                }
+            }
+            for p0 in (done..k).step_by(TRANSPOSE_K) {
                 let p1 = (p0 + TRANSPOSE_K).min(k);
                 for q in 0..cols {
                     let base = r.offset + (j0 + q) * r.col_stride;
