@@ -134,7 +134,8 @@ fn draw_untruncated(logits: &[f32], temperature: f64, u: f64) -> Result<u32> {
                 .total_cmp(&weights[*a as usize])
                 .then(a.cmp(b))
         };
-        // The most likely token weighs 1: tier k holds the weights in [RATIO^(k+1), RATIO^k);
+        // The most likely token weighs 1: tier k (from 1) holds the weights in
+        // [RATIO^k, RATIO^(k - 1));
         // after a few tiers the last takes every token left with a positive weight.
         let (mut cum, mut last, mut above) = (0.0, 0u32, f64::INFINITY);
         let mut tier: Vec<u32> = Vec::new();
