@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use kiln::model_crates::bert::{hf_tokenizer, load_hf_dir, EmbedOptions};
-use kiln::zoo::Task;
+use kiln::zoo::{Model, Task};
 
 /// Options of `cargo xtask embed`.
 #[derive(clap::Args)]
@@ -69,6 +69,8 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
         );
     }
     let (model, report) = load_hf_dir(&args.weights, entry.name)?;
+    // Inference only: pack each weight for the GEMM once instead of on every batch.
+    model.keep_packed_weights(true);
     let tokenizer = hf_tokenizer(&args.weights)?;
     let options = EmbedOptions {
         batch_size: args.batch_size,

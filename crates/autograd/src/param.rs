@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use kiln_tensor::Tensor;
+use kiln_tensor::{PackedRhs, Tensor};
 
 use crate::{Gradients, Var};
 
@@ -17,6 +17,10 @@ struct ParamState {
     /// The leaf handed out by [`Param::var`] since the value last changed, so every use of the
     /// parameter within a step (tied weights) is the same leaf and its gradients add up.
     leaf: Option<Var>,
+    /// Whether to keep [`Param::packed_transpose`] between uses ([`Param::set_keep_packed`]).
+    keep_packed: bool,
+    /// The transposed value packed as a GEMM operand, until the value changes.
+    packed: Option<Arc<PackedRhs>>,
 }
 
 /// A named trainable tensor (as `torch.nn.Parameter`). Clones share the parameter: a clone is
@@ -34,6 +38,8 @@ impl Param {
                 value,
                 requires_grad: true,
                 leaf: None,
+                keep_packed: false,
+                packed: None,
             }),
         }))
     }
@@ -67,6 +73,7 @@ impl Param {
         let mut s = self.state();
         s.value = value;
         s.leaf = None;
+        s.packed = None;
     }
     /// Whether the parameter trains.
     pub fn requires_grad(&self) -> bool {
@@ -77,6 +84,30 @@ impl Param {
         let mut s = self.state();
         s.requires_grad = on;
         s.leaf = None;
+    }
+    /// Keep (`true`) or drop (`false`) a packed copy of this matrix's transpose for
+    /// inference: a Linear layer's `x Wᵀ` then skips packing `W` on every call (see
+    /// [`Var::matmul_param_t`]), for as much memory again as the weight. Like preparing a model
+    /// for inference in PyTorch (`torch.jit.freeze`, oneDNN weight prepacking): opt-in, and
+    /// refreshed whenever the value changes.
+    pub fn set_keep_packed(&self, on: bool) {
+        let mut s = self.state();
+        s.keep_packed = on;
+        if !on {
+            s.packed = None;
+        }
+    }
+    /// The transposed value packed as a GEMM operand, if [`Param::set_keep_packed`] asked for it
+    /// (packed on first use, kept until the value changes).
+    pub fn packed_transpose(&self) -> kiln_tensor::Result<Option<Arc<PackedRhs>>> {
+        let mut s = self.state();
+        if !s.keep_packed {
+            return Ok(None);
+        }
+        if s.packed.is_none() {
+            s.packed = Some(Arc::new(s.value.t()?.pack_rhs()?));
+        }
+        Ok(s.packed.clone())
     }
     /// The gradient of this parameter's current leaf in `grads`, if any reached it.
     pub fn grad(&self, grads: &Gradients) -> Option<Tensor> {

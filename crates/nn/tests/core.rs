@@ -51,6 +51,34 @@ fn linear_loads_by_name_and_computes_x_wt_plus_b() {
 }
 
 #[test]
+fn a_linear_layer_with_packed_weights_gives_the_same_outputs_and_still_trains() {
+    let scope = Scope::init(5, DType::F32, Device::Cpu);
+    let fc = Linear::new(scope.sub("fc"), 96, 64).unwrap();
+    let mut rng = kiln_tensor::TensorRng::new(9);
+    let x = Tensor::randn([100, 96], 0.0, 1.0, DType::F32, Device::Cpu, &mut rng).unwrap();
+    let plain = fc.forward(&Var::constant(x.clone())).unwrap();
+    fc.weight().set_keep_packed(true);
+    let infer = |fc: &Linear| {
+        let _g = kiln_autograd::no_grad();
+        fc.forward(&Var::constant(x.clone())).unwrap()
+    };
+    let packed = infer(&fc);
+    let bytes = |v: &Var| v.value().to_vec::<f32>().unwrap();
+    assert_eq!(bytes(&packed), bytes(&plain));
+    // With gradients recorded, the ordinary product runs and the weight gets its gradient.
+    let y = fc.forward(&Var::constant(x.clone())).unwrap();
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    assert!(fc.weight().grad(&grads).is_some());
+    // A new value (an optimizer step) is packed afresh, not served stale.
+    let w2 = fc.weight().value().mul_scalar(2.0).unwrap();
+    fc.weight().set_value(w2);
+    let after = infer(&fc);
+    fc.weight().set_keep_packed(false);
+    assert_eq!(bytes(&after), bytes(&infer(&fc)));
+    assert_ne!(bytes(&after), bytes(&packed));
+}
+
+#[test]
 fn strict_loading_names_missing_and_misshaped_keys() {
     let w = weights(&[("fc.weight", t(&[1., 2.], &[1, 2]))]);
     let s = Scope::from_tensors(w.clone(), true, 0, DType::F32, Device::Cpu);

@@ -37,6 +37,7 @@ pub use device::Device;
 pub use dtype::{DType, FloatDType, WithDType};
 pub use error::{Error, Result};
 pub use layout::Layout;
+pub use ops::PackedRhs;
 
 pub use random::TensorRng;
 pub use shape::{AllDims, Dim, Dims, Shape};

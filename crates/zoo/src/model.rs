@@ -131,6 +131,17 @@ pub trait Model: Send + Sync {
             reason: "this model holds no quantized weights".into(),
         })
     }
+    /// Keep (`true`) or drop packed copies of the weight matrices for inference
+    /// ([`Param::set_keep_packed`](kiln_autograd::Param::set_keep_packed)): forwards over many
+    /// rows at once (embedding batches, prompts) then skip re-laying each linear layer's weight
+    /// for the GEMM on every call, for as much memory again as those weights.
+    fn keep_packed_weights(&self, on: bool) {
+        for p in self.parameters() {
+            if p.value().rank() == 2 {
+                p.set_keep_packed(on);
+            }
+        }
+    }
     /// How many tokens a batch of `inputs` holds, for the trainer's tokens/s: every element of
     /// integer inputs (token ids) unless the model knows better (BERT counts the real tokens of
     /// its `[B, 3, L]` inputs); `None` for inputs that are not tokens.

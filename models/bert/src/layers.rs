@@ -31,9 +31,10 @@ impl Dense {
         })
     }
 
-    /// `x` `[N, in]` → `[N, out]`: one GEMM over the transposed view of the weight (no copy).
+    /// `x` `[N, in]` → `[N, out]`: one GEMM over the transposed view of the weight (no copy), or
+    /// its packed copy at inference when the weight keeps one.
     pub(crate) fn forward(&self, x: &Var) -> Result<Var> {
-        Ok(x.matmul_bias(&self.weight.var().t()?, &self.bias.var())?)
+        Ok(x.matmul_param_t(&self.weight, Some(&self.bias))?)
     }
 }
 

@@ -1,6 +1,6 @@
 //! Matrix multiplication in all of `torch.matmul`'s forms.
 
-use crate::{Result, Var};
+use crate::{Param, Result, Var};
 
 use super::sum_to_shape;
 
@@ -44,6 +44,26 @@ impl Var {
 }
 
 impl Var {
+    /// `self Wᵀ (+ b)` for a `[rows, in]` input and a Linear layer's `[out, in]` weight `W`
+    /// (and `[out]` bias): when nothing records a graph and the weight keeps a packed copy
+    /// ([`Param::set_keep_packed`]), the product uses it; otherwise it is
+    /// `self.matmul_bias(&W.var().t()?, &b.var())`. Both give the same values.
+    pub fn matmul_param_t(&self, weight: &Param, bias: Option<&Param>) -> Result<Var> {
+        let (w, b) = (weight.var(), bias.map(Param::var));
+        let inputs: Vec<&Var> = std::iter::once(self).chain(Some(&w)).chain(b.as_ref()).collect();
+        if !Var::records(&inputs) {
+            if let Some(packed) = weight.packed_transpose()? {
+                let y = self.value().matmul_packed(&packed, b.as_ref().map(Var::value))?;
+                return Ok(Var::constant(y));
+            }
+        }
+        let wt = w.t()?;
+        match &b {
+            Some(b) => self.matmul_bias(&wt, b),
+            None => self.matmul(&wt),
+        }
+    }
+
     /// `self @ rhs + bias` for matrices `self` `[m, k]` and `rhs` `[k, n]` and a bias `[n]`
     /// (`torch.addmm`), in one GEMM that starts from the bias rows ([`kiln_tensor::Tensor::matmul_bias`]).
     /// Gradients: `g rhsᵀ`, `selfᵀ g`, and the column sums of `g` for the bias.

@@ -76,11 +76,7 @@ impl Module for Linear {
         } else {
             x.reshape([rows, self.in_features])?
         };
-        let wt = self.weight.var().t()?;
-        let y = match &self.bias {
-            Some(b) => x2.matmul_bias(&wt, &b.var())?,
-            None => x2.matmul(&wt)?,
-        };
+        let y = x2.matmul_param_t(&self.weight, self.bias.as_ref())?;
         if x.rank() == 2 {
             Ok(y)
         } else {

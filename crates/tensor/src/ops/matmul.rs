@@ -362,7 +362,8 @@ fn batch_offsets(l: &Layout) -> Vec<usize> {
     batch.storage_indices()
 }
 
-fn mat_ref(l: &Layout, offset: usize) -> MatRef {
+/// The strides of the last two dimensions of `l`, the matrix starting at `offset`.
+pub(super) fn mat_ref(l: &Layout, offset: usize) -> MatRef {
     let r = l.dims().len();
     MatRef {
         offset,

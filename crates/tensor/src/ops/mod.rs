@@ -32,6 +32,7 @@ mod display;
 mod index;
 mod matmul;
 mod norm;
+mod packed_rhs;
 pub mod pool;
 mod reduce;
 pub mod rowwise;
@@ -41,6 +42,7 @@ pub mod unary;
 
 pub use matmul::gemm_f32_reference;
 pub(crate) use matmul::{gemm_into, GemmDType, MatRef};
+pub use packed_rhs::PackedRhs;
 
 use crate::{Result, Tensor, WithDType};
 

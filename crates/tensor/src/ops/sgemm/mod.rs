@@ -63,12 +63,81 @@ pub(crate) fn sgemm(
     accumulate: bool,
     threads: bool,
 ) {
-    let (mp, np) = (m.div_ceil(MR), n.div_ceil(NR));
-    let ragged = m % MR;
-    let mut buf = pack::take_buffer(np * NR * k + if ragged > 0 { MR * k } else { 0 });
+    let np = n.div_ceil(NR);
+    let mut buf = pack::take_buffer(np * NR * k + edge_floats(m, k));
     // B first: its panels are multiples of 128 bytes, so every B row stays 64-byte aligned.
     let (b_packed, a_edge) = buf.floats().split_at_mut(np * NR * k);
     pack::pack_b(b_packed, rhs, r, k, n, threads);
+    run([m, n, k], (dst, lhs, l), b_packed, a_edge, accumulate, threads);
+    pack::return_buffer(buf);
+}
+
+/// Floats of the padded copy of a ragged last `A` panel (none when `m` is a multiple of 12).
+fn edge_floats(m: usize, k: usize) -> usize {
+    if !m.is_multiple_of(MR) {
+        MR * k
+    } else {
+        0
+    }
+}
+
+/// `B` packed once for many products (weights at inference): the 32-column panels
+/// [`sgemm`] would pack on every call.
+pub(crate) struct PackedB {
+    buf: pack::PackBuffer,
+    k: usize,
+    n: usize,
+}
+
+impl PackedB {
+    /// Packs `rhs` (`k × n` at `r`'s strides).
+    pub(crate) fn new(rhs: &[f32], r: MatRef, k: usize, n: usize) -> PackedB {
+        let mut buf = pack::PackBuffer::new(n.div_ceil(NR) * NR * k);
+        pack::pack_b(buf.floats(), rhs, r, k, n, true);
+        PackedB { buf, k, n }
+    }
+
+    /// Bytes held by the panels.
+    pub(crate) fn bytes(&self) -> usize {
+        self.buf.bytes()
+    }
+}
+
+/// [`sgemm`] against `B` packed beforehand.
+pub(crate) fn sgemm_packed(
+    m: usize,
+    dst: &mut [f32],
+    lhs: &[f32],
+    l: MatRef,
+    b: &PackedB,
+    accumulate: bool,
+    threads: bool,
+) {
+    let mut edge = pack::take_buffer(edge_floats(m, b.k));
+    run(
+        [m, b.n, b.k],
+        (dst, lhs, l),
+        b.buf.floats_ref(),
+        edge.floats(),
+        accumulate,
+        threads,
+    );
+    pack::return_buffer(edge);
+}
+
+/// The product once `B` is packed: the ragged last panel of `A` (if any) is padded into
+/// `a_edge` ([`edge_floats`] long), then the tiles of `C` are shared out.
+#[allow(clippy::too_many_arguments)]
+fn run(
+    [m, n, k]: [usize; 3],
+    (dst, lhs, l): (&mut [f32], &[f32], MatRef),
+    b_packed: &[f32],
+    a_edge: &mut [f32],
+    accumulate: bool,
+    threads: bool,
+) {
+    let (mp, np) = (m.div_ceil(MR), n.div_ceil(NR));
+    let ragged = m % MR;
     if ragged > 0 {
         pack::pack_a_panel(a_edge, lhs, l, m - ragged, ragged, k);
     }
@@ -77,8 +146,8 @@ pub(crate) fn sgemm(
         l,
         edge: a_edge,
         full: m / MR,
+        crowded: m >= MR && crowds_l1(l.row_stride, l.col_stride, k),
     };
-    let b_packed = &*b_packed;
     let (tiles_m, tiles_n) = (mp.div_ceil(TILE_MR), np.div_ceil(TILE_NR));
     let out = SharedDst(dst.as_mut_ptr());
     let task = move |t: usize| {
@@ -92,7 +161,6 @@ pub(crate) fn sgemm(
     } else {
         (0..tiles_m * tiles_n).for_each(task);
     }
-    pack::return_buffer(buf);
 }
 
 /// Where the micro-kernel reads each 12-row panel of `A`: full panels in place, the ragged
@@ -105,6 +173,32 @@ struct APanels<'a> {
     edge: &'a [f32],
     /// Number of full panels.
     full: usize,
+    /// Whether a full panel read in place would overflow an L1 set ([`crowds_l1`]).
+    crowded: bool,
+}
+
+/// Ways of the smallest L1 data cache the kernel targets (8 on Zen 4, Zen 5 has 12).
+const L1_WAYS: usize = 8;
+/// Sets of that cache (32 KiB of 64-byte lines, 8 ways).
+const L1_SETS: usize = 64;
+
+/// Whether the 64-byte lines of one in-place `A` panel (12 rows at stride `rs`, [`KC`] steps at
+/// stride `ks`, in floats) put more lines into some L1 set than it has ways: the panel would
+/// then not stay in L1 while several `B` panels reuse it.
+fn crowds_l1(rs: usize, ks: usize, k: usize) -> bool {
+    let mut lines = Vec::with_capacity(MR * KC);
+    for r in 0..MR {
+        for p in 0..KC.min(k) {
+            lines.push((r * rs + p * ks) / 16);
+        }
+    }
+    lines.sort_unstable();
+    lines.dedup();
+    let mut per_set = [0usize; L1_SETS];
+    for line in lines {
+        per_set[line % L1_SETS] += 1;
+    }
+    per_set.iter().any(|&n| n > L1_WAYS)
 }
 
 impl APanels<'_> {
@@ -146,13 +240,23 @@ unsafe fn run_tile(
         let (ip0, ip1) = (tm * TILE_MR, ((tm + 1) * TILE_MR).min(mp));
         let (jp0, jp1) = (tn * TILE_NR, ((tn + 1) * TILE_NR).min(np));
         let mut edge = [0f32; MR * NR];
+        let mut a_copy = [pack::Line([0.0; 16]); pack::A_COPY_FLOATS / 16];
+        // A panel whose in-place lines crowd into a few L1 sets (strides near a multiple of 4 KiB)
+        // is evicted between the B panels that reuse it; such a panel is copied contiguous first.
+        let copy_a = a.crowded && jp1 - jp0 >= 2;
         let mut p0 = 0;
         while p0 < k {
             let kc = KC.min(k - p0);
             let add = accumulate || p0 > 0;
             for ip in ip0..ip1 {
                 let (ap, a_rs, a_ks) = a.panel(ip);
-                let ap = ap.add(p0 * a_ks);
+                let mut ap = ap.add(p0 * a_ks);
+                let (mut a_rs, mut a_ks) = (a_rs, a_ks);
+                if copy_a && !(a_rs == 1 && a_ks == MR) {
+                    let dst = a_copy.as_mut_ptr().cast::<f32>();
+                    (a_rs, a_ks) = pack::copy_a_panel(dst, ap, a_rs, a_ks, kc);
+                    ap = dst as *const f32;
+                }
                 let (i, rows) = (ip * MR, MR.min(m - ip * MR));
                 for jp in jp0..jp1 {
                     let b = b_packed.as_ptr().add(jp * NR * k + p0 * NR);
@@ -263,5 +367,48 @@ mod tests {
         // Full 32-column panels of a transposed B: 16 x 16 register transposes, then k % 16.
         check(30, 96, 300, false, true, false);
         check(50, 64, 32, true, true, true);
+    }
+
+    #[test]
+    fn panels_crowding_an_l1_set_are_copied_and_give_the_same_result() {
+        // Row stride 1024 floats (4 KiB): all 12 rows of a panel in the same L1 sets.
+        assert!(crowds_l1(1024, 1, 1024) && !crowds_l1(768, 1, 768));
+        check(60, 96, 1024, false, false, false);
+        // Transposed A with ks = 1024: every k's line in one set.
+        assert!(crowds_l1(1, 1024, 40));
+        check(1024, 64, 40, true, false, true);
+        // Neither stride unit: every other element of rows 1024 floats apart.
+        assert!(crowds_l1(1024, 2, 512));
+        let (m, n, k) = (48, 64, 512);
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 13) % 19) as f32 / 9.0 - 1.0).collect();
+        let mut spread = vec![0f32; m * 2 * k];
+        for r in 0..m {
+            for p in 0..k {
+                spread[r * 2 * k + 2 * p] = a[r * k + p];
+            }
+        }
+        let (l, r) = (
+            MatRef {
+                offset: 0,
+                row_stride: 2 * k,
+                col_stride: 2,
+            },
+            MatRef {
+                offset: 0,
+                row_stride: n,
+                col_stride: 1,
+            },
+        );
+        let mut got = vec![0f32; m * n];
+        sgemm(m, n, k, &mut got, &spread, l, &b, r, false, true);
+        let dense = MatRef {
+            offset: 0,
+            row_stride: k,
+            col_stride: 1,
+        };
+        let mut want = vec![0f32; m * n];
+        sgemm(m, n, k, &mut want, &a, dense, &b, r, false, true);
+        assert_eq!(got, want, "same products in the same order whatever the layout");
     }
 }

@@ -18,7 +18,7 @@ const PARALLEL_PACK: usize = 1 << 15;
 /// `B` row starts on a cache line.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
-pub(super) struct Line([f32; 16]);
+pub(super) struct Line(pub(super) [f32; 16]);
 
 /// A packing buffer; [`PackBuffer::floats`] views it as `f32`s.
 pub(super) struct PackBuffer {
@@ -27,10 +27,29 @@ pub(super) struct PackBuffer {
 }
 
 impl PackBuffer {
+    /// A new zeroed buffer of `len` floats, owned by its caller (not the thread's slot).
+    pub(super) fn new(len: usize) -> PackBuffer {
+        PackBuffer {
+            lines: vec![Line([0.0; 16]); len.div_ceil(16)],
+            len,
+        }
+    }
+
     /// The first `len` floats (as asked of [`take_buffer`]).
     pub(super) fn floats(&mut self) -> &mut [f32] {
         // SAFETY: Line is 16 f32s with no padding (repr(C)); `len <= 16 * lines.len()`.
         unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<f32>(), self.len) }
+    }
+
+    /// The first `len` floats, read-only.
+    pub(super) fn floats_ref(&self) -> &[f32] {
+        // SAFETY: as in `floats`.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<f32>(), self.len) }
+    }
+
+    /// Bytes allocated.
+    pub(super) fn bytes(&self) -> usize {
+        self.lines.len() * std::mem::size_of::<Line>()
     }
 }
 
@@ -61,6 +80,51 @@ pub(super) fn return_buffer(buf: PackBuffer) {
             buf.lines
         });
     });
+}
+
+/// Floats per row (or per k) of a panel re-laid by [`copy_a_panel`]: [`super::KC`] plus one
+/// 64-byte line, so consecutive rows start one cache set apart instead of in the same one.
+pub(super) const A_COPY_STRIDE: usize = super::KC + 16;
+/// Floats of the buffer [`copy_a_panel`] writes: the larger of its layouts (one 16-float line
+/// per k when the panel's ks are contiguous).
+pub(super) const A_COPY_FLOATS: usize = 16 * super::KC;
+const _: () = assert!(A_COPY_FLOATS >= MR * A_COPY_STRIDE);
+
+/// Copies the full 12-row panel at `a` (row stride `rs`, k stride `ks`, `kc <= KC` steps) into
+/// `dst` at strides that spread its lines over the L1 sets, and returns those strides: each row
+/// copied whole when rows are contiguous, each k's 12 values when ks are, else 12 values per k.
+/// Only the layout changes, so the kernel sums the same products in the same order.
+///
+/// # Safety
+/// `a` reaches 12 rows by `kc` steps at its strides and `dst` holds [`A_COPY_FLOATS`] floats.
+pub(super) unsafe fn copy_a_panel(
+    dst: *mut f32,
+    a: *const f32,
+    rs: usize,
+    ks: usize,
+    kc: usize,
+) -> (usize, usize) {
+    // SAFETY: the caller's contract bounds every read and write.
+    unsafe {
+        if ks == 1 {
+            for r in 0..MR {
+                std::ptr::copy_nonoverlapping(a.add(r * rs), dst.add(r * A_COPY_STRIDE), kc);
+            }
+            (A_COPY_STRIDE, 1)
+        } else if rs == 1 {
+            for p in 0..kc {
+                std::ptr::copy_nonoverlapping(a.add(p * ks), dst.add(p * 16), MR);
+            }
+            (1, 16)
+        } else {
+            for p in 0..kc {
+                for r in 0..MR {
+                    *dst.add(p * MR + r) = *a.add(r * rs + p * ks);
+                }
+            }
+            (1, MR)
+        }
+    }
 }
 
 /// Packs rows `[row0, row0 + rows)` of `lhs` (`? x k` through `l`, `rows <= MR`) into one
