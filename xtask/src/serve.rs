@@ -104,6 +104,8 @@ fn load_embedder(name: &str, dir: &std::path::Path) -> anyhow::Result<BertEmbedd
     let (model, report) = kiln::model_crates::bert::load_hf_dir(dir, entry.name)
         .with_context(|| format!("loading the embedding model in {}", dir.display()))?;
     let tokenizer = kiln::model_crates::bert::hf_tokenizer(dir)?;
+    // Inference only: each weight packed for the GEMM once, not on every request.
+    model.keep_packed_weights(true);
     Ok(BertEmbedder {
         name: entry.name,
         model,
