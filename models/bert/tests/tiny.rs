@@ -79,6 +79,21 @@ fn a_padded_batch_gives_each_sentence_its_lone_result() {
 }
 
 #[test]
+fn weights_kept_packed_for_inference_give_the_same_embeddings() {
+    let model = random_tiny(4);
+    // 8 x 16 tokens: 128 rows, enough for the packed GEMM path.
+    let seqs: Vec<Vec<u32>> = (0..8u32)
+        .map(|s| (0..16).map(|i| 2 + (s * 7 + i * 3) % 90).collect())
+        .collect();
+    let input = BertInput::padded(&seqs, 0);
+    let plain = model.sentence_embeddings(&input).unwrap();
+    model.keep_packed_weights(true);
+    let packed = model.sentence_embeddings(&input).unwrap();
+    assert_eq!(packed, plain, "bit for bit");
+    model.keep_packed_weights(false);
+}
+
+#[test]
 fn the_zoo_entries_build_and_forward_gives_embeddings_or_logits() {
     let entry = kiln_zoo::find("all-minilm-l6-v2").unwrap();
     assert_eq!(entry.task, Task::Embedding);
