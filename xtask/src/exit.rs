@@ -72,6 +72,11 @@ pub fn install_panic_hook() {
             .map(|s| s.to_string())
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "a panic".to_string());
+        if is_closed_stdout(&what) {
+            // `xtask embed --json ... | head`: the reader left, as it may; end quietly with the
+            // status a process killed by SIGPIPE has, like other command-line tools.
+            std::process::exit(141);
+        }
         let at = info
             .location()
             .map(|l| format!(" at {}:{}", l.file(), l.line()))
@@ -81,9 +86,24 @@ pub fn install_panic_hook() {
     }));
 }
 
+/// Whether a panic message is `println!`'s on a closed pipe (the reader of stdout exited).
+fn is_closed_stdout(panic_message: &str) -> bool {
+    panic_message.starts_with("failed printing to stdout") && panic_message.contains("Broken pipe")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_closed_stdout_is_told_from_a_bug() {
+        assert!(is_closed_stdout(
+            "failed printing to stdout: Broken pipe (os error 32)"
+        ));
+        assert!(!is_closed_stdout(
+            "index out of bounds: the len is 3 but the index is 5"
+        ));
+    }
 
     #[test]
     fn a_cause_already_in_the_message_is_said_once() {

@@ -282,8 +282,8 @@ crate::multiversion! {
 }
 
 crate::multiversion! {
-    /// [`cache_head`] for this machine's widest vectors.
-    fn cache_head_mv[](q: &[f32], q_stride: usize, heads: usize, keys: &[&[f32]], values: &[&[f32]], block_len: usize, dh: usize, start: usize, t: usize, scale: f32) -> Vec<f32> = cache_head[]
+    /// [`cache_group`] for this machine's widest vectors.
+    fn cache_group_mv[](q: &[f32], q_stride: usize, heads: usize, keys: &[&[f32]], values: &[&[f32]], block_len: usize, dh: usize, start: usize, t: usize, scale: f32) -> Vec<f32> = cache_group[]
 }
 
 fn forward_impl<F: FastExp>(
@@ -457,7 +457,7 @@ const CACHE_CHUNK: usize = 64;
 /// memory once per group, not once per head.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn cache_head(
+fn cache_group(
     q: &[f32],
     q_stride: usize,
     heads: usize,
@@ -687,7 +687,7 @@ pub fn attend_to_blocks(
         let keys: Vec<&[f32]> = kv.keys.iter().map(|b| &b[from..to]).collect();
         let values: Vec<&[f32]> = kv.values.iter().map(|b| &b[from..to]).collect();
         let q = &q[kvh * group * dh..];
-        cache_head_mv(q, h * dh, group, &keys, &values, bl, dh, start, t, scale)
+        cache_group_mv(q, h * dh, group, &keys, &values, bl, dh, start, t, scale)
     };
     let work = h * t * (start + t) * dh;
     let per_kv_head: Vec<Vec<f32>> = if work >= PARALLEL_WORK && kv_heads > 1 {
