@@ -184,19 +184,37 @@ const L1_SETS: usize = 64;
 
 /// Whether the 64-byte lines of one in-place `A` panel (12 rows at stride `rs`, [`KC`] steps at
 /// stride `ks`, in floats) put more lines into some L1 set than it has ways: the panel would
-/// then not stay in L1 while several `B` panels reuse it.
+/// then not stay in L1 while several `B` panels reuse it. Runs once per product, counting at
+/// most a few hundred lines without allocating.
 fn crowds_l1(rs: usize, ks: usize, k: usize) -> bool {
-    let mut lines = Vec::with_capacity(MR * KC);
-    for r in 0..MR {
-        for p in 0..KC.min(k) {
-            lines.push((r * rs + p * ks) / 16);
-        }
+    let kc = KC.min(k);
+    // The panel as runs of `len` elements `step` apart, the runs `gap` apart.
+    let (step, len, gap, runs) = if ks <= rs {
+        (ks, kc, rs, MR)
+    } else {
+        (rs, MR, ks, kc)
+    };
+    if gap <= step * len {
+        // Runs touch or overlap: one compact region, spread evenly over the sets.
+        return false;
     }
-    lines.sort_unstable();
-    lines.dedup();
     let mut per_set = [0usize; L1_SETS];
-    for line in lines {
-        per_set[line % L1_SETS] += 1;
+    for run in 0..runs {
+        let first = run * gap;
+        if step == 1 {
+            for line in first / 16..=(first + len - 1) / 16 {
+                per_set[line % L1_SETS] += 1;
+            }
+            continue;
+        }
+        let mut last = usize::MAX;
+        for i in 0..len {
+            let line = (first + i * step) / 16;
+            if line != last {
+                per_set[line % L1_SETS] += 1;
+                last = line;
+            }
+        }
     }
     per_set.iter().any(|&n| n > L1_WAYS)
 }
@@ -240,7 +258,9 @@ unsafe fn run_tile(
         let (ip0, ip1) = (tm * TILE_MR, ((tm + 1) * TILE_MR).min(mp));
         let (jp0, jp1) = (tn * TILE_NR, ((tn + 1) * TILE_NR).min(np));
         let mut edge = [0f32; MR * NR];
-        let mut a_copy = [pack::Line([0.0; 16]); pack::A_COPY_FLOATS / 16];
+        // Not zeroed (16 KiB per task would cost small products): `copy_a_panel` writes every
+        // float the kernel then reads.
+        let mut a_copy = std::mem::MaybeUninit::<[pack::Line; pack::A_COPY_FLOATS / 16]>::uninit();
         // A panel whose in-place lines crowd into a few L1 sets (strides near a multiple of 4 KiB)
         // is evicted between the B panels that reuse it; such a panel is copied contiguous first.
         let copy_a = a.crowded && jp1 - jp0 >= 2;
