@@ -66,6 +66,9 @@ pub struct BenchArgs {
     /// `serve`: KV cache memory in MiB.
     #[arg(long, default_value_t = 512)]
     kv_memory: usize,
+    /// `serve`: what the KV cache stores (f16 or f32).
+    #[arg(long, default_value = "f16")]
+    kv_cache_dtype: kiln::zoo::generate::KvDtype,
     /// `embed`: threads of kiln's rayon pool and of torch.
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -128,7 +131,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 gen: args.gen_tokens,
                 range_ratio: args.range_ratio,
             };
-            crate::bench_serve::run(&args.weights, &load, args.kv_memory)
+            crate::bench_serve::run(&args.weights, &load, args.kv_memory, args.kv_cache_dtype)
         }
         "embed" => crate::bench_embed::run(&crate::bench_embed::EmbedBenchOptions {
             reps: args.reps,

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use kiln::model_crates::llama::load_gguf;
 use kiln::serve::{Engine, EngineConfig, Event};
-use kiln::zoo::generate::{CausalLm, SamplingParams};
+use kiln::zoo::generate::{CausalLm, KvDtype, SamplingParams};
 use kiln::zoo::Model;
 
 use crate::bench_llama::prompt;
@@ -218,7 +218,7 @@ fn report(name: &str, traces: &[Trace], wall: f64) -> (f64, f64) {
 }
 
 /// Runs the serving benchmark on the GGUF model at `weights`.
-pub fn run(weights: &Path, load: &Load, kv_memory_mb: usize) -> anyhow::Result<()> {
+pub fn run(weights: &Path, load: &Load, kv_memory_mb: usize, kv_dtype: KvDtype) -> anyhow::Result<()> {
     let (model, _) =
         load_gguf(weights, "smollm2-135m").with_context(|| format!("loading {}", weights.display()))?;
     let vocab = model.vocab_size();
@@ -226,6 +226,7 @@ pub fn run(weights: &Path, load: &Load, kv_memory_mb: usize) -> anyhow::Result<(
     let model: Arc<dyn Model> = Arc::new(model);
     let config = |running: usize| EngineConfig {
         kv_memory_bytes: kv_memory_mb << 20,
+        kv_dtype,
         max_running: running,
         max_queue: load.requests,
         ..Default::default()
@@ -255,8 +256,11 @@ pub fn run(weights: &Path, load: &Load, kv_memory_mb: usize) -> anyhow::Result<(
         report(&format!("batched (max {} running)", load.clients), &batched, wall);
     let stats = engine.stats();
     println!(
-        "   {} forward passes, {} preemptions, KV pool of {} blocks",
-        stats.steps, stats.preemptions, stats.blocks_total
+        "   {} forward passes, {} preemptions, KV pool of {} blocks in {}",
+        stats.steps,
+        stats.preemptions,
+        stats.blocks_total,
+        kv_dtype.name()
     );
     engine.shutdown();
     let engine = Engine::start(model.clone(), config(1))?;

@@ -12,6 +12,7 @@ use anyhow::{bail, Context};
 use kiln::data::text::TextTokenizer;
 use kiln::serve::http::{serve, Ready, ServerConfig, ServerState};
 use kiln::serve::{Engine, EngineConfig};
+use kiln::zoo::generate::KvDtype;
 use kiln::zoo::{Model, ModelEntry, Task};
 use tokio::sync::watch;
 
@@ -44,6 +45,10 @@ pub struct ServeArgs {
     /// Memory for the KV cache pool, in MB (allocated at start).
     #[arg(long, default_value_t = 512)]
     kv_memory: usize,
+    /// What the KV cache stores: f16 (half the memory per position and half the bytes read per
+    /// step, as llama.cpp's default) or f32 (exactly the tokens of `generate`).
+    #[arg(long, default_value = "f16")]
+    kv_cache_dtype: KvDtype,
     /// Quantize the weights: nf4, nf4-dq, int8, int8-outliers (f32: dequantize).
     #[arg(long)]
     quantize: Option<String>,
@@ -229,6 +234,7 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
             .kv_memory
             .checked_mul(1 << 20)
             .context("--kv-memory is too large")?,
+        kv_dtype: args.kv_cache_dtype,
         max_running: args.max_concurrent,
         max_queue: args.max_queue,
         max_step_tokens: EngineConfig::default().max_step_tokens.max(args.max_concurrent),

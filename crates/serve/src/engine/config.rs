@@ -1,5 +1,7 @@
 //! [`EngineConfig`]: the engine's limits.
 
+use kiln_zoo::generate::KvDtype;
+
 use crate::error::{Result, ServeError};
 
 /// How big the engine's batch, queue and KV cache may grow.
@@ -9,6 +11,11 @@ pub struct EngineConfig {
     pub block_size: usize,
     /// Bytes of the KV block pool (`--kv-memory`); the pool is allocated once, at start.
     pub kv_memory_bytes: usize,
+    /// What the pool stores keys and values in (`--kv-cache-dtype`; default `f16`, as
+    /// llama.cpp's cache): `f16` holds twice the positions in the same memory and halves the
+    /// bytes a decode step reads; `f32` keeps the computed values exactly (the tokens of
+    /// `generate`).
+    pub kv_dtype: KvDtype,
     /// The most sequences in the running batch (`--max-concurrent`); others wait.
     pub max_running: usize,
     /// The most requests waiting beyond the running ones (`--max-queue`); more are refused
@@ -26,6 +33,7 @@ impl Default for EngineConfig {
         EngineConfig {
             block_size: 16,
             kv_memory_bytes: 512 << 20,
+            kv_dtype: KvDtype::default(),
             max_running: 32,
             max_queue: 256,
             max_step_tokens: 512,

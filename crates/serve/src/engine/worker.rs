@@ -124,19 +124,21 @@ impl<'m> Worker<'m> {
     /// The KV pool the configuration's memory budget holds.
     pub(crate) fn make_pool(lm: &dyn KvCausalLm, config: &EngineConfig) -> Result<KvPool> {
         let shape = lm.kv_shape();
-        let blocks = KvPool::blocks_for_bytes(shape, config.block_size, config.kv_memory_bytes);
+        let blocks =
+            KvPool::blocks_for_bytes(shape, config.kv_dtype, config.block_size, config.kv_memory_bytes);
         if blocks == 0 {
             return Err(ServeError::Config(format!(
                 "a KV memory budget of {} bytes holds no block of {} positions ({} bytes each); raise it",
                 config.kv_memory_bytes,
                 config.block_size,
-                config.block_size * shape.bytes_per_position()
+                config.block_size * shape.bytes_per_position(config.kv_dtype)
             )));
         }
-        let pool = KvPool::new(shape, config.block_size, blocks)?;
+        let pool = KvPool::new(shape, config.kv_dtype, config.block_size, blocks)?;
         tracing::info!(
-            "KV cache: {blocks} blocks of {} positions ({:.1} MiB, {} positions)",
+            "KV cache: {blocks} blocks of {} positions in {} ({:.1} MiB, {} positions)",
             config.block_size,
+            config.kv_dtype.name(),
             pool.bytes() as f64 / (1 << 20) as f64,
             blocks * config.block_size
         );

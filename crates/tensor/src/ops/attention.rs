@@ -15,6 +15,7 @@
 
 use rayon::prelude::*;
 
+pub use super::kv_element::KvElement;
 use crate::fast_math::FastExp;
 use crate::{Error, FloatDType, Result, Tensor, WithDType};
 
@@ -283,7 +284,7 @@ crate::multiversion! {
 
 crate::multiversion! {
     /// [`cache_group`] for this machine's widest vectors.
-    fn cache_group_mv[](q: &[f32], q_stride: usize, heads: usize, keys: &[&[f32]], values: &[&[f32]], block_len: usize, dh: usize, start: usize, t: usize, scale: f32) -> Vec<f32> = cache_group[]
+    fn cache_group_mv[E: KvElement](q: &[f32], q_stride: usize, heads: usize, keys: &[&[E]], values: &[&[E]], block_len: usize, dh: usize, start: usize, t: usize, scale: f32) -> Vec<f32> = cache_group[E]
 }
 
 fn forward_impl<F: FastExp>(
@@ -454,15 +455,16 @@ const CACHE_CHUNK: usize = 64;
 /// the result is `[t, heads * dh]`. Each head's scores, softmax and weighted sum run over the
 /// positions in order, so neither the split into blocks nor the grouping changes a bit of it; the
 /// positions are visited a chunk at a time for all the heads, so each key and value is read from
-/// memory once per group, not once per head.
+/// memory once per group, not once per head. An `f16` cache is widened a chunk at a time into
+/// `f32` before the chunk is used.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn cache_group(
+fn cache_group<E: KvElement>(
     q: &[f32],
     q_stride: usize,
     heads: usize,
-    keys: &[&[f32]],
-    values: &[&[f32]],
+    keys: &[&[E]],
+    values: &[&[E]],
     block_len: usize,
     dh: usize,
     start: usize,
@@ -473,6 +475,7 @@ fn cache_group(
     let mut res = vec![0f32; t * width];
     let stride = start + t;
     let mut s = vec![0f32; heads * stride];
+    let mut scratch = Vec::new();
     // The chunks of positions `0..n`: (block, offset in it, first position, length).
     let chunks = |n: usize| {
         (0..n.div_ceil(block_len)).flat_map(move |b| {
@@ -485,7 +488,7 @@ fn cache_group(
     for i in 0..t {
         let n = start + i + 1;
         for (b, o, from, m) in chunks(n) {
-            let kb = &keys[b][o * dh..(o + m) * dh];
+            let kb = E::as_f32(&keys[b][o * dh..(o + m) * dh], &mut scratch);
             for g in 0..heads {
                 let qi = &q[i * q_stride + g * dh..i * q_stride + g * dh + dh];
                 key_scores(&mut s[g * stride + from..g * stride + from + m], qi, kb, scale);
@@ -496,7 +499,7 @@ fn cache_group(
         }
         let out = &mut res[i * width..(i + 1) * width];
         for (b, o, from, m) in chunks(n) {
-            let vb = &values[b][o * dh..(o + m) * dh];
+            let vb = E::as_f32(&values[b][o * dh..(o + m) * dh], &mut scratch);
             for (g, out) in out.chunks_exact_mut(dh).enumerate() {
                 let w = &s[g * stride + from..g * stride + from + m];
                 add_weighted_rows(out, w, |r| &vb[r * dh..r * dh + dh]);
@@ -607,13 +610,13 @@ unsafe fn key_scores_avx512(s: &mut [f32], q: &[f32], keys: &[f32], scale: f32) 
 /// Where one sequence's cached keys and values live, as seen by one layer: blocks of
 /// `block_len` positions, each laid out `[kv_heads, block_len, head_dim]` (a contiguous cache is
 /// a single block whose length is its capacity; a paged cache lists the blocks of its block table
-/// in order).
+/// in order). `E` is what the cache stores: `f32`, or `f16` (see [`KvElement`]).
 #[derive(Clone, Debug)]
-pub struct KvBlocks<'a> {
+pub struct KvBlocks<'a, E = f32> {
     /// The key blocks, in position order.
-    pub keys: Vec<&'a [f32]>,
+    pub keys: Vec<&'a [E]>,
     /// The value blocks, in position order.
-    pub values: Vec<&'a [f32]>,
+    pub values: Vec<&'a [E]>,
     /// Positions per block.
     pub block_len: usize,
 }
@@ -651,11 +654,11 @@ pub fn attend_to_cache(
 
 /// [`attend_to_cache`] over a cache held in blocks (a paged KV cache): the blocks must cover
 /// positions `0..start + t`. Gives bit for bit what the same keys and values in one contiguous
-/// cache give.
+/// `f32` cache give (for an `f16` cache: the same keys and values widened to `f32`).
 #[allow(clippy::too_many_arguments)]
-pub fn attend_to_blocks(
+pub fn attend_to_blocks<E: KvElement>(
     q: &[f32],
-    kv: &KvBlocks<'_>,
+    kv: &KvBlocks<'_, E>,
     num_heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -684,8 +687,8 @@ pub fn attend_to_blocks(
     // One task per kv head: its group of query heads, `group * dh` columns of every row.
     let kv_head = |kvh: usize| -> Vec<f32> {
         let (from, to) = (kvh * bl * dh, (kvh + 1) * bl * dh);
-        let keys: Vec<&[f32]> = kv.keys.iter().map(|b| &b[from..to]).collect();
-        let values: Vec<&[f32]> = kv.values.iter().map(|b| &b[from..to]).collect();
+        let keys: Vec<&[E]> = kv.keys.iter().map(|b| &b[from..to]).collect();
+        let values: Vec<&[E]> = kv.values.iter().map(|b| &b[from..to]).collect();
         let q = &q[kvh * group * dh..];
         cache_group_mv(q, h * dh, group, &keys, &values, bl, dh, start, t, scale)
     };
@@ -859,6 +862,40 @@ mod tests {
         let mut got = vec![0f32; t * h * dh];
         attend_to_blocks(&q, &blocks, h, kvh, dh, start, t, &mut got);
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn an_f16_cache_gives_the_bits_of_its_values_widened_to_f32() {
+        use half::f16;
+        // Head width 64 (the AVX-512 score path) and 20 (the portable one); 37 positions in
+        // blocks of 16 (a partial last block), 3 query heads per kv head.
+        for dh in [64, 20] {
+            let (h, kvh, n, t, bl) = (6, 2, 37usize, 2, 16);
+            let val = |i: usize| ((i * 53 % 97) as f32 / 48.0 - 1.0) * 0.9;
+            let nb = n.div_ceil(bl);
+            let size = kvh * bl * dh;
+            let half: Vec<f16> = (0..2 * nb * size).map(|i| f16::from_f32(val(i))).collect();
+            let wide: Vec<f32> = half.iter().map(|v| v.to_f32()).collect();
+            let q: Vec<f32> = (0..t * h * dh).map(|i| val(i + 3)).collect();
+            let blocks_of = |k0: usize| -> Vec<std::ops::Range<usize>> {
+                (0..nb).map(|b| k0 + b * size..k0 + (b + 1) * size).collect()
+            };
+            let (kr, vr) = (blocks_of(0), blocks_of(nb * size));
+            let f16_blocks = KvBlocks {
+                keys: kr.iter().map(|r| &half[r.clone()]).collect(),
+                values: vr.iter().map(|r| &half[r.clone()]).collect(),
+                block_len: bl,
+            };
+            let f32_blocks = KvBlocks {
+                keys: kr.iter().map(|r| &wide[r.clone()]).collect(),
+                values: vr.iter().map(|r| &wide[r.clone()]).collect(),
+                block_len: bl,
+            };
+            let (mut got, mut want) = (vec![0f32; t * h * dh], vec![0f32; t * h * dh]);
+            attend_to_blocks(&q, &f16_blocks, h, kvh, dh, n - t, t, &mut got);
+            attend_to_blocks(&q, &f32_blocks, h, kvh, dh, n - t, t, &mut want);
+            assert_eq!(got, want, "head width {dh}");
+        }
     }
 
     #[test]

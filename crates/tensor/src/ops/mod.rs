@@ -30,6 +30,7 @@ mod cast;
 pub mod conv;
 mod display;
 mod index;
+mod kv_element;
 mod matmul;
 mod norm;
 mod packed_rhs;

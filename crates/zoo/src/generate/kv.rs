@@ -14,8 +14,9 @@
 
 use std::collections::HashMap;
 
+use kiln_tensor::f16;
 use kiln_tensor::ops::attention::attend_to_blocks;
-pub use kiln_tensor::ops::attention::KvBlocks;
+pub use kiln_tensor::ops::attention::{KvBlocks, KvElement};
 use rayon::prelude::*;
 
 use super::CausalLm;
@@ -33,20 +34,73 @@ pub struct KvShape {
 }
 
 impl KvShape {
-    /// `f32` values cached per position (keys and values of every layer).
-    pub fn floats_per_position(&self) -> usize {
+    /// Values cached per position (keys and values of every layer).
+    pub fn values_per_position(&self) -> usize {
         2 * self.layers * self.kv_heads * self.head_dim
     }
 
-    /// Bytes cached per position.
-    pub fn bytes_per_position(&self) -> usize {
-        self.floats_per_position() * std::mem::size_of::<f32>()
+    /// Bytes cached per position when the cache stores `dtype`.
+    pub fn bytes_per_position(&self, dtype: KvDtype) -> usize {
+        self.values_per_position() * dtype.bytes()
     }
 
     /// Values of one layer's keys (or values) for one position.
     fn row(&self) -> usize {
         self.kv_heads * self.head_dim
     }
+}
+
+/// The number type a block pool stores keys and values in. Attention computes in `f32` either
+/// way; `f16` (llama.cpp's default cache type) halves the memory per position and the bytes
+/// each decode step reads, at the cost of rounding every cached value to 11 significant bits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvDtype {
+    /// 32-bit floats: the values the model computed, exactly.
+    F32,
+    /// 16-bit IEEE floats.
+    #[default]
+    F16,
+}
+
+impl KvDtype {
+    /// Bytes per cached value.
+    pub fn bytes(self) -> usize {
+        match self {
+            KvDtype::F32 => 4,
+            KvDtype::F16 => 2,
+        }
+    }
+
+    /// The name the command line and the logs use (`f32`, `f16`).
+    pub fn name(self) -> &'static str {
+        match self {
+            KvDtype::F32 => f32::NAME,
+            KvDtype::F16 => f16::NAME,
+        }
+    }
+}
+
+impl std::str::FromStr for KvDtype {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<KvDtype> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "float32" | "fp32" => Ok(KvDtype::F32),
+            "f16" | "float16" | "fp16" | "half" => Ok(KvDtype::F16),
+            _ => Err(Error::Generation(format!(
+                "unknown KV cache dtype {s:?}: expected f32 or f16"
+            ))),
+        }
+    }
+}
+
+/// One layer of one sequence's cache as a [`KvStore`] holds it: `f32` or `f16` blocks.
+#[derive(Clone, Debug)]
+pub enum KvView<'a> {
+    /// Blocks of `f32`.
+    F32(KvBlocks<'a, f32>),
+    /// Blocks of `f16`.
+    F16(KvBlocks<'a, f16>),
 }
 
 /// Which logits a fed sequence wants back from [`KvCausalLm::forward_cached`].
@@ -80,7 +134,7 @@ pub trait KvStore: Send + Sync {
     /// `layer`.
     fn write(&mut self, feed: usize, layer: usize, keys: &[f32], values: &[f32]);
     /// The feed's cache at `layer`, covering at least every position written so far.
-    fn blocks(&self, feed: usize, layer: usize) -> KvBlocks<'_>;
+    fn blocks(&self, feed: usize, layer: usize) -> KvView<'_>;
 }
 
 /// A causal LM whose forward pass runs over a ragged batch and a [`KvStore`]: what batched
@@ -159,16 +213,16 @@ pub fn attend_feeds(
     let attend = |i: usize| -> Vec<f32> {
         let (r0, t) = (row_of[i], feeds[i].tokens.len());
         let mut out = vec![0f32; t * qd];
-        attend_to_blocks(
+        let (q, kvh, dh, start) = (
             &q[r0 * qd..(r0 + t) * qd],
-            &store.blocks(i, layer),
-            heads,
             shape.kv_heads,
             shape.head_dim,
             store.cached(i),
-            t,
-            &mut out,
         );
+        match store.blocks(i, layer) {
+            KvView::F32(b) => attend_to_blocks(q, &b, heads, kvh, dh, start, t, &mut out),
+            KvView::F16(b) => attend_to_blocks(q, &b, heads, kvh, dh, start, t, &mut out),
+        }
         out
     };
     let attended: Vec<Vec<f32>> = if feeds.len() > 1 {
@@ -260,13 +314,13 @@ impl KvCache {
 }
 
 /// Writes `t` rows `[t, kv_heads × dh]` into a block laid out `[kv_heads, block_len, dh]` from
-/// offset `at` on.
-fn scatter_rows(dst: &mut [f32], rows: &[f32], shape: KvShape, block_len: usize, at: usize) {
+/// offset `at` on (rounded to `E`).
+fn scatter_rows<E: KvElement>(dst: &mut [E], rows: &[f32], shape: KvShape, block_len: usize, at: usize) {
     let dh = shape.head_dim;
     for (j, row) in rows.chunks_exact(shape.row()).enumerate() {
         for g in 0..shape.kv_heads {
             let o = (g * block_len + at + j) * dh;
-            dst[o..o + dh].copy_from_slice(&row[g * dh..(g + 1) * dh]);
+            E::narrow(&row[g * dh..(g + 1) * dh], &mut dst[o..o + dh]);
         }
     }
 }
@@ -296,56 +350,135 @@ impl KvStore for ContiguousKv<'_> {
         scatter_rows(&mut c.keys[layer], keys, shape, cap, at);
         scatter_rows(&mut c.values[layer], values, shape, cap, at);
     }
-    fn blocks(&self, feed: usize, layer: usize) -> KvBlocks<'_> {
+    fn blocks(&self, feed: usize, layer: usize) -> KvView<'_> {
         let c = &*self.caches[feed];
-        KvBlocks {
+        KvView::F32(KvBlocks {
             keys: vec![&c.keys[layer]],
             values: vec![&c.values[layer]],
             block_len: c.capacity.max(1),
-        }
+        })
     }
 }
 
 /// A block pool: `num_blocks` blocks of `block_size` positions for every layer, shared by all
 /// the sequences of a server. Block `b` of a layer is `[kv_heads, block_size, head_dim]` keys and
-/// as many values. Which block belongs to which sequence is the owner's business (a block manager
-/// with block tables); the pool only stores.
+/// as many values, stored as [`KvDtype`] says. Which block belongs to which sequence is the
+/// owner's business (a block manager with block tables); the pool only stores.
 pub struct KvPool {
     shape: KvShape,
     block_size: usize,
     num_blocks: usize,
-    keys: Vec<Vec<f32>>,
-    values: Vec<Vec<f32>>,
+    data: PoolData,
+}
+
+/// Every layer's keys and values, one buffer each.
+struct Layers<E> {
+    keys: Vec<Vec<E>>,
+    values: Vec<Vec<E>>,
+}
+
+impl<E: KvElement> Layers<E> {
+    /// `layers` zeroed buffers of `size` values each, for keys and for values.
+    fn new(layers: usize, size: usize) -> Layers<E> {
+        // Written once now, so the whole budget is resident from the start (as vLLM reserves
+        // its cache) and no decode step pays for first-touch page faults.
+        let touched = || {
+            let mut v = vec![E::default(); size];
+            v.fill(E::default());
+            v
+        };
+        Layers {
+            keys: (0..layers).map(|_| touched()).collect(),
+            values: (0..layers).map(|_| touched()).collect(),
+        }
+    }
+
+    fn copy_block(&mut self, n: usize, src: usize, dst: usize) {
+        for buf in self.keys.iter_mut().chain(self.values.iter_mut()) {
+            buf.copy_within(src * n..(src + 1) * n, dst * n);
+        }
+    }
+
+    /// Stores the rows of one layer's keys and values from position `seq.cached` on.
+    fn write(
+        &mut self,
+        pool: (KvShape, usize),
+        seq: PagedSeq<'_>,
+        layer: usize,
+        keys: &[f32],
+        values: &[f32],
+    ) {
+        let (shape, bs) = pool;
+        let (row, n) = (shape.row(), bs * shape.row());
+        let (mut pos, mut j, t) = (seq.cached, 0, keys.len() / row);
+        while j < t {
+            let (b, at) = (seq.blocks[pos / bs] as usize, pos % bs);
+            let m = (bs - at).min(t - j);
+            let rows = j * row..(j + m) * row;
+            let block = b * n..(b + 1) * n;
+            scatter_rows(
+                &mut self.keys[layer][block.clone()],
+                &keys[rows.clone()],
+                shape,
+                bs,
+                at,
+            );
+            scatter_rows(&mut self.values[layer][block], &values[rows], shape, bs, at);
+            pos += m;
+            j += m;
+        }
+    }
+
+    /// The blocks of `table` at `layer`.
+    fn blocks<'a>(&'a self, n: usize, bs: usize, table: &[u32], layer: usize) -> KvBlocks<'a, E> {
+        let (k, v) = (&self.keys[layer], &self.values[layer]);
+        let block = |b: u32| b as usize * n..(b as usize + 1) * n;
+        KvBlocks {
+            keys: table.iter().map(|&b| &k[block(b)]).collect(),
+            values: table.iter().map(|&b| &v[block(b)]).collect(),
+            block_len: bs,
+        }
+    }
+}
+
+/// The pool's buffers in its dtype.
+enum PoolData {
+    F32(Layers<f32>),
+    F16(Layers<f16>),
 }
 
 impl KvPool {
-    /// A pool of `num_blocks` zeroed blocks.
-    pub fn new(shape: KvShape, block_size: usize, num_blocks: usize) -> Result<KvPool> {
+    /// A pool of `num_blocks` zeroed blocks storing `dtype`.
+    pub fn new(shape: KvShape, dtype: KvDtype, block_size: usize, num_blocks: usize) -> Result<KvPool> {
         if block_size == 0 || num_blocks == 0 {
             return Err(Error::Generation(format!(
                 "a KV pool needs at least one block of at least one position (got {num_blocks} blocks of {block_size})"
             )));
         }
         let size = num_blocks * block_size * shape.row();
-        // Written once now, so the whole budget is resident from the start (as vLLM reserves
-        // its cache) and no decode step pays for first-touch page faults.
-        let touched = || {
-            let mut v = vec![0f32; size];
-            v.fill(0.0);
-            v
+        let data = match dtype {
+            KvDtype::F32 => PoolData::F32(Layers::new(shape.layers, size)),
+            KvDtype::F16 => PoolData::F16(Layers::new(shape.layers, size)),
         };
         Ok(KvPool {
             shape,
             block_size,
             num_blocks,
-            keys: (0..shape.layers).map(|_| touched()).collect(),
-            values: (0..shape.layers).map(|_| touched()).collect(),
+            data,
         })
     }
 
-    /// The blocks that fit in `bytes`.
-    pub fn blocks_for_bytes(shape: KvShape, block_size: usize, bytes: usize) -> usize {
-        bytes / (block_size * shape.bytes_per_position()).max(1)
+    /// The blocks of `block_size` positions of `dtype` that fit in `bytes`.
+    pub fn blocks_for_bytes(shape: KvShape, dtype: KvDtype, block_size: usize, bytes: usize) -> usize {
+        bytes / (block_size * shape.bytes_per_position(dtype)).max(1)
+    }
+
+    /// What the pool stores.
+    pub fn dtype(&self) -> KvDtype {
+        match self.data {
+            PoolData::F32(_) => KvDtype::F32,
+            PoolData::F16(_) => KvDtype::F16,
+        }
     }
 
     /// Positions per block.
@@ -360,9 +493,10 @@ impl KvPool {
 
     /// Bytes the pool holds.
     pub fn bytes(&self) -> usize {
-        self.num_blocks * self.block_size * self.shape.bytes_per_position()
+        self.num_blocks * self.block_size * self.shape.bytes_per_position(self.dtype())
     }
 
+    /// Values of one layer's keys (or values) in one block.
     fn block_len(&self) -> usize {
         self.block_size * self.shape.row()
     }
@@ -371,9 +505,10 @@ impl KvPool {
     /// block).
     pub fn copy_block(&mut self, src: u32, dst: u32) {
         let n = self.block_len();
-        let (s, d) = (src as usize * n, dst as usize * n);
-        for buf in self.keys.iter_mut().chain(self.values.iter_mut()) {
-            buf.copy_within(s..s + n, d);
+        let (s, d) = (src as usize, dst as usize);
+        match &mut self.data {
+            PoolData::F32(l) => l.copy_block(n, s, d),
+            PoolData::F16(l) => l.copy_block(n, s, d),
         }
     }
 }
@@ -422,48 +557,19 @@ impl KvStore for PagedKv<'_> {
         Ok(())
     }
     fn write(&mut self, feed: usize, layer: usize, keys: &[f32], values: &[f32]) {
-        let (bs, n, shape) = (self.pool.block_size, self.pool.block_len(), self.pool.shape);
-        let s = self.seqs[feed];
-        let row = shape.row();
-        let mut pos = s.cached;
-        let mut j = 0;
-        let t = keys.len() / row;
-        while j < t {
-            let (b, at) = (s.blocks[pos / bs] as usize, pos % bs);
-            let m = (bs - at).min(t - j);
-            let rows = j * row..(j + m) * row;
-            scatter_rows(
-                &mut self.pool.keys[layer][b * n..(b + 1) * n],
-                &keys[rows.clone()],
-                shape,
-                bs,
-                at,
-            );
-            scatter_rows(
-                &mut self.pool.values[layer][b * n..(b + 1) * n],
-                &values[rows],
-                shape,
-                bs,
-                at,
-            );
-            pos += m;
-            j += m;
+        let pool = (self.pool.shape, self.pool.block_size);
+        let seq = self.seqs[feed];
+        match &mut self.pool.data {
+            PoolData::F32(l) => l.write(pool, seq, layer, keys, values),
+            PoolData::F16(l) => l.write(pool, seq, layer, keys, values),
         }
     }
-    fn blocks(&self, feed: usize, layer: usize) -> KvBlocks<'_> {
-        let n = self.pool.block_len();
+    fn blocks(&self, feed: usize, layer: usize) -> KvView<'_> {
+        let (n, bs) = (self.pool.block_len(), self.pool.block_size);
         let table = self.seqs[feed].blocks;
-        let (k, v) = (&self.pool.keys[layer], &self.pool.values[layer]);
-        KvBlocks {
-            keys: table
-                .iter()
-                .map(|&b| &k[b as usize * n..(b as usize + 1) * n])
-                .collect(),
-            values: table
-                .iter()
-                .map(|&b| &v[b as usize * n..(b as usize + 1) * n])
-                .collect(),
-            block_len: self.pool.block_size,
+        match &self.pool.data {
+            PoolData::F32(l) => KvView::F32(l.blocks(n, bs, table, layer)),
+            PoolData::F16(l) => KvView::F16(l.blocks(n, bs, table, layer)),
         }
     }
 }

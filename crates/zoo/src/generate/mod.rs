@@ -53,8 +53,8 @@ mod stream;
 
 pub use batch::{BatchDecoder, BatchGenerator, GenerationEvent, RequestId, SeqId, SerialDecoder};
 pub use kv::{
-    attend_feeds, check_feeds, CachedFeed, KvCache, KvCausalLm, KvPool, KvShape, KvStore, Logits, PagedKv,
-    PagedSeq,
+    attend_feeds, check_feeds, CachedFeed, KvBlocks, KvCache, KvCausalLm, KvDtype, KvElement, KvPool,
+    KvShape, KvStore, KvView, Logits, PagedKv, PagedSeq,
 };
 pub use kv_decoder::{KvBatchDecoder, KvState};
 pub use params::{SamplingParams, MAX_LOGPROBS};
