@@ -100,14 +100,24 @@ impl Param {
     /// The transposed value packed as a GEMM operand, if [`Param::set_keep_packed`] asked for it
     /// (packed on first use, kept until the value changes).
     pub fn packed_transpose(&self) -> kiln_tensor::Result<Option<Arc<PackedRhs>>> {
+        let value = {
+            let s = self.state();
+            if !s.keep_packed {
+                return Ok(None);
+            }
+            if let Some(p) = &s.packed {
+                return Ok(Some(p.clone()));
+            }
+            s.value.clone()
+        };
+        // Packed without the lock (it runs on the thread pool); kept only if the value is still
+        // the one packed (same storage) and packing is still wanted.
+        let packed = Arc::new(value.t()?.pack_rhs()?);
         let mut s = self.state();
-        if !s.keep_packed {
-            return Ok(None);
+        if s.keep_packed && s.value.same_storage(&value) {
+            s.packed.get_or_insert(packed.clone());
         }
-        if s.packed.is_none() {
-            s.packed = Some(Arc::new(s.value.t()?.pack_rhs()?));
-        }
-        Ok(s.packed.clone())
+        Ok(Some(packed))
     }
     /// The gradient of this parameter's current leaf in `grads`, if any reached it.
     pub fn grad(&self, grads: &Gradients) -> Option<Tensor> {

@@ -330,11 +330,7 @@ impl Tensor {
 /// the product is accumulated onto it.
 fn addmm<T: GemmDType>(a: &Tensor, b: &Tensor, bias: &Tensor, [m, n, k]: [usize; 3]) -> Result<Tensor> {
     let (da, db) = (a.storage_slice::<T>()?, b.storage_slice::<T>()?);
-    let bias = bias.contiguous_slice::<T>()?;
-    let mut out = Vec::with_capacity(m * n);
-    for _ in 0..m {
-        out.extend_from_slice(&bias);
-    }
+    let mut out = bias.contiguous_slice::<T>()?.repeat(m);
     let (la, lb) = (a.layout(), b.layout());
     gemm_into(
         m,

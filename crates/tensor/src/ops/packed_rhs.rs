@@ -92,14 +92,7 @@ impl Tensor {
             };
         };
         let mut out = match bias {
-            Some(bias) => {
-                let row = bias.contiguous_slice::<f32>()?;
-                let mut out = Vec::with_capacity(m * n);
-                for _ in 0..m {
-                    out.extend_from_slice(&row);
-                }
-                out
-            }
+            Some(bias) => bias.contiguous_slice::<f32>()?.repeat(m),
             None => vec![0f32; m * n],
         };
         let data = self.storage_slice::<f32>()?;
