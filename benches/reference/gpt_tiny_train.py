@@ -96,6 +96,10 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-every", type=int, default=0)
+    p.add_argument("--estimates", type=int, default=0,
+                   help="also print this many nanoGPT-style validation estimates at the end (each the mean loss of "
+                        "20 batches of 12 random windows, nanoGPT's estimate_loss with --eval_iters=20), to show "
+                        "their spread around the full-split loss")
     p.add_argument("--no-bias", action="store_true", help="no Linear/LayerNorm biases (nanoGPT's bias=False)")
     p.add_argument("--decay-embeddings", action="store_true",
                    help="weight decay on wte/wpe too (nanoGPT decays every 2-D parameter)")
@@ -159,6 +163,23 @@ def main():
 
     tokens = a.batch * a.block
     val = val_loss()
+    if a.estimates:
+        eg = torch.Generator().manual_seed(a.seed + 1)
+        model.eval()
+        ests = []
+        with torch.no_grad():
+            for _ in range(a.estimates):
+                batch_losses = []
+                for _ in range(20):
+                    starts = torch.randint(len(val_ids) - a.block, (a.batch,), generator=eg).tolist()
+                    x = torch.stack([val_ids[s:s + a.block] for s in starts])
+                    y = torch.stack([val_ids[s + 1:s + a.block + 1] for s in starts])
+                    batch_losses.append(F.cross_entropy(model(x).flatten(0, 1), y.flatten()).item())
+                ests.append(statistics.fmean(batch_losses))
+        model.train()
+        print(f"nanoGPT-style estimates (20 random batches each, {a.estimates} draws): mean {statistics.fmean(ests):.4f}, "
+              f"stdev {statistics.stdev(ests):.4f}, min {min(ests):.4f}, max {max(ests):.4f}; "
+              f"share <= 1.88: {sum(e <= 1.88 for e in ests) / len(ests):.2f}")
     train_tail = statistics.fmean(losses[-50:])
     tok_median = tokens / statistics.median(times)
     tok_overall = tokens * a.steps / sum(times)

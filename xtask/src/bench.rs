@@ -72,7 +72,8 @@ pub struct BenchArgs {
     /// `embed`: threads of kiln's rayon pool and of torch.
     #[arg(long, default_value_t = 2)]
     threads: usize,
-    /// `embed`: rounds per side, alternating kiln and PyTorch (kiln, torch, kiln, torch, ...).
+    /// `embed`: rounds per side, alternating kiln and PyTorch (kiln, torch, kiln, torch, ...);
+    /// `serve`: rounds alternating the batching engine and one request at a time (medians).
     #[arg(long, default_value_t = 2)]
     rounds: usize,
     /// `embed`: the Python with torch for the reference (default: `$KILN_TORCH_PYTHON`, then
@@ -131,7 +132,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 gen: args.gen_tokens,
                 range_ratio: args.range_ratio,
             };
-            crate::bench_serve::run(&args.weights, &load, args.kv_memory, args.kv_cache_dtype)
+            crate::bench_serve::run(
+                &args.weights,
+                &load,
+                args.kv_memory,
+                args.kv_cache_dtype,
+                args.rounds,
+            )
         }
         "embed" => crate::bench_embed::run(&crate::bench_embed::EmbedBenchOptions {
             reps: args.reps,

@@ -3,6 +3,7 @@
 //! TPOT, ITL and end-to-end latency (mean, median, p99) — for the batching engine and for the
 //! same engine limited to one request at a time, with the same seeded requests; then the
 //! time to first token of a request whose 512-token prefix is cached against the first one.
+//! `--rounds N` alternates the two modes N times and reports the median ratio.
 //!
 //! Clients are closed loops (`--clients`, each sends its next request when the previous one
 //! ended, as vLLM's `--max-concurrency`); with `--rate R` requests also wait for seeded Poisson
@@ -218,7 +219,13 @@ fn report(name: &str, traces: &[Trace], wall: f64) -> (f64, f64) {
 }
 
 /// Runs the serving benchmark on the GGUF model at `weights`.
-pub fn run(weights: &Path, load: &Load, kv_memory_mb: usize, kv_dtype: KvDtype) -> anyhow::Result<()> {
+pub fn run(
+    weights: &Path,
+    load: &Load,
+    kv_memory_mb: usize,
+    kv_dtype: KvDtype,
+    rounds: usize,
+) -> anyhow::Result<()> {
     let (model, _) =
         load_gguf(weights, "smollm2-135m").with_context(|| format!("loading {}", weights.display()))?;
     let vocab = model.vocab_size();
@@ -244,40 +251,65 @@ pub fn run(weights: &Path, load: &Load, kv_memory_mb: usize, kv_dtype: KvDtype) 
         crate::bench::rayon_threads()
     );
     let reqs = requests(load, vocab);
-    // A lone request on an idle engine: its TTFT is the reference.
-    let engine = Engine::start(model.clone(), config(load.clients))?;
-    let lone: Vec<f64> = (0..3)
-        .map(|i| send(&engine, reqs[i].0.clone(), reqs[i].1.clone()).map(|t| t.ttft))
-        .collect::<anyhow::Result<_>>()?;
-    let lone_ttft = summary(lone).1;
-    println!("lone request TTFT (median of 3): {:.1} ms", lone_ttft * 1e3);
-    let (batched, wall) = run_load(&engine, load, &reqs)?;
-    let (batched_tps, batched_ttft) =
-        report(&format!("batched (max {} running)", load.clients), &batched, wall);
-    let stats = engine.stats();
-    println!(
-        "   {} forward passes, {} preemptions, KV pool of {} blocks in {}",
-        stats.steps,
-        stats.preemptions,
-        stats.blocks_total,
-        kv_dtype.name()
-    );
-    engine.shutdown();
-    let engine = Engine::start(model.clone(), config(1))?;
-    let (serial, wall) = run_load(&engine, load, &reqs)?;
-    let (serial_tps, _) = report("one request at a time", &serial, wall);
-    engine.shutdown();
-    let same = batched
-        .iter()
-        .zip(&serial)
-        .filter(|(a, b)| a.tokens == b.tokens)
-        .count();
-    println!(
-        "batched / one-at-a-time output tokens/s: {:.2}x; median TTFT {:.2}x a lone request's; identical tokens: {same}/{} requests",
-        batched_tps / serial_tps,
-        batched_ttft / lone_ttft,
-        batched.len()
-    );
+    // Rounds alternate the two modes, so a drift of the machine's speed falls on both.
+    let (mut ratios, mut ttft_ratios, mut first_tokens) = (Vec::new(), Vec::new(), None);
+    for round in 1..=rounds {
+        println!("-- round {round} of {rounds}");
+        // A lone request on an idle engine: its TTFT is the reference.
+        let engine = Engine::start(model.clone(), config(load.clients))?;
+        let lone: Vec<f64> = (0..3)
+            .map(|i| send(&engine, reqs[i].0.clone(), reqs[i].1.clone()).map(|t| t.ttft))
+            .collect::<anyhow::Result<_>>()?;
+        let lone_ttft = summary(lone).1;
+        println!("lone request TTFT (median of 3): {:.1} ms", lone_ttft * 1e3);
+        let (batched, wall) = run_load(&engine, load, &reqs)?;
+        let (batched_tps, batched_ttft) =
+            report(&format!("batched (max {} running)", load.clients), &batched, wall);
+        let stats = engine.stats();
+        println!(
+            "   {} forward passes, {} preemptions, KV pool of {} blocks in {}",
+            stats.steps,
+            stats.preemptions,
+            stats.blocks_total,
+            kv_dtype.name()
+        );
+        engine.shutdown();
+        let engine = Engine::start(model.clone(), config(1))?;
+        let (serial, wall) = run_load(&engine, load, &reqs)?;
+        let (serial_tps, _) = report("one request at a time", &serial, wall);
+        engine.shutdown();
+        let same = batched
+            .iter()
+            .zip(&serial)
+            .filter(|(a, b)| a.tokens == b.tokens)
+            .count();
+        println!(
+            "batched / one-at-a-time output tokens/s: {:.2}x; median TTFT {:.2}x a lone request's; identical tokens: {same}/{} requests",
+            batched_tps / serial_tps,
+            batched_ttft / lone_ttft,
+            batched.len()
+        );
+        let tokens: Vec<Vec<u32>> = batched.into_iter().map(|t| t.tokens).collect();
+        if let Some(first) = &first_tokens {
+            if *first != tokens {
+                println!("   (round {round}'s tokens differ from round 1's)");
+            }
+        } else {
+            first_tokens = Some(tokens);
+        }
+        ratios.push(batched_tps / serial_tps);
+        ttft_ratios.push(batched_ttft / lone_ttft);
+    }
+    if rounds > 1 {
+        let list = |v: &[f64]| v.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(", ");
+        println!(
+            "over {rounds} rounds: batched / one-at-a-time output tokens/s median {:.2}x ({}); median TTFT vs lone: median {:.2}x ({})",
+            summary(ratios.clone()).1,
+            list(&ratios),
+            summary(ttft_ratios.clone()).1,
+            list(&ttft_ratios)
+        );
+    }
     // Prefix caching: two requests sharing a 512-token prefix.
     let engine = Engine::start(model, config(load.clients))?;
     let prefix = prompt(512 + 32, vocab);
