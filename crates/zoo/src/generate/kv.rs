@@ -7,10 +7,12 @@
 //! - [`ContiguousKv`] over [`KvCache`]s: one growing buffer per sequence and layer (generate,
 //!   chat, [`KvBatchDecoder`](super::KvBatchDecoder));
 //! - [`PagedKv`] over a [`KvPool`]: fixed-size blocks shared by every sequence, each sequence
-//!   reading its blocks through its block table (a server's paged cache, `kiln-serve`).
+//!   reading its blocks through its block table (a server's paged cache, `kiln-serve`), in `f32`
+//!   or `f16` ([`KvDtype`]).
 //!
-//! Both hand attention the same [`KvBlocks`] view, and the attention kernel sums over positions
-//! in order whatever the blocks, so a sequence gets the same logits from either store.
+//! Both hand attention the same [`KvBlocks`] view ([`KvView`] says which number type), and the
+//! attention kernel sums over positions in order whatever the blocks, so a sequence gets the same
+//! logits from either store when both hold `f32`.
 
 use std::collections::HashMap;
 
