@@ -125,8 +125,12 @@ impl<'d> DataLoader<'d> {
     }
 
     /// Read only replica `rank`'s share of each epoch, out of `world_size` data-parallel
-    /// replicas: the epoch's order is cut to a multiple of `world_size` and replica `r` takes
-    /// positions `r, r + world_size, ...` (as PyTorch's `DistributedSampler` with `drop_last`).
+    /// replicas. Every replica reads `len / world_size` examples (the rest of the epoch is
+    /// dropped, as PyTorch's `DistributedSampler` with `drop_last`), cut from the epoch's order
+    /// one global batch at a time: of each run of `world_size · batch_size` examples, replica `r`
+    /// takes the `r`-th block of `batch_size`. So the replicas' batches of a step are, in rank
+    /// order, the consecutive micro-batches that one process with `world_size` accumulation
+    /// steps would read, and both runs compute the same update.
     /// Errors unless `rank < world_size`.
     pub fn shard(mut self, rank: usize, world_size: usize) -> Result<Self> {
         if world_size == 0 || rank >= world_size {
@@ -178,13 +182,19 @@ impl<'d> DataLoader<'d> {
         if self.world_size == 1 {
             return order;
         }
-        let per = n / self.world_size;
-        order
-            .into_iter()
-            .skip(self.rank)
-            .step_by(self.world_size)
-            .take(per)
-            .collect()
+        let (world, rank, b) = (self.world_size, self.rank, self.batch_size);
+        let per = n / world;
+        // Whole global batches, then the replicas' equal shares of what is left.
+        let full = per / b;
+        let mut out = Vec::with_capacity(per);
+        for k in 0..full {
+            let start = (k * world + rank) * b;
+            out.extend_from_slice(&order[start..start + b]);
+        }
+        let tail = per - full * b;
+        let start = full * world * b + rank * tail;
+        out.extend_from_slice(&order[start..start + tail]);
+        out
     }
 
     /// The indices of every batch of epoch `epoch`, in order.
@@ -611,6 +621,30 @@ mod tests {
         let all: HashSet<usize> = parts.concat().into_iter().collect();
         assert_eq!(all.len(), 20);
         assert!(DataLoader::new(&d, 2).unwrap().shard(4, 4).is_err());
+    }
+
+    /// The replicas' batches of a step are the consecutive batches of one process reading the
+    /// same order: data parallel over `w` replicas computes what `w` accumulation steps do.
+    #[test]
+    fn shards_take_consecutive_blocks_of_each_global_batch() {
+        let d = toy(23);
+        let single = DataLoader::new(&d, 3).unwrap().shuffle(5).epoch_batches(2);
+        let shards: Vec<Vec<Vec<usize>>> = (0..2)
+            .map(|r| {
+                DataLoader::new(&d, 3)
+                    .unwrap()
+                    .shuffle(5)
+                    .shard(r, 2)
+                    .unwrap()
+                    .epoch_batches(2)
+            })
+            .collect();
+        // 11 examples each: three full batches and a tail of 2.
+        assert!(shards.iter().all(|s| s.len() == 4 && s[3].len() == 2));
+        for k in 0..3 {
+            assert_eq!(shards[0][k], single[2 * k]);
+            assert_eq!(shards[1][k], single[2 * k + 1]);
+        }
     }
 
     #[test]

@@ -30,6 +30,43 @@ pub trait Collective: Send + Sync {
     /// Wait until every replica has called `barrier`.
     fn barrier(&self) -> Result<()>;
 
+    /// Every replica's `bytes`, in rank order (`op` names the operation in errors).
+    fn all_gather_bytes(&self, op: &'static str, bytes: &[u8]) -> Result<Vec<Vec<u8>>>;
+
+    /// Checks that every replica passes the same `description` (lines of `key: value`: the
+    /// training configuration, the parameter shapes); otherwise an error, on every replica,
+    /// naming the first line that differs and the replicas that differ. Replicas that disagree
+    /// would otherwise reduce misaligned buffers or wait for each other forever.
+    fn agree(&self, what: &'static str, description: &str) -> Result<()> {
+        if self.world_size() == 1 {
+            return Ok(());
+        }
+        let all = self.all_gather_bytes(what, description.as_bytes())?;
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let reference = text(&all[0]);
+        for (r, other) in all.iter().enumerate().skip(1) {
+            let other = text(other);
+            if other == reference {
+                continue;
+            }
+            let (a, b): (Vec<&str>, Vec<&str>) = (reference.lines().collect(), other.lines().collect());
+            let i = (0..a.len().max(b.len()))
+                .find(|&i| a.get(i) != b.get(i))
+                .unwrap_or(0);
+            let show = |l: Option<&&str>| l.map_or("(nothing)".to_string(), |l| format!("`{l}`"));
+            return Err(Error::Collective {
+                op: what,
+                reason: format!(
+                    "the replicas disagree: rank 0 has {}, rank {r} has {} (line {} of the description; every replica must run the same configuration)",
+                    show(a.get(i)),
+                    show(b.get(i)),
+                    i + 1
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Average the gradients of `params` over the replicas, in place. A parameter that requires
     /// grad but has no gradient here contributes zeros (so every replica reduces the same list).
     /// With one replica this does nothing.
@@ -92,6 +129,9 @@ impl Collective for SingleProcess {
     }
     fn barrier(&self) -> Result<()> {
         Ok(())
+    }
+    fn all_gather_bytes(&self, _op: &'static str, bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
+        Ok(vec![bytes.to_vec()])
     }
 }
 
@@ -203,7 +243,9 @@ impl LocalCollective {
     }
 }
 
-fn mean_in_rank_order(inputs: Vec<Vec<Tensor>>) -> std::result::Result<Vec<Tensor>, String> {
+/// The element-wise mean of every replica's tensors, added in rank order then scaled by
+/// `1 / world_size` (the same bits on every replica, whatever the arrival order).
+pub(crate) fn mean_in_rank_order(inputs: Vec<Vec<Tensor>>) -> std::result::Result<Vec<Tensor>, String> {
     let world = inputs.len();
     let n = inputs[0].len();
     if let Some((r, v)) = inputs.iter().enumerate().find(|(_, v)| v.len() != n) {
@@ -272,6 +314,15 @@ impl Collective for LocalCollective {
     fn barrier(&self) -> Result<()> {
         self.exchange("barrier", Vec::new(), |_| Ok(Vec::new()))?;
         Ok(())
+    }
+    fn all_gather_bytes(&self, op: &'static str, bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let mine = Tensor::from_vec(bytes.to_vec(), [bytes.len()])?;
+        let all = self.exchange(op, vec![mine], |inputs| {
+            Ok(inputs.into_iter().flatten().collect())
+        })?;
+        all.iter()
+            .map(|t| t.to_vec::<u8>().map_err(Error::from))
+            .collect()
     }
 }
 

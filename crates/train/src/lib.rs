@@ -9,9 +9,9 @@
 //!
 //! Checkpoints ([`checkpoint`]) hold the weights and the optimizer state as safetensors and the
 //! trainer's position as JSON; they are written atomically on a background thread, and
-//! [`Trainer::resume`] continues a run bit for bit. Gradients pass through one [`Collective`]
-//! (single process today; [`LocalCollective`] runs replicas as threads), where MPI or NCCL
-//! data parallelism plugs in.
+//! [`Trainer::resume`] continues a run bit for bit. Gradients pass through one [`Collective`]:
+//! [`SingleProcess`], [`LocalCollective`] (replicas as threads, for tests) or, with the `mpi`
+//! feature, `MpiCollective` (one process per replica under `mpirun`; `docs/distributed.md`).
 //!
 //! ```no_run
 //! use kiln_data::mnist::{Mnist, Split};
@@ -34,6 +34,8 @@ mod config;
 mod error;
 mod logs;
 pub mod metrics;
+#[cfg(feature = "mpi")]
+mod mpi_collective;
 pub mod plot;
 mod progress;
 pub mod run_spec;
@@ -52,5 +54,7 @@ pub use config::{OnNan, OptimizerConfig, ProgressMode, TrainConfig};
 pub use error::{Error, Result};
 pub use logs::METRICS_FILE;
 pub use metrics::{EpochMetrics, History, MetricAccumulator, Metrics, StepLog, ValLog};
+#[cfg(feature = "mpi")]
+pub use mpi_collective::{launched_by_mpi, MpiCollective, DEFAULT_TIMEOUT as MPI_DEFAULT_TIMEOUT};
 pub use run_spec::{Recipe, RunSpec, RUN_FILE};
 pub use trainer::{Trainer, CURVES_FILE, HISTORY_FILE};

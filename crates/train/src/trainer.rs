@@ -217,6 +217,39 @@ impl Trainer {
         &mut self.rng
     }
 
+    /// What every replica of a data-parallel run must share, one `key: value` per line: the
+    /// training configuration (without the run directory and the display settings), the data
+    /// and the parameter shapes ([`Collective::agree`] compares them before the first step).
+    fn replica_description(&self, examples: usize, data: String) -> String {
+        let mut lines = vec![
+            format!("model: {}", self.model.name()),
+            format!("training examples: {examples}"),
+            format!("step: {}", self.state.step),
+        ];
+        if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(&self.config) {
+            for (k, v) in fields {
+                if !matches!(
+                    k.as_str(),
+                    "out_dir" | "progress" | "prefetch" | "tensorboard" | "plot"
+                ) {
+                    lines.push(format!("{k}: {v}"));
+                }
+            }
+        }
+        lines.push(format!("data: {data}"));
+        for p in &self.params {
+            let v = p.value();
+            lines.push(format!(
+                "parameter {}: {:?} {}{}",
+                p.name(),
+                v.dims(),
+                v.dtype(),
+                if p.requires_grad() { "" } else { " (frozen)" }
+            ));
+        }
+        lines.join("\n")
+    }
+
     fn out_dir(&self) -> Option<&Path> {
         if self.collective.rank() == 0 {
             self.config.out_dir.as_deref()
@@ -303,6 +336,12 @@ impl Trainer {
         }
         let accum = cfg.grad_accum_steps;
         let steps_per_epoch = num_batches.div_ceil(accum);
+        if world > 1 {
+            self.collective.agree(
+                "the run's configuration",
+                &self.replica_description(train.len(), loader.fingerprint()),
+            )?;
+        }
         if self.state.step == 0 {
             self.collective.broadcast_parameters(&self.params, 0)?;
         }

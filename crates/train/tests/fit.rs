@@ -400,6 +400,80 @@ fn data_parallel_replicas_stay_identical() {
     assert_ne!(results[0].0, param_bits(&trainer(10, quiet())));
 }
 
+/// Runs `configs.len()` replicas as threads over a [`LocalCollective`], each with its config;
+/// returns each replica's final weights or error.
+fn run_replicas(data: &TensorDataset, configs: Vec<TrainConfig>) -> Vec<Result<Bits, String>> {
+    let handles = LocalCollective::new(configs.len()).unwrap();
+    std::thread::scope(|s| {
+        let joins: Vec<_> = handles
+            .into_iter()
+            .zip(configs)
+            .map(|(c, cfg)| {
+                s.spawn(move || {
+                    let mut t = trainer(10, cfg).with_collective(Arc::new(c));
+                    t.fit(data, None)
+                        .map(|_| param_bits(&t))
+                        .map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        joins.into_iter().map(|j| j.join().unwrap()).collect()
+    })
+}
+
+/// Two replicas with batches of 16 end bit-identical to one process reading batches of 16 with
+/// two accumulation steps (each replica's batch is one of the process's micro-batches, and the
+/// mean adds them in the same order), over shuffled epochs. (An epoch's ragged last batch is
+/// where they differ: the replicas split it, one process reads it whole.)
+#[test]
+fn two_replicas_equal_one_process_with_two_accumulation_steps_bit_for_bit() {
+    let data = blobs(96, 1);
+    let cfg = TrainConfig {
+        epochs: Some(3),
+        clip_grad_norm: Some(0.5),
+        ..quiet()
+    };
+    let replicas = run_replicas(&data, vec![cfg.clone(), cfg.clone()]);
+    let mut single = trainer(
+        10,
+        TrainConfig {
+            grad_accum_steps: 2,
+            ..cfg
+        },
+    );
+    single.fit(&data, None).unwrap();
+    let reference = param_bits(&single);
+    for r in replicas {
+        assert_eq!(
+            r.unwrap(),
+            reference,
+            "a replica differs from the accumulating process"
+        );
+    }
+    assert_ne!(reference, param_bits(&trainer(10, quiet())), "it trained");
+}
+
+/// Replicas started with different settings stop before the first step, each with an error
+/// naming the setting and both values (instead of reducing mismatched gradients or hanging).
+#[test]
+fn replicas_that_disagree_on_the_config_fail_naming_the_difference() {
+    let data = blobs(64, 1);
+    let errors = run_replicas(
+        &data,
+        vec![
+            quiet(),
+            TrainConfig {
+                batch_size: 8,
+                ..quiet()
+            },
+        ],
+    );
+    for e in errors {
+        let e = e.unwrap_err();
+        assert!(e.contains("batch_size: 16") && e.contains("batch_size: 8"), "{e}");
+    }
+}
+
 /// Whether every weight in a checkpoint's model file is finite.
 fn checkpoint_is_finite(step_dir: &std::path::Path) -> bool {
     let tensors = kiln_tensor::io::safetensors::load(step_dir.join("model.safetensors")).unwrap();
