@@ -319,6 +319,23 @@ impl Trainer {
         // Mid-epoch, the position only means something for the same data order; at an epoch
         // boundary any data can follow.
         let mid_epoch = self.state.batch_offset > 0;
+        let then_world = replicas_in(&self.state.data_fingerprint).unwrap_or(world);
+        if mid_epoch && then_world != world {
+            // Continuing on another number of replicas: the position counts this replica's
+            // batches, so it scales with the replicas (the run's micro-batches are the same).
+            let consumed = self.state.batch_offset * then_world;
+            if !consumed.is_multiple_of(world) {
+                return Err(Error::Data(format!(
+                    "fit: the run stopped after {consumed} batches of epoch {} on {then_world} replicas, which {world} replicas cannot split evenly; resume on {then_world} replicas (or a number dividing {consumed})",
+                    self.state.epoch + 1
+                )));
+            }
+            self.state.batch_offset = consumed / world;
+            self.state.data_fingerprint = self
+                .state
+                .data_fingerprint
+                .replace(&format!("replicas={then_world})"), &format!("replicas={world})"));
+        }
         if mid_epoch && !self.state.data_fingerprint.is_empty() && self.state.data_fingerprint != fingerprint
         {
             return Err(Error::Data(format!(
@@ -950,12 +967,20 @@ impl Trainer {
             )));
         }
         let (a, b) = (&st.config, &self.config);
+        // A run may continue on another number of replicas if the micro-batches of a step stay
+        // the same (2 replicas × 1 accumulation step ≡ 1 process × 2).
+        let then_world = st
+            .data
+            .as_ref()
+            .and_then(|d| replicas_in(&d.fingerprint))
+            .unwrap_or(1);
+        let now_world = self.collective.world_size();
         for (field, then, now) in [
             ("batch_size", a.batch_size as u64, b.batch_size as u64),
             (
-                "grad_accum_steps",
-                a.grad_accum_steps as u64,
-                b.grad_accum_steps as u64,
+                "grad_accum_steps × replicas",
+                (a.grad_accum_steps * then_world) as u64,
+                (b.grad_accum_steps * now_world) as u64,
             ),
             ("seed", a.seed, b.seed),
             ("shuffle", a.shuffle as u64, b.shuffle as u64),
@@ -1073,4 +1098,15 @@ impl Dataset for FirstExamples<'_> {
     fn get_batch(&self, indices: &[usize]) -> kiln_data::Result<kiln_data::Batch> {
         self.data.get_batch(indices)
     }
+}
+
+/// The number of replicas a data loader's fingerprint records (`None` for fingerprints that do
+/// not say).
+fn replicas_in(fingerprint: &str) -> Option<usize> {
+    fingerprint
+        .rsplit_once("replicas=")?
+        .1
+        .trim_end_matches(')')
+        .parse()
+        .ok()
 }

@@ -403,6 +403,15 @@ fn data_parallel_replicas_stay_identical() {
 /// Runs `configs.len()` replicas as threads over a [`LocalCollective`], each with its config;
 /// returns each replica's final weights or error.
 fn run_replicas(data: &TensorDataset, configs: Vec<TrainConfig>) -> Vec<Result<Bits, String>> {
+    run_replicas_from(data, configs, None)
+}
+
+/// [`run_replicas`], every replica first resuming from the run in `resume`.
+fn run_replicas_from(
+    data: &TensorDataset,
+    configs: Vec<TrainConfig>,
+    resume: Option<&std::path::Path>,
+) -> Vec<Result<Bits, String>> {
     let handles = LocalCollective::new(configs.len()).unwrap();
     std::thread::scope(|s| {
         let joins: Vec<_> = handles
@@ -410,7 +419,10 @@ fn run_replicas(data: &TensorDataset, configs: Vec<TrainConfig>) -> Vec<Result<B
             .zip(configs)
             .map(|(c, cfg)| {
                 s.spawn(move || {
-                    let mut t = trainer(10, cfg).with_collective(Arc::new(c));
+                    let mut t = trainer(10 + c.rank() as u64, cfg).with_collective(Arc::new(c));
+                    if let Some(dir) = resume {
+                        t.resume(dir).map_err(|e| e.to_string())?;
+                    }
                     t.fit(data, None)
                         .map(|_| param_bits(&t))
                         .map_err(|e| e.to_string())
@@ -472,6 +484,46 @@ fn replicas_that_disagree_on_the_config_fail_naming_the_difference() {
         let e = e.unwrap_err();
         assert!(e.contains("batch_size: 16") && e.contains("batch_size: 8"), "{e}");
     }
+}
+
+/// A run checkpointed mid-epoch on 2 replicas continues in 1 process with 2 accumulation steps,
+/// and back on 2 replicas, ending bit-identical to 1 process trained straight through.
+#[test]
+fn a_run_continues_on_another_number_of_replicas() {
+    let (data, dir) = (blobs(96, 1), scratch("replicas"));
+    // 96 examples: 3 steps of 2 × 16 per epoch; stops at steps 4 and 7 are mid-epoch.
+    let cfg = |steps: usize, accum: usize| TrainConfig {
+        max_steps: Some(steps),
+        epochs: None,
+        grad_accum_steps: accum,
+        out_dir: Some(dir.clone()),
+        checkpoint_at_end: true,
+        clip_grad_norm: Some(0.5),
+        ..quiet()
+    };
+    for r in run_replicas_from(&data, vec![cfg(4, 1), cfg(4, 1)], None) {
+        r.unwrap();
+    }
+    let mut single = trainer(10, cfg(7, 2));
+    single.resume(&dir).unwrap();
+    single.fit(&data, None).unwrap();
+    let ends = run_replicas_from(&data, vec![cfg(9, 1), cfg(9, 1)], Some(&dir));
+
+    let mut straight = trainer(
+        10,
+        TrainConfig {
+            out_dir: Some(scratch("replicas-straight")),
+            ..cfg(9, 2)
+        },
+    );
+    straight.fit(&data, None).unwrap();
+    for e in ends {
+        assert_eq!(e.unwrap(), param_bits(&straight));
+    }
+    // A different global batch is refused by name.
+    let mut other = trainer(10, cfg(9, 1));
+    let e = other.resume(&dir).unwrap_err().to_string();
+    assert!(e.contains("grad_accum_steps × replicas"), "{e}");
 }
 
 /// Whether every weight in a checkpoint's model file is finite.
