@@ -9,6 +9,7 @@ mod bench_llama;
 mod bench_serve;
 mod chat;
 mod datasets;
+mod distributed;
 mod embed;
 mod exit;
 mod generate;

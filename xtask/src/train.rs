@@ -104,6 +104,12 @@ pub struct TrainArgs {
     /// its tokenizer (instruction tuning after pre-training).
     #[arg(long)]
     init: Option<PathBuf>,
+    /// Data parallel: `mpi` runs one replica per MPI rank (`mpirun -np N xtask train ...
+    /// --distributed mpi`, xtask built with `--features mpi`); each rank reads its share of
+    /// every global batch of N × batch size, rank 0 writes the run. `none` (the default): one
+    /// process.
+    #[arg(long, value_name = "none|mpi")]
+    distributed: Option<String>,
 }
 
 /// Reads a settings file, naming it in errors.
@@ -115,6 +121,9 @@ fn read_spec(path: &Path) -> anyhow::Result<RunSpec> {
 pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     let device = Device::parse(&args.device)?;
     device.ensure_available()?;
+    let collective = crate::distributed::collective(args.distributed.as_deref())?;
+    // Rank 0 writes the run (files, progress, results); the other ranks only train.
+    let writer = collective.rank() == 0;
     // Settings: a resumed run's run.json, then the config file, then flags.
     let mut spec = match (&args.resume, &args.config) {
         (Some(dir), _) => read_spec(&dir.join(RUN_FILE))
@@ -338,9 +347,10 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         bail!("--warmup-steps and --min-lr shape the default schedule; the run's config already sets \"schedule\"");
     }
 
-    let mut trainer = Trainer::new(model, optimizer, train_cfg)?;
+    let mut trainer = Trainer::new(model, optimizer, train_cfg)?.with_collective(collective);
     if args.resume.is_some() {
         match trainer.resume_reporting(&out) {
+            Ok(_) if !writer => {}
             Ok((ckpt, skipped)) => {
                 for (path, why) in &skipped {
                     println!("skipped newer checkpoint {}: {why}", path.display());
@@ -349,10 +359,12 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             }
             // Stopped before its first checkpoint: nothing to lose, the run starts over.
             Err(kiln::train::Error::NoCheckpoint { skipped, .. }) if skipped.is_empty() => {
-                println!(
-                    "{} has no checkpoint yet: the run starts from its beginning",
-                    out.display()
-                );
+                if writer {
+                    println!(
+                        "{} has no checkpoint yet: the run starts from its beginning",
+                        out.display()
+                    );
+                }
             }
             Err(e) => return Err(e.into()),
         }
@@ -363,6 +375,9 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         .context("the test/validation split does not fit the model")?;
     // Never delete a run by accident: a new run into a directory that holds one needs
     // --overwrite (checkpoint pruning would remove its steps, and its logs would be replaced).
+    if !writer {
+        return train_replica(trainer, train_set);
+    }
     let holds_run = out.join(RUN_FILE).exists() || out.join("checkpoints").exists();
     if args.resume.is_none() && holds_run {
         if !args.overwrite {
@@ -494,6 +509,18 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         "train_seconds": train_secs, "steps": trainer.step(),
     });
     std::fs::write(out.join("metrics.json"), serde_json::to_string_pretty(&metrics)?)?;
+    Ok(())
+}
+
+/// A replica other than rank 0 of a data-parallel run: it trains in step with the others and
+/// leaves the run directory, the progress and the results to rank 0.
+fn train_replica(mut trainer: Trainer, train_set: &dyn kiln::data::Dataset) -> anyhow::Result<()> {
+    let signals = crate::signals::SignalFlag::install()?;
+    trainer.add_callback(signals.callback());
+    trainer.fit(train_set, None)?;
+    if let Some(code) = signals.received() {
+        std::process::exit(code);
+    }
     Ok(())
 }
 

@@ -1278,3 +1278,21 @@ fn embed_rejects_a_config_json_with_unknown_or_missing_fields() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--distributed mpi` without the feature names the feature and how to build it; with it,
+/// outside `mpirun`, it says to run under mpirun.
+#[test]
+fn distributed_mpi_outside_its_setup_is_a_clear_error() {
+    if cfg!(feature = "mpi") {
+        fails_with(
+            &["train", "--steps", "1", "--distributed", "mpi"],
+            &["mpirun -np"],
+        );
+    } else {
+        fails_with(
+            &["train", "--steps", "1", "--distributed", "mpi"],
+            &["`mpi` feature", "--features mpi"],
+        );
+    }
+    fails_with(&["train", "--distributed", "nccl"], &["\"nccl\"", "mpi"]);
+}
