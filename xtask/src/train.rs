@@ -454,6 +454,14 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         std::process::exit(code);
     }
     let train_secs = started.elapsed().as_secs_f64();
+    let world = trainer.world_size();
+    let communication = trainer.communication_seconds();
+    if let Some((busy, waited)) = communication {
+        println!(
+            "data parallel over {world} ranks: all-reduce busy {busy:.2} s on rank 0, {waited:.2} s of it waited for after the backward passes ({:.0}% hidden behind backward)",
+            100.0 * (1.0 - waited / busy.max(1e-12)).max(0.0)
+        );
+    }
     let test = trainer.evaluate(test_set)?;
     let acc = test.accuracy.unwrap_or(f64::NAN);
     if entry.task == kiln::zoo::Task::CausalLm {
@@ -507,6 +515,10 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         "test_accuracy": acc, "test_loss": test.loss, "test_top5": test.top5,
         "test_extra": test.extra, "baselines": data.baselines,
         "train_seconds": train_secs, "steps": trainer.step(),
+        "world_size": world,
+        "samples_per_second": (trainer.step() * trainer.config().batch_size * trainer.config().grad_accum_steps * world) as f64 / train_secs,
+        "allreduce_busy_seconds": communication.map(|c| c.0),
+        "allreduce_waited_seconds": communication.map(|c| c.1),
     });
     std::fs::write(out.join("metrics.json"), serde_json::to_string_pretty(&metrics)?)?;
     Ok(())

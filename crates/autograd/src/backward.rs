@@ -86,6 +86,19 @@ impl Var {
 
     /// Backward with an explicit seed gradient of the output's shape and dtype (a vector-Jacobian product).
     pub fn backward_with(&self, seed: &Tensor) -> Result<Gradients> {
+        self.backward_streaming(seed, &mut |_, _| Ok(()))
+    }
+
+    /// [`Var::backward_with`], calling `on_leaf(leaf, gradient)` as soon as a leaf's gradient is
+    /// complete — while the walk goes on to the layers below — so that work on finished
+    /// gradients (all-reducing them across data-parallel replicas, as PyTorch DDP's hooks do)
+    /// overlaps the rest of the backward pass. Leaves complete in the reverse topological order
+    /// of the graph: the output layer's parameters first. An error from `on_leaf` ends the pass.
+    pub fn backward_streaming(
+        &self,
+        seed: &Tensor,
+        on_leaf: &mut dyn FnMut(&Var, &Tensor) -> Result<()>,
+    ) -> Result<Gradients> {
         if !self.requires_grad() {
             return Err(Error::NoGraph);
         }
@@ -107,6 +120,9 @@ impl Var {
                 continue;
             };
             let Some(node) = &v.0.node else {
+                // Every consumer of a leaf comes after it in the topological order, so its
+                // gradient is complete when the reverse walk reaches it.
+                on_leaf(v, &g)?;
                 leaves.add_to(v.id(), g)?;
                 continue;
             };

@@ -116,3 +116,33 @@ fn deep_chain_backward_and_drop_do_not_overflow_the_stack() {
     assert_eq!(g.get(&x).unwrap().to_vec::<f64>().unwrap(), vec![1.0]);
     drop(y);
 }
+
+/// `backward_streaming` hands each leaf's complete gradient over once, the last layer's first,
+/// and returns what `backward` does.
+#[test]
+fn streaming_backward_hands_over_each_complete_gradient_last_layer_first() {
+    // f = sum(w2 · tanh(w1 · x) + w1) : w1 is used twice (its gradient sums two paths).
+    let x = Var::constant(t(&[0.5, -1.0]));
+    let w1 = Var::parameter(t(&[1.0, 2.0]));
+    let w2 = Var::parameter(t(&[-3.0, 0.25]));
+    let h = w1.mul(&x).unwrap().tanh().unwrap();
+    let f = w2.mul(&h).unwrap().add(&w1).unwrap().sum_all().unwrap();
+    let mut seen: Vec<(u64, Vec<f32>)> = Vec::new();
+    let g = f
+        .backward_streaming(&f.value().ones_like().unwrap(), &mut |leaf, grad| {
+            seen.push((leaf.id(), grad.to_vec::<f32>().unwrap()));
+            Ok(())
+        })
+        .unwrap();
+    let plain = f.backward().unwrap();
+    assert_eq!(seen.len(), 2, "each leaf once; constants never");
+    assert_eq!(seen[0].0, w2.id(), "the output side completes first");
+    for (id, grad) in &seen {
+        let leaf = if *id == w1.id() { &w1 } else { &w2 };
+        assert_eq!(grad, &plain.get(leaf).unwrap().to_vec::<f32>().unwrap());
+        assert_eq!(grad, &g.get(leaf).unwrap().to_vec::<f32>().unwrap());
+    }
+    // An error from the hook ends the pass.
+    let e = f.backward_streaming(&f.value().ones_like().unwrap(), &mut |_, _| Err(Error::NoGraph));
+    assert!(e.is_err());
+}

@@ -30,6 +30,24 @@ pub trait Collective: Send + Sync {
     /// Wait until every replica has called `barrier`.
     fn barrier(&self) -> Result<()>;
 
+    /// Starts the mean of `tensors` over the replicas ([`Collective::all_reduce_mean`]) and
+    /// returns at once with a handle whose [`PendingMean::wait`] gives the result, so that the
+    /// caller can go on computing meanwhile (the gradient buckets of the backward pass).
+    /// Replicas start their operations in the same order, with tensors of the same shapes (no
+    /// check: the run's agreement step checked the parameter shapes). The default computes the
+    /// mean now.
+    fn start_all_reduce_mean(&self, tensors: Vec<Tensor>) -> Result<PendingMean> {
+        let mut tensors = tensors;
+        self.all_reduce_mean(&mut tensors)?;
+        Ok(PendingMean::ready(tensors))
+    }
+
+    /// Seconds spent in communication so far (0 where it is not measured): with the time a
+    /// trainer waits for it, the share of the communication hidden behind computation.
+    fn busy_seconds(&self) -> f64 {
+        0.0
+    }
+
     /// Every replica's `bytes`, in rank order (`op` names the operation in errors).
     fn all_gather_bytes(&self, op: &'static str, bytes: &[u8]) -> Result<Vec<Vec<u8>>>;
 
@@ -101,6 +119,38 @@ pub trait Collective: Send + Sync {
             p.set_value(v);
         }
         Ok(())
+    }
+}
+
+/// The result of a [`Collective::start_all_reduce_mean`] still in flight.
+pub struct PendingMean {
+    finish: Box<dyn FnOnce() -> Result<Vec<Tensor>> + Send>,
+}
+
+impl PendingMean {
+    /// A result already there.
+    pub fn ready(tensors: Vec<Tensor>) -> PendingMean {
+        PendingMean {
+            finish: Box::new(move || Ok(tensors)),
+        }
+    }
+
+    /// A result `finish` waits for.
+    pub fn new(finish: impl FnOnce() -> Result<Vec<Tensor>> + Send + 'static) -> PendingMean {
+        PendingMean {
+            finish: Box::new(finish),
+        }
+    }
+
+    /// Waits for the mean.
+    pub fn wait(self) -> Result<Vec<Tensor>> {
+        (self.finish)()
+    }
+}
+
+impl std::fmt::Debug for PendingMean {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PendingMean")
     }
 }
 

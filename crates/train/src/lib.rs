@@ -27,6 +27,7 @@
 //! # Ok(()) }
 //! ```
 
+mod buckets;
 pub mod callbacks;
 pub mod checkpoint;
 mod collective;
@@ -49,7 +50,7 @@ pub use checkpoint::{
     latest_checkpoint, load_checkpoint, verify_all_checkpoints, verify_checkpoint, write_file_atomically,
     Checkpoint, CheckpointCheck, TrainerState,
 };
-pub use collective::{Collective, LocalCollective, SingleProcess};
+pub use collective::{Collective, LocalCollective, PendingMean, SingleProcess};
 pub use config::{OnNan, OptimizerConfig, ProgressMode, TrainConfig};
 pub use error::{Error, Result};
 pub use logs::METRICS_FILE;

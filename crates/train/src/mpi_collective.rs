@@ -17,8 +17,8 @@
 //!
 //! [`LocalCollective`]: crate::LocalCollective
 
-use std::sync::mpsc;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,7 @@ use mpi::request::{scope, Request};
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::{CommunicatorCollectives, Equivalence, Root};
 
-use crate::collective::{mean_in_rank_order, Collective};
+use crate::collective::{Collective, PendingMean};
 use crate::{Error, Result};
 
 /// The default deadline of one collective operation.
@@ -73,6 +73,8 @@ pub struct MpiCollective {
     rank: usize,
     world_size: usize,
     timeout: Duration,
+    /// Nanoseconds the communication thread spent in MPI operations.
+    busy_nanos: Arc<AtomicU64>,
     jobs: Mutex<Option<mpsc::Sender<Envelope>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -110,11 +112,15 @@ impl MpiCollective {
             }
             Err(_) => DEFAULT_TIMEOUT,
         };
+        let busy_nanos = Arc::new(AtomicU64::new(0));
         let (ready_tx, ready_rx) = mpsc::channel::<std::result::Result<(usize, usize), String>>();
         let (jobs_tx, jobs_rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("kiln-mpi".into())
-            .spawn(move || communication_thread(timeout, ready_tx, jobs_rx))
+            .spawn({
+                let busy = busy_nanos.clone();
+                move || communication_thread(timeout, busy, ready_tx, jobs_rx)
+            })
             .map_err(|e| Error::Collective {
                 op: "init",
                 reason: format!("cannot start the MPI thread: {e}"),
@@ -128,6 +134,7 @@ impl MpiCollective {
             rank,
             world_size,
             timeout,
+            busy_nanos,
             jobs: Mutex::new(Some(jobs_tx)),
             thread: Mutex::new(Some(thread)),
         })
@@ -141,6 +148,14 @@ impl MpiCollective {
 
     /// Runs `job` on the communication thread and waits for its result.
     fn run(&self, op: &'static str, job: Job) -> Result<Payload> {
+        let rx = self.submit(op, job)?;
+        receive(op, &rx, self.timeout)
+    }
+
+    /// Queues `job` on the communication thread (which runs jobs in order, so every replica
+    /// starts its MPI operations in the order it submitted them); the result comes on the
+    /// returned channel.
+    fn submit(&self, op: &'static str, job: Job) -> Result<mpsc::Receiver<Reply>> {
         let (tx, rx) = mpsc::channel();
         {
             let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
@@ -153,20 +168,26 @@ impl MpiCollective {
                 reason: "the MPI thread has stopped".into(),
             })?;
         }
-        let deadline = self.timeout + Duration::from_secs(5);
-        match rx.recv_timeout(deadline) {
-            Ok(Ok(p)) => Ok(p),
-            Ok(Err(reason)) => Err(Error::Collective { op, reason }),
-            Err(_) => Err(Error::Collective {
-                op,
-                reason: format!("no answer from the MPI thread within {deadline:?}"),
-            }),
-        }
+        Ok(rx)
     }
 
     /// Every replica's `data` (each the same length), concatenated in rank order.
     fn all_gather(&self, op: &'static str, data: Payload) -> Result<Payload> {
         self.run(op, Job::AllGather(data))
+    }
+}
+
+/// Waits for a job's result (the communication thread aborts the job at its own deadline; this
+/// one only guards against that thread dying).
+fn receive(op: &'static str, rx: &mpsc::Receiver<Reply>, timeout: Duration) -> Result<Payload> {
+    let deadline = timeout + Duration::from_secs(5);
+    match rx.recv_timeout(deadline) {
+        Ok(Ok(p)) => Ok(p),
+        Ok(Err(reason)) => Err(Error::Collective { op, reason }),
+        Err(_) => Err(Error::Collective {
+            op,
+            reason: format!("no answer from the MPI thread within {deadline:?}"),
+        }),
     }
 }
 
@@ -222,6 +243,41 @@ fn unflatten(payload: &Payload, at: usize, like: &[Tensor]) -> Result<Vec<Tensor
     Ok(out)
 }
 
+/// The mean over the replicas of the gathered buffer (every replica's `len` values, in rank
+/// order), cut into tensors shaped like `like`: the sum in rank order, times `1 / world`, plus
+/// zero — element for element the arithmetic of `mean_in_rank_order` (of [`LocalCollective`](crate::LocalCollective)) (`Tensor::add`, then
+/// `mul_scalar`, whose affine kernel computes `x · m + 0`), in one pass over the buffer.
+fn mean_of_gathered(gathered: &Payload, len: usize, world: usize, like: &[Tensor]) -> Result<Vec<Tensor>> {
+    fn mean<T>(all: &[T], len: usize, world: usize, like: &[Tensor], m: T, zero: T) -> Result<Vec<Tensor>>
+    where
+        T: Copy + std::ops::Add<Output = T> + std::ops::Mul<Output = T> + kiln_tensor::WithDType,
+    {
+        let mut out = Vec::with_capacity(like.len());
+        let mut at = 0;
+        for t in like {
+            let n = t.elem_count();
+            let mut v: Vec<T> = all[at..at + n].to_vec();
+            for r in 1..world {
+                let other = &all[r * len + at..r * len + at + n];
+                v.iter_mut().zip(other).for_each(|(a, &b)| *a = *a + b);
+            }
+            v.iter_mut().for_each(|a| *a = *a * m + zero);
+            out.push(Tensor::from_vec(v, t.dims())?);
+            at += n;
+        }
+        Ok(out)
+    }
+    let scale = 1.0 / world as f64;
+    match gathered {
+        Payload::F32(all) => mean(all, len, world, like, scale as f32, 0.0f32),
+        Payload::F64(all) => mean(all, len, world, like, scale, 0.0f64),
+        Payload::Bytes(_) => Err(Error::Collective {
+            op: "all_reduce_mean",
+            reason: "tensors travel as f32 or f64".into(),
+        }),
+    }
+}
+
 impl Collective for MpiCollective {
     fn rank(&self) -> usize {
         self.rank
@@ -251,17 +307,36 @@ impl Collective for MpiCollective {
             let local = flatten(run, dtype)?;
             let len = local.len();
             let gathered = self.all_gather("all_reduce_mean", local)?;
-            let per_rank: Vec<Vec<Tensor>> = (0..self.world_size)
-                .map(|r| unflatten(&gathered, r * len, run))
-                .collect::<Result<_>>()?;
-            let mean = mean_in_rank_order(per_rank).map_err(|reason| Error::Collective {
-                op: "all_reduce_mean",
-                reason,
-            })?;
+            let mean = mean_of_gathered(&gathered, len, self.world_size, run)?;
             tensors[i..j].clone_from_slice(&mean);
             i = j;
         }
         Ok(())
+    }
+
+    fn start_all_reduce_mean(&self, tensors: Vec<Tensor>) -> Result<PendingMean> {
+        if self.world_size == 1 || tensors.is_empty() {
+            return Ok(PendingMean::ready(tensors));
+        }
+        let dtype = tensors[0].dtype();
+        if tensors.iter().any(|t| t.dtype() != dtype) {
+            // Mixed dtypes travel as one buffer per dtype: the synchronous path.
+            let mut tensors = tensors;
+            self.all_reduce_mean(&mut tensors)?;
+            return Ok(PendingMean::ready(tensors));
+        }
+        let local = flatten(&tensors, dtype)?;
+        let len = local.len();
+        let rx = self.submit("all_reduce_mean", Job::AllGather(local))?;
+        let (world, timeout) = (self.world_size, self.timeout);
+        Ok(PendingMean::new(move || {
+            let gathered = receive("all_reduce_mean", &rx, timeout)?;
+            mean_of_gathered(&gathered, len, world, &tensors)
+        }))
+    }
+
+    fn busy_seconds(&self) -> f64 {
+        self.busy_nanos.load(Ordering::Relaxed) as f64 * 1e-9
     }
 
     fn broadcast(&self, tensors: &mut [Tensor], root: usize) -> Result<()> {
@@ -324,17 +399,25 @@ fn wait_until<'a, D: ?Sized, S: mpi::request::Scope<'a>>(
     deadline: Instant,
     stuck: &Stuck<'_>,
 ) {
-    let mut nap = Duration::from_micros(5);
+    // MPI moves a large message only while a test call runs: poll eagerly (yielding the core to
+    // the training thread between tests) for a while, then back off to short naps.
+    let start = Instant::now();
+    let mut nap = Duration::from_micros(20);
     loop {
         match request.test() {
             Ok(_) => return,
             Err(r) => request = r,
         }
-        if Instant::now() >= deadline {
+        let now = Instant::now();
+        if now >= deadline {
             stuck.give_up();
         }
-        std::thread::sleep(nap);
-        nap = (nap * 2).min(Duration::from_millis(1));
+        if now - start < Duration::from_millis(2) {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(nap);
+            nap = (nap * 2).min(Duration::from_micros(500));
+        }
     }
 }
 
@@ -367,6 +450,7 @@ impl Stuck<'_> {
 /// closes (finalising MPI when the universe drops).
 fn communication_thread(
     timeout: Duration,
+    busy: Arc<AtomicU64>,
     ready: mpsc::Sender<std::result::Result<(usize, usize), String>>,
     jobs: mpsc::Receiver<Envelope>,
 ) {
@@ -390,7 +474,9 @@ fn communication_thread(
             timeout,
             reply: &reply,
         };
-        let result = serve(&world, size, job, Instant::now() + timeout, &stuck);
+        let start = Instant::now();
+        let result = serve(&world, size, job, start + timeout, &stuck);
+        busy.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
         let _ = reply.send(Ok(result));
     }
 }

@@ -12,6 +12,7 @@ use kiln_optim::{clip_grad_norm, grad_norm, GradAccumulator, LrSchedule, Optimiz
 use kiln_tensor::{DType, Tensor, TensorRng};
 use kiln_zoo::{Model, Task};
 
+use crate::buckets::{BucketPlan, Reduction, BUCKET_BYTES};
 use crate::callbacks::{distinct_params, Callback, CallbackContext, StepEnd};
 use crate::checkpoint::{
     self, CheckpointJob, CheckpointWriter, ModelInfo, RngState, TrainerState, CHECKPOINTS_DIR, STATE_FILE,
@@ -74,6 +75,11 @@ pub struct Trainer {
     rng: TensorRng,
     state: RunState,
     writer: Option<CheckpointWriter>,
+    /// The gradient buckets all-reduced during the backward pass (data parallel without
+    /// accumulation; otherwise the accumulated gradients are reduced after the last micro-batch).
+    buckets: Option<BucketPlan>,
+    /// Time spent waiting for the buckets after the backward passes.
+    exposed_communication: std::time::Duration,
     /// The step of the last checkpoint requested (to not write one step twice).
     last_checkpoint_step: Option<usize>,
 }
@@ -140,7 +146,26 @@ impl Trainer {
             params,
             state: RunState::default(),
             writer: None,
+            buckets: None,
+            exposed_communication: std::time::Duration::ZERO,
             last_checkpoint_step: None,
+        })
+    }
+
+    /// The number of data-parallel replicas (1 for a single process).
+    pub fn world_size(&self) -> usize {
+        self.collective.world_size()
+    }
+
+    /// Communication of the data-parallel run so far: seconds the collective was busy, and
+    /// seconds the training loop waited for it after backward passes (the part not hidden
+    /// behind computation). `None` for a single process.
+    pub fn communication_seconds(&self) -> Option<(f64, f64)> {
+        (self.collective.world_size() > 1).then(|| {
+            (
+                self.collective.busy_seconds(),
+                self.exposed_communication.as_secs_f64(),
+            )
         })
     }
 
@@ -368,6 +393,7 @@ impl Trainer {
             .filter(|p| p.requires_grad())
             .cloned()
             .collect();
+        self.buckets = (world > 1 && accum == 1).then(|| BucketPlan::new(&trainable, BUCKET_BYTES));
 
         let mut logs = match self.out_dir() {
             Some(dir) => {
@@ -679,7 +705,19 @@ impl Trainer {
         if !lv.is_finite() {
             return self.non_finite(format!("the loss is {lv}"));
         }
-        let grads = loss.backward()?;
+        let grads = match &self.buckets {
+            // Data parallel: each bucket's mean starts as soon as its gradients are complete.
+            Some(plan) => {
+                let mut reduction = Reduction::new(plan, &*self.collective);
+                let mut grads = loss.backward_streaming(&loss.value().ones_like()?, &mut |leaf, g| {
+                    reduction.ready(leaf, g);
+                    Ok(())
+                })?;
+                self.exposed_communication += reduction.finish(&mut grads)?;
+                grads
+            }
+            None => loss.backward()?,
+        };
         let mut batch_metrics = MetricAccumulator::new();
         batch_metrics.add(lv, n, Some(out.logits.value()), Some(&targets), false)?;
         batch_metrics.add_tallies(&out.tallies);
@@ -709,8 +747,11 @@ impl Trainer {
         trainable: &[Param],
         grads: &mut Gradients,
     ) -> Result<Option<(f64, Option<f64>)>> {
-        // The one place where gradients cross replicas.
-        self.collective.all_reduce_gradients(trainable, grads)?;
+        // The one place where gradients cross replicas (already done, bucket by bucket, during
+        // the backward pass when there is no accumulation).
+        if self.buckets.is_none() {
+            self.collective.all_reduce_gradients(trainable, grads)?;
+        }
         let (norm, clipped) = match self.config.clip_grad_norm {
             Some(max) => {
                 let n = clip_grad_norm(trainable, grads, max)?;
