@@ -110,7 +110,20 @@ pub struct TrainArgs {
     /// process.
     #[arg(long, value_name = "none|mpi")]
     distributed: Option<String>,
+    /// Hold out this share of the training data (seeded) as the validation split, evaluated at
+    /// every epoch's end (and every --eval-every steps). Default: the dataset's own validation
+    /// split where it has one (text), else 0.1 (the images: their held-out split is the test
+    /// set, kept for the final score).
+    #[arg(long)]
+    val_fraction: Option<f64>,
+    /// Stop when the validation loss has not improved for this many epochs (Keras'
+    /// EarlyStopping); the best weights are in RUN/best/ either way.
+    #[arg(long, value_name = "PATIENCE")]
+    early_stop: Option<usize>,
 }
+
+/// The validation share of datasets whose own held-out split is a test set.
+const DEFAULT_VAL_FRACTION: f64 = 0.1;
 
 /// Reads a settings file, naming it in errors.
 fn read_spec(path: &Path) -> anyhow::Result<RunSpec> {
@@ -122,6 +135,9 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     let device = Device::parse(&args.device)?;
     device.ensure_available()?;
     let collective = crate::distributed::collective(args.distributed.as_deref())?;
+    if args.early_stop.is_some() && collective.world_size() > 1 {
+        bail!("--early-stop is not available with --distributed: only rank 0 validates, and the ranks must stop at the same step");
+    }
     // Rank 0 writes the run (files, progress, results); the other ranks only train.
     let writer = collective.rank() == 0;
     // Settings: a resumed run's run.json, then the config file, then flags.
@@ -153,7 +169,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         )*};
     }
     fixed_on_resume!(model: "--model", dataset: "--dataset", optimizer: "--optimizer", lr: "--lr",
-        seq_len: "--seq-len", task: "--task", init: "--init");
+        seq_len: "--seq-len", task: "--task", init: "--init", val_fraction: "--val-fraction");
     macro_rules! flag {
         ($field:ident) => {
             if let Some(v) = args.$field.clone() {
@@ -168,6 +184,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     flag!(seq_len);
     flag!(task);
     flag!(init);
+    flag!(val_fraction);
     let mut recipe = spec.recipe.clone().unwrap_or_default();
     if args.beta2.is_some() {
         recipe.beta2 = args.beta2;
@@ -299,7 +316,28 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| if transformer { "adamw" } else { "adam" }.into());
     let optimizer = build_optimizer(&optimizer_name, lr, &recipe, transformer, model.parameters())?;
-    let (train_set, test_set) = (data.train.as_ref(), data.test.as_ref());
+    // The validation split: a seeded share of the training data, or the dataset's own.
+    let own_validation = !matches!(dataset.as_str(), "mnist" | "fashion-mnist" | "mnist-sequential");
+    if args.resume.is_none() && spec.val_fraction.is_none() && !own_validation {
+        spec.val_fraction = Some(DEFAULT_VAL_FRACTION);
+    }
+    let full: std::sync::Arc<dyn kiln::data::Dataset> = std::sync::Arc::from(data.train);
+    let (train_box, val_box): (Box<dyn kiln::data::Dataset>, Option<kiln::data::Subset>) =
+        match spec.val_fraction {
+            Some(f) => {
+                if !(f > 0.0 && f < 1.0) {
+                    bail!("--val-fraction must lie strictly between 0 and 1, got {f}");
+                }
+                let (rest, held) = kiln::data::random_split(full, f, train_cfg.seed)?;
+                (Box::new(rest), Some(held))
+            }
+            None => (Box::new(full), None),
+        };
+    let (train_set, test_set) = (train_box.as_ref(), data.test.as_ref());
+    let val_set: &dyn kiln::data::Dataset = match &val_box {
+        Some(v) => v,
+        None => test_set,
+    };
     let data_fingerprint = kiln::data::content_fingerprint(train_set)?;
     if let (Some(_), Some(recorded)) = (&args.resume, &spec.data_fingerprint) {
         if *recorded != data_fingerprint {
@@ -403,13 +441,19 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         recipe: Some(recipe.clone()),
         task: spec.task.clone(),
         init: spec.init.clone(),
+        val_fraction: spec.val_fraction,
         data_fingerprint: Some(data_fingerprint),
     };
     println!(
-        "training {model_name} ({} parameters) on {dataset}: {} train / {} test examples, run directory {}",
+        "training {model_name} ({} parameters) on {dataset}: {} train / {} validation{} examples, run directory {}",
         trainer.model().num_parameters(),
         train_set.len(),
-        test_set.len(),
+        val_set.len(),
+        if val_box.is_some() {
+            format!(" (held out, seed {}) / {} test", trainer.config().seed, test_set.len())
+        } else {
+            String::new()
+        },
         out.display()
     );
     // Written only once everything (a resumed checkpoint included) was accepted, and atomically:
@@ -440,10 +484,21 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         None
     };
     let started = std::time::Instant::now();
-    let val = trainer.config().eval_every_steps.map(|_| test_set);
     let signals = crate::signals::SignalFlag::install()?;
     trainer.add_callback(signals.callback());
-    let history = trainer.fit(train_set, val)?;
+    // Keras' ModelCheckpoint(save_best_only) and EarlyStopping, on the validation loss.
+    trainer.add_callback(kiln::train::ModelCheckpoint::best(
+        kiln::train::Monitor::ValLoss,
+        "best/model.safetensors",
+    ));
+    if let Some(patience) = args.early_stop {
+        trainer.add_callback(kiln::train::EarlyStopping::new(
+            kiln::train::Monitor::ValLoss,
+            patience,
+            0.0,
+        )?);
+    }
+    let history = trainer.fit(train_set, Some(val_set))?;
     if let Some(code) = signals.received() {
         println!(
             "stopped at step {} ({}): checkpoint written; continue with --resume {}",

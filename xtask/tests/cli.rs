@@ -1296,3 +1296,41 @@ fn distributed_mpi_outside_its_setup_is_a_clear_error() {
     }
     fails_with(&["train", "--distributed", "nccl"], &["\"nccl\"", "mpi"]);
 }
+
+/// The default run validates on a seeded tenth of the training images every epoch: the epoch
+/// line shows the validation accuracy, TensorBoard gets `val/*` scalars at the epoch's step, the
+/// curves and the best weights are written, and the test set stays for the final score.
+#[test]
+fn training_validates_every_epoch_on_a_held_out_split() {
+    let dir = std::env::temp_dir().join(format!("kiln-val-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = succeeds(&[
+        "train",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "256",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(out.contains("54000 train / 6000 validation (held out, seed 0) / 10000 test"), "{out}");
+    let epoch_line = out.lines().find(|l| l.starts_with("epoch 1/1:")).expect("an epoch line");
+    assert!(epoch_line.contains("val_acc 0.9"), "{epoch_line}");
+    let events: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("events.out.tfevents."))
+        .collect();
+    let scalars: Vec<(i64, String, f32)> = kiln::train::tensorboard::read_events(&events[0])
+        .unwrap()
+        .into_iter()
+        .flat_map(|e| e.scalars.into_iter().map(move |(tag, v)| (e.step, tag, v)))
+        .collect();
+    for tag in ["val/loss", "val/accuracy"] {
+        let (step, _, v) = scalars.iter().find(|(_, t, _)| t == tag).expect(tag);
+        assert_eq!(*step, 211, "{tag} at the epoch's last step (54000 / 256 batches)");
+        assert!(v.is_finite());
+    }
+    assert!(dir.join("curves.png").is_file() && dir.join("best/model.safetensors").is_file());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

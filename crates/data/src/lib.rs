@@ -73,6 +73,7 @@ pub mod json;
 pub mod loader;
 pub mod mnist;
 pub mod pipeline;
+mod subset;
 pub mod text;
 pub mod vision;
 
@@ -81,3 +82,4 @@ pub use dataset::{content_fingerprint, Batch, Dataset, TensorDataset, MNIST_MEAN
 pub use error::{Error, Result};
 pub use loader::{epoch_permutation, Batches, DataLoader};
 pub use pipeline::{Pipeline, PipelineIter, PipelineState, Source};
+pub use subset::{random_split, Subset};

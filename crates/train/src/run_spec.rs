@@ -46,6 +46,9 @@ pub struct RunSpec {
     pub task: Option<String>,
     /// The run whose weights and tokenizer this run started from.
     pub init: Option<PathBuf>,
+    /// The share of the training data held out for validation (seeded with the run's seed);
+    /// absent when the dataset's own validation split is used.
+    pub val_fraction: Option<f64>,
     /// The training data's content fingerprint (`kiln_data::content_fingerprint`); a resumed run
     /// refuses data that does not match it.
     pub data_fingerprint: Option<String>,
