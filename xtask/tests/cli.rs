@@ -1313,13 +1313,24 @@ fn training_validates_every_epoch_on_a_held_out_split() {
         "--out",
         dir.to_str().unwrap(),
     ]);
-    assert!(out.contains("54000 train / 6000 validation (held out, seed 0) / 10000 test"), "{out}");
-    let epoch_line = out.lines().find(|l| l.starts_with("epoch 1/1:")).expect("an epoch line");
+    assert!(
+        out.contains("54000 train / 6000 validation (held out, seed 0) / 10000 test"),
+        "{out}"
+    );
+    let epoch_line = out
+        .lines()
+        .find(|l| l.starts_with("epoch 1/1:"))
+        .expect("an epoch line");
     assert!(epoch_line.contains("val_acc 0.9"), "{epoch_line}");
     let events: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("events.out.tfevents."))
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("events.out.tfevents.")
+        })
         .collect();
     let scalars: Vec<(i64, String, f32)> = kiln::train::tensorboard::read_events(&events[0])
         .unwrap()
