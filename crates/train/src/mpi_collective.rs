@@ -278,6 +278,15 @@ fn mean_of_gathered(gathered: &Payload, len: usize, world: usize, like: &[Tensor
     }
 }
 
+/// The shapes and dtypes of `tensors`, a line each (what replicas agree on before moving them).
+fn layout(tensors: &[Tensor]) -> String {
+    let lines: Vec<String> = tensors
+        .iter()
+        .map(|t| format!("{:?} {}", t.dims(), t.dtype()))
+        .collect();
+    lines.join("\n")
+}
+
 impl Collective for MpiCollective {
     fn rank(&self) -> usize {
         self.rank
@@ -293,11 +302,7 @@ impl Collective for MpiCollective {
         }
         // Agree on the layout first: a mismatch must be an error on every replica, not a
         // reduction of misaligned buffers.
-        let layout: Vec<String> = tensors
-            .iter()
-            .map(|t| format!("{:?} {}", t.dims(), t.dtype()))
-            .collect();
-        self.agree("all_reduce_mean", &layout.join("\n"))?;
+        self.agree("all_reduce_mean", &layout(tensors))?;
         // One buffer per dtype, in the tensors' order.
         let mut i = 0;
         while i < tensors.len() {
@@ -349,11 +354,7 @@ impl Collective for MpiCollective {
         if self.world_size == 1 || tensors.is_empty() {
             return Ok(());
         }
-        let layout: Vec<String> = tensors
-            .iter()
-            .map(|t| format!("{:?} {}", t.dims(), t.dtype()))
-            .collect();
-        self.agree("broadcast", &layout.join("\n"))?;
+        self.agree("broadcast", &layout(tensors))?;
         for t in tensors.iter_mut() {
             let local = flatten(std::slice::from_ref(t), t.dtype())?;
             let got = self.run("broadcast", Job::Broadcast(local, root))?;
