@@ -88,6 +88,11 @@ pub struct TrainArgs {
     /// `skip-batch` (no update from that batch, logged).
     #[arg(long, value_parser = ["stop", "skip-batch"])]
     on_nan: Option<String>,
+    /// Arithmetic of matrix products and convolutions: `f32` (the default) or `bf16` (bf16
+    /// operands, f32 accumulation, as `torch.autocast(dtype=torch.bfloat16)`; weights, gradients
+    /// and optimizer state stay f32).
+    #[arg(long)]
+    precision: Option<kiln::tensor::MatmulPrecision>,
     /// Validation loss every this many steps (besides each epoch's end).
     #[arg(long)]
     eval_every: Option<usize>,
@@ -242,6 +247,12 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         Some("skip-batch") => train_cfg.on_nan = kiln::train::OnNan::SkipBatch,
         Some(_) => train_cfg.on_nan = kiln::train::OnNan::Stop,
         None => {}
+    }
+    if let Some(p) = args.precision {
+        train_cfg.precision = p;
+    }
+    if train_cfg.precision == kiln::tensor::MatmulPrecision::Bf16 {
+        println!("{}", bf16_kernel_note());
     }
     if let Some(e) = args.eval_every {
         train_cfg.eval_every_steps = Some(e);
@@ -742,4 +753,16 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Which kernel `--precision bf16` products run on this CPU (printed at the start of a run).
+fn bf16_kernel_note() -> &'static str {
+    if kiln::tensor::simd::has_bf16_dot() {
+        "precision bf16: matrix products and convolutions take bf16 operands (AVX-512 BF16 dot \
+         products, f32 accumulation)"
+    } else {
+        "precision bf16: this CPU has no AVX-512 BF16 dot products; matrix products and \
+         convolutions round their operands to bf16 and run the same arithmetic in f32 \
+         instructions (slower than --precision f32)"
+    }
 }

@@ -25,6 +25,7 @@ mod layout;
 #[cfg(feature = "linalg")]
 pub mod linalg;
 pub mod ops;
+mod precision;
 pub mod quant;
 mod random;
 mod shape;
@@ -38,6 +39,7 @@ pub use dtype::{DType, FloatDType, WithDType};
 pub use error::{Error, Result};
 pub use layout::Layout;
 pub use ops::PackedRhs;
+pub use precision::{matmul_precision, set_matmul_precision, MatmulPrecision, MatmulPrecisionGuard};
 
 pub use random::TensorRng;
 pub use shape::{AllDims, Dim, Dims, Shape};

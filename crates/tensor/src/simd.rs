@@ -54,6 +54,24 @@ pub fn isa() -> Isa {
     })
 }
 
+/// Whether this CPU has AVX-512 BF16 dot products (`vdpbf16ps`), which
+/// [`crate::MatmulPrecision::Bf16`] products use; without them the same arithmetic runs in f32
+/// instructions. Detected once.
+pub fn has_bf16_dot() -> bool {
+    static BF16: OnceLock<bool> = OnceLock::new();
+    *BF16.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bf16")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
 /// Runs `body` compiled for the best [`Isa`] of this machine. Call it around a kernel's inner
 /// loops (per chunk, inside any rayon closure: code that rayon calls back is not covered).
 #[inline(always)]

@@ -96,6 +96,10 @@ pub struct TrainConfig {
     pub plot: bool,
     /// What a non-finite loss or gradient norm does (default: stop with an error).
     pub on_nan: OnNan,
+    /// Arithmetic of matrix products and convolutions in forward, backward and evaluation
+    /// (default `f32`; `bf16`: bf16 operands with f32 accumulation, weights and optimizer
+    /// state stay f32). See [`kiln_tensor::MatmulPrecision`].
+    pub precision: kiln_tensor::MatmulPrecision,
 }
 
 impl Default for TrainConfig {
@@ -123,6 +127,7 @@ impl Default for TrainConfig {
             tensorboard: true,
             plot: true,
             on_nan: OnNan::Stop,
+            precision: kiln_tensor::MatmulPrecision::F32,
         }
     }
 }

@@ -41,6 +41,7 @@ pub mod plot;
 mod progress;
 pub mod run_spec;
 pub mod tensorboard;
+mod train_data;
 mod trainer;
 
 pub use callbacks::{

@@ -63,7 +63,11 @@ impl Progress {
             if let Some(b) = bar.take() {
                 b.finish_and_clear();
             }
-            let b = ProgressBar::with_draw_target(Some(steps as u64), ProgressDrawTarget::stdout());
+            // 0 steps: an epoch of unknown length (a streamed pipeline).
+            let b = ProgressBar::with_draw_target(
+                (steps > 0).then_some(steps as u64),
+                ProgressDrawTarget::stdout(),
+            );
             let style = ProgressStyle::with_template(
                 "{prefix} [{bar:30.cyan/blue}] {pos}/{len} {msg} [{elapsed_precise}, ETA {eta}]",
             )
@@ -90,10 +94,13 @@ impl Progress {
         match self {
             Progress::Off => {}
             Progress::Lines => println!(
-                "epoch {} step {}/{} {}",
+                "epoch {} step {}{} {}",
                 line.epoch + 1,
                 line.step_in_epoch,
-                line.steps_per_epoch,
+                match line.steps_per_epoch {
+                    0 => String::new(),
+                    n => format!("/{n}"),
+                },
                 line.metrics()
             ),
             Progress::Bar(b) => {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use kiln_autograd::{Gradients, Param, Var};
-use kiln_data::{DataLoader, Dataset};
+use kiln_data::{DataLoader, Dataset, Pipeline};
 use kiln_optim::{clip_grad_norm, grad_norm, GradAccumulator, LrSchedule, Optimizer};
 use kiln_tensor::{DType, Tensor, TensorRng};
 use kiln_zoo::{Model, Task};
@@ -23,6 +23,7 @@ use crate::config::{OnNan, TrainConfig};
 use crate::logs::{RunLogs, METRICS_FILE};
 use crate::metrics::{EpochMetrics, History, MetricAccumulator, Metrics, StepLog};
 use crate::progress::{Progress, ProgressLine};
+use crate::train_data::TrainSource;
 use crate::{Error, Result};
 
 /// The name of the history file written at the end of `fit` in the run directory.
@@ -245,10 +246,9 @@ impl Trainer {
     /// What every replica of a data-parallel run must share, one `key: value` per line: the
     /// training configuration (without the run directory and the display settings), the data
     /// and the parameter shapes ([`Collective::agree`] compares them before the first step).
-    fn replica_description(&self, examples: usize, data: String) -> String {
+    fn replica_description(&self, data: String) -> String {
         let mut lines = vec![
             format!("model: {}", self.model.name()),
-            format!("training examples: {examples}"),
             format!("step: {}", self.state.step),
         ];
         if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(&self.config) {
@@ -296,7 +296,33 @@ impl Trainer {
     /// from the checkpoint). Returns the whole history.
     pub fn fit(&mut self, train: &dyn Dataset, val: Option<&dyn Dataset>) -> Result<History> {
         self.config.validate()?;
-        let result = self.fit_inner(train, val);
+        let (rank, world) = (self.collective.rank(), self.collective.world_size());
+        let source = TrainSource::dataset(train, &self.config, rank, world);
+        self.fit_source(source, val)
+    }
+
+    /// As [`Trainer::fit`], reading training batches from a kiln-data [`Pipeline`] (`tf.data`
+    /// style: streamed, shuffled, prefetched as its stages say). The pipeline decides the
+    /// batches, their size and their order (the configuration's `batch_size`, `shuffle`,
+    /// `seed`, `drop_last` and `prefetch` apply to `val` only); an epoch of the run is epoch `e`
+    /// of the pipeline, and its length may be unknown (a filter, an iterator source). With
+    /// several replicas, replica `r` of `W` reads the pipeline's batches `r`, `r + W`, ...
+    /// A checkpoint stores the pipeline's position; [`Trainer::resume`] then `fit_pipeline`
+    /// with the same pipeline continues with the batch that came next, without reading the
+    /// ones before it where the stages allow ([`kiln_data::Pipeline::iter_from`]).
+    pub fn fit_pipeline(
+        &mut self,
+        train: &Pipeline<kiln_data::Batch>,
+        val: Option<&dyn Dataset>,
+    ) -> Result<History> {
+        self.config.validate()?;
+        let (rank, world) = (self.collective.rank(), self.collective.world_size());
+        let source = TrainSource::pipeline(train, rank, world);
+        self.fit_source(source, val)
+    }
+
+    fn fit_source(&mut self, source: Result<TrainSource<'_>>, val: Option<&dyn Dataset>) -> Result<History> {
+        let result = source.and_then(|source| self.fit_inner(&source, val));
         // Wait for background checkpoints even when training failed, so files are complete.
         let flushed = match self.writer.take() {
             Some(mut w) => w.wait().map(|_| ()),
@@ -316,31 +342,11 @@ impl Trainer {
         Ok(self.state.history.clone())
     }
 
-    fn fit_inner(&mut self, train: &dyn Dataset, val: Option<&dyn Dataset>) -> Result<()> {
-        if train.is_empty() {
-            return Err(Error::Data("fit: the training dataset is empty".into()));
-        }
+    fn fit_inner(&mut self, source: &TrainSource<'_>, val: Option<&dyn Dataset>) -> Result<()> {
         let cfg = self.config.clone();
-        let (rank, world) = (self.collective.rank(), self.collective.world_size());
-        let mut loader = DataLoader::new(train, cfg.batch_size)?
-            .drop_last(cfg.drop_last)
-            .prefetch(cfg.prefetch);
-        if cfg.shuffle {
-            loader = loader.shuffle(cfg.seed);
-        }
-        if world > 1 {
-            loader = loader.shard(rank, world)?;
-        }
-        let num_batches = loader.num_batches();
-        if num_batches == 0 {
-            return Err(Error::Data(format!(
-                "fit: {} training examples make no batch of {} (drop_last is on{})",
-                loader.num_examples(),
-                cfg.batch_size,
-                if world > 1 { ", per replica" } else { "" }
-            )));
-        }
-        let fingerprint = loader.fingerprint();
+        let world = self.collective.world_size();
+        let rank = self.collective.rank();
+        let fingerprint = source.fingerprint();
         // Mid-epoch, the position only means something for the same data order; at an epoch
         // boundary any data can follow.
         let mid_epoch = self.state.batch_offset > 0;
@@ -369,19 +375,20 @@ impl Trainer {
             )));
         }
         self.state.data_fingerprint = fingerprint;
-        if self.state.batch_offset > num_batches {
-            return Err(Error::Data(format!(
-                "fit: the run stands at batch {} of epoch {}, but the training data has only {num_batches} batches per epoch (a different dataset than before the checkpoint?)",
-                self.state.batch_offset,
-                self.state.epoch + 1
-            )));
+        if let Some(num_batches) = source.batches_in(self.state.epoch) {
+            if self.state.batch_offset > num_batches {
+                return Err(Error::Data(format!(
+                    "fit: the run stands at batch {} of epoch {}, but the training data has only {num_batches} batches per epoch (a different dataset than before the checkpoint?)",
+                    self.state.batch_offset,
+                    self.state.epoch + 1
+                )));
+            }
         }
         let accum = cfg.grad_accum_steps;
-        let steps_per_epoch = num_batches.div_ceil(accum);
         if world > 1 {
             self.collective.agree(
                 "the run's configuration",
-                &self.replica_description(train.len(), loader.fingerprint()),
+                &self.replica_description(source.fingerprint()),
             )?;
         }
         if self.state.step == 0 {
@@ -435,6 +442,9 @@ impl Trainer {
         while self.state.epoch < epochs && self.state.step < max_steps && stop.is_none() {
             let epoch = self.state.epoch;
             let epoch_start = Instant::now();
+            source.check_epoch(epoch)?;
+            // 0: an epoch of unknown length (a streamed pipeline).
+            let steps_per_epoch = source.batches_in(epoch).map_or(0, |n| n.div_ceil(accum));
             if self.state.batch_offset == 0 {
                 self.state.epoch_metrics = MetricAccumulator::new();
                 self.state.epoch_seconds = 0.0;
@@ -451,8 +461,8 @@ impl Trainer {
                 self.state.batch_offset.div_ceil(accum),
             );
             self.model.set_training(true);
-            std::thread::scope(|scope| -> Result<()> {
-                let mut batches = loader.iter_from_scoped(scope, epoch, self.state.batch_offset)?;
+            let epoch_finished = std::thread::scope(|scope| -> Result<bool> {
+                let mut batches = source.open(scope, epoch, self.state.batch_offset)?;
                 let mut acc: Option<GradAccumulator> = None;
                 let mut single: Option<Gradients> = None;
                 let (mut micro, mut step_loss, mut step_samples) = (0usize, 0.0f64, 0usize);
@@ -486,7 +496,7 @@ impl Trainer {
                         )),
                     }
                     let pos = batches.position();
-                    if micro == 0 || (micro < accum && pos < num_batches) {
+                    if micro == 0 || (micro < accum && !batches.finished()) {
                         continue;
                     }
                     let mut grads = match single.take() {
@@ -582,7 +592,7 @@ impl Trainer {
                             window_tokens = 0;
                         }
                     }
-                    let epoch_done = pos == num_batches;
+                    let epoch_done = batches.finished();
                     let every = cfg.checkpoint_every_steps.is_some_and(|n| step.is_multiple_of(n));
                     // At an epoch's end the epoch checkpoint (after validation) takes its place.
                     if (every && !(epoch_done && cfg.checkpoint_every_epoch)) || checkpoint_wanted {
@@ -593,10 +603,10 @@ impl Trainer {
                         break;
                     }
                 }
-                Ok(())
+                Ok(batches.finished())
             })?;
             self.state.epoch_seconds += epoch_start.elapsed().as_secs_f64();
-            if self.state.batch_offset < num_batches {
+            if !epoch_finished {
                 // Stopped within the epoch (max_steps or a callback).
                 break;
             }
@@ -687,6 +697,7 @@ impl Trainer {
     /// gradients, the batch's mean loss and its size, or `None` for a batch with a non-finite
     /// loss under [`OnNan::SkipBatch`] (under [`OnNan::Stop`] it is an [`Error::Diverged`]).
     fn train_batch(&mut self, batch: kiln_data::Batch) -> Result<Option<(Gradients, f64, usize)>> {
+        let _precision = kiln_tensor::set_matmul_precision(self.config.precision);
         let n = batch.len();
         let targets = batch
             .targets
@@ -775,6 +786,7 @@ impl Trainer {
     /// mode is restored afterwards.
     pub fn evaluate(&self, data: &dyn Dataset) -> Result<Metrics> {
         let _no_grad = kiln_autograd::no_grad();
+        let _precision = kiln_tensor::set_matmul_precision(self.config.precision);
         self.model.set_training(false);
         let result = (|| {
             let loader = DataLoader::new(data, self.config.eval_batch_size())?.prefetch(self.config.prefetch);
@@ -832,6 +844,7 @@ impl Trainer {
     /// the first dimension. Runs in eval mode without recording a graph; targets are ignored.
     pub fn predict(&self, data: &dyn Dataset) -> Result<Tensor> {
         let _no_grad = kiln_autograd::no_grad();
+        let _precision = kiln_tensor::set_matmul_precision(self.config.precision);
         self.model.set_training(false);
         let result = (|| {
             let loader = DataLoader::new(data, self.config.eval_batch_size())?.prefetch(self.config.prefetch);

@@ -3,7 +3,7 @@
 //! `gemm` takes arbitrary row/column strides, so transposed and sliced views multiply without a
 //! copy. f16/bf16 compute in f32; integer types use a plain triple loop (rarely hot).
 
-use crate::{DType, Error, Layout, Result, Shape, Tensor, WithDType};
+use crate::{DType, Error, Layout, MatmulPrecision, Result, Shape, Tensor, WithDType};
 
 /// Below this many multiply-adds a GEMM runs on the calling thread (threads cost more than they save).
 const PARALLEL_FLOPS: usize = 1 << 18;
@@ -46,12 +46,30 @@ pub(crate) trait GemmDType: WithDType {
     ) -> Option<()> {
         None
     }
+
+    /// `dst (+)= bf16(lhs) @ bf16(rhs)` with f32 accumulation ([`super::bgemm`]); `None` for
+    /// types [`MatmulPrecision::Bf16`] does not apply to.
+    #[allow(clippy::too_many_arguments)]
+    fn bf16_gemm(
+        _m: usize,
+        _n: usize,
+        _k: usize,
+        _dst: &mut [Self],
+        _lhs: &[Self],
+        _l: MatRef,
+        _rhs: &[Self],
+        _r: MatRef,
+        _accumulate: bool,
+        _threads: bool,
+    ) -> Option<()> {
+        None
+    }
 }
 
 macro_rules! mm_gemm_impl {
-    ($t:ty, $f:path $(, $native:item)?) => {
+    ($t:ty, $f:path $(, $native:item)*) => {
         impl GemmDType for $t {
-            $($native)?
+            $($native)*
 
             fn mm_gemm(
                 m: usize,
@@ -106,6 +124,21 @@ mm_gemm_impl!(
     ) -> Option<()> {
         (super::sgemm::available() && super::sgemm::worthwhile(m, n, k))
             .then(|| super::sgemm::sgemm(m, n, k, dst, lhs, l, rhs, r, accumulate, threads))
+    },
+    fn bf16_gemm(
+        m: usize,
+        n: usize,
+        k: usize,
+        dst: &mut [f32],
+        lhs: &[f32],
+        l: MatRef,
+        rhs: &[f32],
+        r: MatRef,
+        accumulate: bool,
+        threads: bool,
+    ) -> Option<()> {
+        super::bgemm::bgemm(m, n, k, dst, lhs, l, rhs, r, accumulate, threads);
+        Some(())
     }
 );
 mm_gemm_impl!(f64, matrixmultiply::dgemm);
@@ -143,8 +176,21 @@ pub(crate) struct MatRef {
     pub col_stride: usize,
 }
 
+#[cfg(test)]
+impl MatRef {
+    /// A matrix starting at element 0 with these strides.
+    pub(crate) const fn strided(row_stride: usize, col_stride: usize) -> MatRef {
+        MatRef {
+            offset: 0,
+            row_stride,
+            col_stride,
+        }
+    }
+}
+
 /// `dst[m, n] (+)= lhs[m, k] @ rhs[k, n]`; `dst` is row-major with leading dimension `n`.
-/// `accumulate` adds into `dst` instead of overwriting it.
+/// `accumulate` adds into `dst` instead of overwriting it. `precision` is the caller's
+/// [`crate::matmul_precision`], read when its op started (so worker threads use the caller's).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_into<T: GemmDType>(
     m: usize,
@@ -157,6 +203,7 @@ pub(crate) fn gemm_into<T: GemmDType>(
     r: MatRef,
     accumulate: bool,
     allow_threads: bool,
+    precision: MatmulPrecision,
 ) {
     assert!(dst.len() >= m * n, "gemm_into: destination too small");
     if m == 0 || n == 0 {
@@ -172,6 +219,11 @@ pub(crate) fn gemm_into<T: GemmDType>(
     assert!(l.offset + (m - 1) * l.row_stride + (k - 1) * l.col_stride < lhs.len());
     assert!(r.offset + (k - 1) * r.row_stride + (n - 1) * r.col_stride < rhs.len());
     let threads = allow_threads && m * n * k >= PARALLEL_FLOPS;
+    if precision == MatmulPrecision::Bf16 {
+        if let Some(done) = T::bf16_gemm(m, n, k, dst, lhs, l, rhs, r, accumulate, threads) {
+            return done;
+        }
+    }
     if let Some(done) = T::native_gemm(m, n, k, dst, lhs, l, rhs, r, accumulate, threads) {
         return done;
     }
@@ -343,6 +395,7 @@ fn addmm<T: GemmDType>(a: &Tensor, b: &Tensor, bias: &Tensor, [m, n, k]: [usize;
         mat_ref(lb, lb.offset()),
         true,
         true,
+        crate::matmul_precision(),
     );
     Tensor::from_vec(out, [m, n])
 }
@@ -383,6 +436,7 @@ fn batched_gemm<T: GemmDType>(
         return Tensor::from_vec(out, out_dims);
     }
     let small = m * n * k < PARALLEL_FLOPS;
+    let precision = crate::matmul_precision();
     if small && oa.len() > 1 {
         // Many small products: one per thread, each single-threaded.
         use rayon::prelude::*;
@@ -400,6 +454,7 @@ fn batched_gemm<T: GemmDType>(
                     mat_ref(lb, pb),
                     false,
                     false,
+                    precision,
                 );
             });
     } else {
@@ -415,6 +470,7 @@ fn batched_gemm<T: GemmDType>(
                 mat_ref(lb, pb),
                 false,
                 true,
+                precision,
             );
         }
     }

@@ -25,6 +25,7 @@ macro_rules! float_dispatch {
 }
 
 pub mod attention;
+mod bgemm;
 pub mod binary;
 mod cast;
 pub mod conv;

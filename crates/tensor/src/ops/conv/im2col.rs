@@ -215,6 +215,7 @@ mod tests {
             dh: d.0,
             dw: d.1,
             groups: 1,
+            precision: crate::MatmulPrecision::F32,
         })
     }
 

@@ -142,6 +142,8 @@ struct Geom {
     dh: usize,
     dw: usize,
     groups: usize,
+    /// The precision of the products ([`crate::matmul_precision`] when the op started).
+    precision: crate::MatmulPrecision,
 }
 
 impl Geom {
@@ -298,6 +300,7 @@ fn conv2d_geom(op: &'static str, x: &Shape, w: &Shape, p: &Conv2dParams) -> Resu
         dh: p.dilation.0,
         dw: p.dilation.1,
         groups: g,
+        precision: crate::matmul_precision(),
     })
 }
 
@@ -397,6 +400,7 @@ fn conv_transpose2d_geom(op: &'static str, x: &Shape, w: &Shape, p: &ConvTranspo
         dh: p.dilation.0,
         dw: p.dilation.1,
         groups: g,
+        precision: crate::matmul_precision(),
     })
 }
 
@@ -591,6 +595,7 @@ fn im2col_gemm<T: GemmDType>(x: &[T], w: &[T], bias: Option<&[T]>, g: &Geom) -> 
                     },
                     bias.is_some(),
                     threaded,
+                    g.precision,
                 );
             }
         },
@@ -643,6 +648,7 @@ fn gemm_col2im<T: GemmDType>(cols: &[T], w: &[T], bias: Option<&[T]>, g: &Geom) 
                     },
                     accumulate,
                     threaded,
+                    g.precision,
                 );
             }
             if !pointwise {
@@ -701,6 +707,7 @@ fn grad_weight<T: GemmDType>(x: &[T], cols: &[T], g: &Geom) -> Vec<T> {
                     },
                     true,
                     threaded,
+                    g.precision,
                 );
             }
         }

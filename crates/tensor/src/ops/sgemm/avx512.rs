@@ -85,6 +85,19 @@ unsafe fn body<const RS: usize, const KS: usize>(
             }
             b = b.add(NR);
         }
+        store_tile(&acc, c, ldc, add);
+    }
+}
+
+/// Writes (or with `add`, adds) 12 rows of two 16-float accumulators to `c` at stride `ldc`.
+///
+/// # Safety
+/// The CPU supports AVX-512F (the caller is compiled for it); `c` reaches 12 rows of 32 floats.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn store_tile(acc: &[[__m512; 2]; MR], c: *mut f32, ldc: usize, add: bool) {
+    // SAFETY: the caller's contract.
+    unsafe {
         for (r, row) in acc.iter().enumerate() {
             let cr = c.add(r * ldc);
             if add {

@@ -13,6 +13,9 @@
 mod avx512;
 mod pack;
 
+#[cfg(target_arch = "x86_64")]
+pub(crate) use avx512::store_tile;
+
 use rayon::prelude::*;
 
 use super::MatRef;
@@ -43,7 +46,7 @@ pub(crate) fn worthwhile(m: usize, n: usize, k: usize) -> bool {
 /// A raw pointer to the destination that tasks on several threads write through, each to its own
 /// disjoint tile.
 #[derive(Clone, Copy)]
-struct SharedDst(*mut f32);
+pub(crate) struct SharedDst(pub(crate) *mut f32);
 // SAFETY: tasks write disjoint tiles of C (see `run_tile`), and the caller's &mut outlives them.
 unsafe impl Send for SharedDst {}
 unsafe impl Sync for SharedDst {}
@@ -322,43 +325,15 @@ mod tests {
         // Same values, stored transposed when asked (the view's strides undo it).
         let (a_store, l) = if transpose_a {
             let t: Vec<f32> = (0..k * m).map(|x| a[(x % m) * k + x / m]).collect();
-            (
-                t,
-                MatRef {
-                    offset: 0,
-                    row_stride: 1,
-                    col_stride: m,
-                },
-            )
+            (t, MatRef::strided(1, m))
         } else {
-            (
-                a.clone(),
-                MatRef {
-                    offset: 0,
-                    row_stride: k,
-                    col_stride: 1,
-                },
-            )
+            (a.clone(), MatRef::strided(k, 1))
         };
         let (b_store, r) = if transpose_b {
             let t: Vec<f32> = (0..n * k).map(|x| b[(x % k) * n + x / k]).collect();
-            (
-                t,
-                MatRef {
-                    offset: 0,
-                    row_stride: 1,
-                    col_stride: k,
-                },
-            )
+            (t, MatRef::strided(1, k))
         } else {
-            (
-                b.clone(),
-                MatRef {
-                    offset: 0,
-                    row_stride: n,
-                    col_stride: 1,
-                },
-            )
+            (b.clone(), MatRef::strided(n, 1))
         };
         let mut got = vec![if acc { 1.0 } else { f32::NAN }; m * n];
         sgemm(m, n, k, &mut got, &a_store, l, &b_store, r, acc, true);
@@ -408,25 +383,10 @@ mod tests {
                 spread[r * 2 * k + 2 * p] = a[r * k + p];
             }
         }
-        let (l, r) = (
-            MatRef {
-                offset: 0,
-                row_stride: 2 * k,
-                col_stride: 2,
-            },
-            MatRef {
-                offset: 0,
-                row_stride: n,
-                col_stride: 1,
-            },
-        );
+        let (l, r) = (MatRef::strided(2 * k, 2), MatRef::strided(n, 1));
         let mut got = vec![0f32; m * n];
         sgemm(m, n, k, &mut got, &spread, l, &b, r, false, true);
-        let dense = MatRef {
-            offset: 0,
-            row_stride: k,
-            col_stride: 1,
-        };
+        let dense = MatRef::strided(k, 1);
         let mut want = vec![0f32; m * n];
         sgemm(m, n, k, &mut want, &a, dense, &b, r, false, true);
         assert_eq!(got, want, "same products in the same order whatever the layout");
