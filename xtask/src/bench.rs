@@ -86,6 +86,9 @@ pub struct BenchArgs {
     /// `embed`: only this workload (`minilm` or `bert-base`; default both), e.g. for profiling.
     #[arg(long)]
     workload: Option<String>,
+    /// `train-*`: arithmetic of the matrix products (`f32` or `bf16`, as `train --precision`).
+    #[arg(long, default_value = "f32")]
+    precision: kiln::tensor::MatmulPrecision,
 }
 
 /// Runs the benchmark `args.name` names.
@@ -116,6 +119,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             args.image_size
         );
     }
+    let _precision = kiln::tensor::set_matmul_precision(args.precision);
     match args.name.as_str() {
         "train-lenet" => train_step("lenet5", &args),
         "train-mnist-cnn" => train_step("mnist-cnn", &args),
@@ -194,11 +198,12 @@ fn train_step(model_name: &str, args: &BenchArgs) -> anyhow::Result<()> {
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     println!(
-        "{model_name} training step, batch {b} of {c}x{side}x{side}: median {:.2} ms, {:.0} images/s ({} iterations, {} threads)",
+        "{model_name} training step, batch {b} of {c}x{side}x{side}: median {:.2} ms, {:.0} images/s ({} iterations, {} threads, {} products)",
         median * 1e3,
         b as f64 / median,
         args.iters,
-        rayon_threads()
+        rayon_threads(),
+        args.precision
     );
     Ok(())
 }
@@ -255,14 +260,15 @@ fn train_gpt_tiny(args: &BenchArgs) -> anyhow::Result<()> {
     };
     let (fwd, fb, all) = (med(0), med(1), med(2));
     println!(
-        "gpt-tiny training step, batch 12 x 64 tokens: median {:.2} ms (forward {:.2}, backward {:.2}, clip + AdamW {:.2}), {:.0} tokens/s ({} iterations, {} threads)",
+        "gpt-tiny training step, batch 12 x 64 tokens: median {:.2} ms (forward {:.2}, backward {:.2}, clip + AdamW {:.2}), {:.0} tokens/s ({} iterations, {} threads, {} products)",
         all * 1e3,
         fwd * 1e3,
         (fb - fwd) * 1e3,
         (all - fb) * 1e3,
         (b * t) as f64 / all,
         args.iters,
-        rayon_threads()
+        rayon_threads(),
+        args.precision
     );
     Ok(())
 }

@@ -31,15 +31,20 @@ const PARALLEL_PACK: usize = 1 << 15;
 
 /// `x` rounded to bf16 (nearest even; subnormals to a signed zero, NaN kept quiet), as the low
 /// 16 bits.
+#[inline(always)]
 pub(crate) fn bf16_bits(x: f32) -> u32 {
+    // Every case computed, then selected: the loops that round whole rows vectorise.
     let bits = x.to_bits();
+    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16;
+    let signed_zero = (bits >> 16) & 0x8000;
+    let quiet_nan = (bits >> 16) | 0x40;
     if bits & 0x7f80_0000 == 0 {
-        return (bits >> 16) & 0x8000;
+        signed_zero
+    } else if x.is_nan() {
+        quiet_nan
+    } else {
+        rounded
     }
-    if x.is_nan() {
-        return (bits >> 16) | 0x40;
-    }
-    (bits + 0x7fff + ((bits >> 16) & 1)) >> 16
 }
 
 /// `dst[m, n] (+)= bf16(lhs[m, k]) @ bf16(rhs[k, n])` with f32 accumulation, `dst` row-major
@@ -284,6 +289,13 @@ mod tests {
         let mut direct = vec![0f32; m * n];
         small::small(m, n, k, &mut direct, &a, l, &b, r, false);
         assert_eq!(packed, direct);
+        // Both operands stored transposed (read along their unit strides): the same bits.
+        let at: Vec<f32> = (0..k * m).map(|x| a[(x % m) * k + x / m]).collect();
+        let bt: Vec<f32> = (0..n * k).map(|x| b[(x % k) * n + x / k]).collect();
+        let mut transposed = vec![0f32; m * n];
+        let (lt, rt) = (MatRef::strided(1, m), MatRef::strided(1, k));
+        small::small(m, n, k, &mut transposed, &at, lt, &bt, rt, false);
+        assert_eq!(transposed, direct);
     }
 
     #[test]

@@ -15,6 +15,7 @@ thread_local! {
 }
 
 /// `x` rounded to bf16, as an f32.
+#[inline(always)]
 fn rounded(x: f32) -> f32 {
     f32::from_bits(bf16_bits(x) << 16)
 }
@@ -38,14 +39,42 @@ pub(super) fn small(
     buf.resize(m * k2 + k2 * n + n, 0.0);
     let (a, rest) = buf.split_at_mut(m * k2);
     let (b, row) = rest.split_at_mut(k2 * n);
-    for i in 0..m {
+    // Each operand is read along its unit-stride dimension when it has one.
+    if l.col_stride == 1 || l.row_stride != 1 {
+        for i in 0..m {
+            let at = l.offset + i * l.row_stride;
+            round_run(&mut a[i * k2..i * k2 + k], 1, lhs, at, l.col_stride);
+        }
+    } else {
         for p in 0..k {
-            a[i * k2 + p] = rounded(lhs[l.offset + i * l.row_stride + p * l.col_stride]);
+            round_run(
+                &mut a[p..p + (m - 1) * k2 + 1],
+                k2,
+                lhs,
+                l.offset + p * l.col_stride,
+                1,
+            );
         }
     }
-    for p in 0..k {
+    if r.col_stride == 1 || r.row_stride != 1 {
+        for p in 0..k {
+            round_run(
+                &mut b[p * n..(p + 1) * n],
+                1,
+                rhs,
+                r.offset + p * r.row_stride,
+                r.col_stride,
+            );
+        }
+    } else {
         for j in 0..n {
-            b[p * n + j] = rounded(rhs[r.offset + p * r.row_stride + j * r.col_stride]);
+            round_run(
+                &mut b[j..j + (k - 1) * n + 1],
+                n,
+                rhs,
+                r.offset + j * r.col_stride,
+                1,
+            );
         }
     }
     for i in 0..m {
@@ -57,6 +86,41 @@ pub(super) fn small(
         }
     }
     SCRATCH.with(|s| s.set(buf));
+}
+
+crate::multiversion! {
+    /// `dst[t * dst_stride] = bf16(src[start + t * src_stride])` for as many `t` as `dst` holds
+    /// (every `dst_stride`-th element of `dst`, from the first).
+    fn round_run[](dst: &mut [f32], dst_stride: usize, src: &[f32], start: usize, src_stride: usize) = round_run_kernel[]
+}
+
+#[inline(always)]
+fn round_run_kernel(dst: &mut [f32], dst_stride: usize, src: &[f32], start: usize, src_stride: usize) {
+    let len = dst.len().div_ceil(dst_stride);
+    if src_stride != 1 {
+        for (t, d) in dst.iter_mut().step_by(dst_stride).enumerate() {
+            *d = rounded(src[start + t * src_stride]);
+        }
+        return;
+    }
+    let src = &src[start..start + len];
+    if dst_stride == 1 {
+        for (d, &x) in dst.iter_mut().zip(src) {
+            *d = rounded(x);
+        }
+        return;
+    }
+    // Round a block in vector registers, then scatter it.
+    const BLOCK: usize = 64;
+    let mut tmp = [0f32; BLOCK];
+    for (c, chunk) in src.chunks(BLOCK).enumerate() {
+        for (t, &x) in tmp.iter_mut().zip(chunk) {
+            *t = rounded(x);
+        }
+        for (t, &v) in tmp[..chunk.len()].iter().enumerate() {
+            dst[(c * BLOCK + t) * dst_stride] = v;
+        }
+    }
 }
 
 crate::multiversion! {
