@@ -12,7 +12,8 @@ use kiln::zoo::Batch;
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Which benchmark: `train-lenet`, `train-mnist-cnn`, `train-resnet20` (a training step: forward,
+    /// Which benchmark: `suite` (every CPU workload, `--compare torch` beside PyTorch/numpy,
+    /// `--threads`, `--rounds` x `--reps` timed iterations per side, `--json`), `train-lenet`, `train-mnist-cnn`, `train-resnet20` (a training step: forward,
     /// backward, Adam update), `decode`, `train-gpt-tiny`, `llama`, `serve`, `embed` (BERT encoders
     /// beside PyTorch).
     name: String,
@@ -83,9 +84,17 @@ pub struct BenchArgs {
     /// `embed`: kiln only, without the PyTorch reference.
     #[arg(long)]
     no_reference: bool,
-    /// `embed`: only this workload (`minilm` or `bert-base`; default both), e.g. for profiling.
+    /// `embed`: only this workload (`minilm` or `bert-base`; default both), e.g. for profiling;
+    /// `suite`: only the workloads whose name starts with this (`gemm`, `lstm`, ...).
     #[arg(long)]
     workload: Option<String>,
+    /// `suite`: run each workload's peer too (`torch`: PyTorch, and numpy for GEMM, from
+    /// `benches/reference/suite.py`).
+    #[arg(long, value_parser = ["torch"])]
+    compare: Option<String>,
+    /// `suite`: one JSON object per row on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
     /// `train-*`: arithmetic of the matrix products (`f32` or `bf16`, as `train --precision`).
     #[arg(long, default_value = "f32")]
     precision: kiln::tensor::MatmulPrecision,
@@ -144,6 +153,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 args.rounds,
             )
         }
+        "suite" => crate::bench_suite::run(&crate::bench_suite::SuiteOptions {
+            threads: args.threads,
+            compare_torch: args.compare.is_some(),
+            json: args.json,
+            rounds: args.rounds,
+            reps: args.reps,
+            python: args.python,
+            only: args.workload,
+        }),
         "embed" => crate::bench_embed::run(&crate::bench_embed::EmbedBenchOptions {
             reps: args.reps,
             rounds: args.rounds,
@@ -154,7 +172,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }),
         other => {
             anyhow::bail!(
-                "unknown benchmark {other:?}; known: train-lenet, train-mnist-cnn, train-resnet20, decode, train-gpt-tiny, llama, serve, embed"
+                "unknown benchmark {other:?}; known: suite, train-lenet, train-mnist-cnn, train-resnet20, decode, train-gpt-tiny, llama, serve, embed"
             )
         }
     }

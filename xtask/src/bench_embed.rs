@@ -59,7 +59,7 @@ const SCRIPT: &str = concat!(
 const FIRST_ID: u64 = 1000;
 
 /// One benchmarked forward: a model, its input, and whether it goes on to sentence embeddings.
-struct Workload {
+pub(crate) struct Workload {
     /// The key both sides report under.
     key: &'static str,
     /// What the table calls it.
@@ -73,7 +73,7 @@ struct Workload {
 impl Workload {
     /// Builds `model` from the zoo (its default configuration) with weights seeded by `seed`,
     /// and a `batch × len` input of ids from the sequence `salt` picks.
-    fn new(
+    pub(crate) fn new(
         key: &'static str,
         model: &str,
         [batch, len]: [usize; 2],
@@ -104,7 +104,7 @@ impl Workload {
     }
 
     /// One forward, checked: embeddings of unit length, or finite hidden states of the right shape.
-    fn run(&self) -> anyhow::Result<()> {
+    pub(crate) fn run(&self) -> anyhow::Result<()> {
         let (b, l, d) = (self.input.batch, self.input.seq_len, self.model.hidden_size());
         if self.embed {
             let rows = self.model.sentence_embeddings(&self.input)?;

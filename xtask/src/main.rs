@@ -7,6 +7,7 @@ mod bench_decode;
 mod bench_embed;
 mod bench_llama;
 mod bench_serve;
+mod bench_suite;
 mod chat;
 mod datasets;
 mod distributed;

@@ -263,14 +263,16 @@ pub fn lstm_recurrence(xp: &Var, w_hh: &Var, h0: &Var, c0: &Var, reverse: bool) 
     check_shape(c0, &[b, hid], OP, "c0")?;
     let record = Var::records(&[xp, w_hh, h0, c0]);
     let whh = w_hh.value().clone();
-    let whh_t = whh.t()?;
+    // Packed once for the T products of the recurrence (and once more, untransposed, for
+    // backpropagation through time).
+    let whh_t = RecurrentWeight::new(whh.t()?, b, t_len)?;
     let xpv = xp.value();
     let (mut h, mut c) = (h0.value().clone(), c0.value().clone());
     let mut steps = Vec::with_capacity(if record { t_len } else { 0 });
     let mut outs: Vec<Tensor> = Vec::with_capacity(t_len);
     for s in 0..t_len {
         let t = time_index(s, t_len, reverse);
-        let gates = xpv.narrow(0, t, 1)?.squeeze(0)?.add(&h.matmul(&whh_t)?)?;
+        let gates = xpv.narrow(0, t, 1)?.squeeze(0)?.add(&whh_t.times(&h)?)?;
         let (act, c_new, tanh_c, h_new) = super::lstm_cell_math::forward(&gates, &c)?;
         outs.push(Tensor::cat(&[h_new.clone(), c_new.clone()], 1)?);
         if record {
@@ -289,7 +291,9 @@ pub fn lstm_recurrence(xp: &Var, w_hh: &Var, h0: &Var, c0: &Var, reverse: bool) 
     }
     let y = Tensor::stack(&outs, 0)?;
     drop(outs);
+    drop(whh_t);
     Ok(Var::from_op(OP, y, &[xp, w_hh, h0, c0], move |grad| {
+        let whh = RecurrentWeight::new(whh.clone(), b, t_len)?;
         let (dt, dev) = (grad.dtype(), grad.device());
         let mut dh = Tensor::zeros([b, hid], dt, dev)?;
         let mut dc = Tensor::zeros([b, hid], dt, dev)?;
@@ -302,7 +306,7 @@ pub fn lstm_recurrence(xp: &Var, w_hh: &Var, h0: &Var, c0: &Var, reverse: bool) 
             let dc_in = g_t.narrow(1, hid, hid)?.add(&dc)?;
             let (dgates, dc_prev) =
                 super::lstm_cell_math::backward(&dh_tot, &dc_in, &st.act, &st.tanh_c, &st.c_prev)?;
-            dh = dgates.matmul(&whh)?;
+            dh = whh.times(&dgates)?;
             dc = dc_prev;
             dgates_proc.push(dgates);
         }
@@ -319,6 +323,34 @@ pub fn lstm_recurrence(xp: &Var, w_hh: &Var, h0: &Var, c0: &Var, reverse: bool) 
         let dxp = Tensor::stack(&dxp_steps, 0)?;
         Ok(vec![Some(dxp), Some(dwhh), Some(dh), Some(dc)])
     }))
+}
+
+/// The right operand of a recurrence's `T` products of `B` rows each (`h W_hhᵀ` forward,
+/// `dgates W_hh` backward): packed for the GEMM once when there are several products of at
+/// least 12 rows, so each step skips the packing (LSTM 1x256 at batch 32: the per-step products
+/// otherwise fall below the size where packing per call pays); as given otherwise (generation
+/// one token at a time).
+enum RecurrentWeight {
+    Packed(kiln_tensor::PackedRhs),
+    Plain(Tensor),
+}
+
+impl RecurrentWeight {
+    fn new(w: Tensor, rows: usize, products: usize) -> kiln_tensor::Result<RecurrentWeight> {
+        Ok(if products > 1 && rows >= 12 {
+            RecurrentWeight::Packed(w.pack_rhs()?)
+        } else {
+            RecurrentWeight::Plain(w)
+        })
+    }
+
+    /// `lhs @ w`.
+    fn times(&self, lhs: &Tensor) -> kiln_tensor::Result<Tensor> {
+        match self {
+            RecurrentWeight::Packed(p) => lhs.matmul_packed(p, None),
+            RecurrentWeight::Plain(w) => lhs.matmul(w),
+        }
+    }
 }
 
 /// What one GRU step saves for the backward pass.
@@ -360,7 +392,8 @@ pub fn gru_recurrence(xp: &Var, w_hh: &Var, b_hh: Option<&Var>, h0: &Var, revers
     inputs.extend(b_hh);
     let record = Var::records(&inputs);
     let whh = w_hh.value().clone();
-    let whh_t = whh.t()?;
+    // Packed once for the T products of the recurrence (as in `lstm_recurrence`).
+    let whh_t = RecurrentWeight::new(whh.t()?, b, t_len)?;
     let bhh = b_hh.map(|v| v.value().clone());
     let xpv = xp.value();
     let mut h = h0.value().clone();
@@ -369,7 +402,7 @@ pub fn gru_recurrence(xp: &Var, w_hh: &Var, b_hh: Option<&Var>, h0: &Var, revers
     for s in 0..t_len {
         let t = time_index(s, t_len, reverse);
         let x_t = xpv.narrow(0, t, 1)?.squeeze(0)?;
-        let mut hp = h.matmul(&whh_t)?;
+        let mut hp = whh_t.times(&h)?;
         if let Some(bh) = &bhh {
             hp = hp.add(bh)?;
         }
@@ -400,7 +433,9 @@ pub fn gru_recurrence(xp: &Var, w_hh: &Var, b_hh: Option<&Var>, h0: &Var, revers
     let y = Tensor::stack(&outs, 0)?;
     drop(outs);
     let has_bias = b_hh.is_some();
+    drop(whh_t);
     Ok(Var::from_op(OP, y, &inputs, move |grad| {
+        let whh = RecurrentWeight::new(whh.clone(), b, t_len)?;
         let (dt, dev) = (grad.dtype(), grad.device());
         let mut dh = Tensor::zeros([b, hid], dt, dev)?;
         let mut dxp_proc = Vec::with_capacity(t_len);
@@ -415,7 +450,7 @@ pub fn gru_recurrence(xp: &Var, w_hh: &Var, b_hh: Option<&Var>, h0: &Var, revers
             let dar = dan.mul(&st.hn)?.mul(&dsigmoid(&st.r)?)?;
             let daz = dz.mul(&dsigmoid(&st.z)?)?;
             let dhp = Tensor::cat(&[dar.clone(), daz.clone(), dan.mul(&st.r)?], 1)?;
-            dh = dhp.matmul(&whh)?.add(&dh_tot.mul(&st.z)?)?;
+            dh = whh.times(&dhp)?.add(&dh_tot.mul(&st.z)?)?;
             dxp_proc.push(Tensor::cat(&[dar, daz, dan], 1)?);
             dhp_proc.push(dhp);
         }

@@ -67,8 +67,11 @@ impl Tensor {
     }
 
     /// `self @ rhs (+ bias)` for `self` `[m, k]`: the same values as [`Tensor::matmul`] (and
-    /// [`Tensor::matmul_bias`]), bit for bit, with `rhs`'s packing done beforehand. Products too
-    /// small for the packed GEMM take the ordinary path.
+    /// [`Tensor::matmul_bias`]), with `rhs`'s packing done beforehand; bit for bit from 48 rows
+    /// on (where `matmul` packs too). From 12 to 47 rows, where `matmul` would not pay for
+    /// packing, the packed kernel still runs (a recurrent layer's small batch): the same
+    /// products, summed in another order. Smaller products, and bf16 precision
+    /// ([`crate::MatmulPrecision`]), take the ordinary path.
     pub fn matmul_packed(&self, rhs: &PackedRhs, bias: Option<&Tensor>) -> Result<Tensor> {
         let b = &rhs.rhs;
         let (m, k, n) = (
@@ -81,7 +84,9 @@ impl Tensor {
                 && self.dtype() == DType::F32
                 && self.dims()[1] == k
                 && m > 0
-                && sgemm::worthwhile(m, n, k)
+                && sgemm::worthwhile_packed(m, n, k)
+                // The panels hold f32 operands: bf16 products take the ordinary path.
+                && crate::matmul_precision() == crate::MatmulPrecision::F32
                 && bias.is_none_or(|t| t.dtype() == DType::F32 && t.dims() == [n])
         });
         let Some(panels) = usable else {
@@ -116,10 +121,17 @@ mod tests {
         let w = randn([70, 96], &mut rng);
         let bias = randn([1, 70], &mut rng).reshape([70]).unwrap();
         let packed = w.t().unwrap().pack_rhs().unwrap();
-        for m in [100, 60, 3] {
+        for m in [100, 60, 3, 20] {
             let x = randn([m, 96], &mut rng);
             let want = x.matmul(&w.t().unwrap()).unwrap().to_vec::<f32>().unwrap();
             let got = x.matmul_packed(&packed, None).unwrap().to_vec::<f32>().unwrap();
+            if m == 20 {
+                // The packed kernel below `matmul`'s threshold: the same sums up to rounding.
+                for (g, w) in got.iter().zip(&want) {
+                    assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "m = 20: {g} vs {w}");
+                }
+                continue;
+            }
             assert_eq!(got, want, "m = {m}");
             let want = x
                 .matmul_bias(&w.t().unwrap(), &bias)

@@ -43,6 +43,12 @@ pub(crate) fn worthwhile(m: usize, n: usize, k: usize) -> bool {
     m >= 4 * MR && n >= NR && k >= 32
 }
 
+/// [`worthwhile`] for a `B` packed beforehand ([`PackedB`]): no packing to pay back, so one full
+/// panel of rows is enough (a recurrent layer's batch of 32 against its hidden-to-hidden weight).
+pub(crate) fn worthwhile_packed(m: usize, n: usize, k: usize) -> bool {
+    m >= MR && n >= NR && k >= 32
+}
+
 /// A raw pointer to the destination that tasks on several threads write through, each to its own
 /// disjoint tile.
 #[derive(Clone, Copy)]
