@@ -3,8 +3,9 @@
 //!
 //! Each row times a kiln workload and, with `--compare torch`, its twin in
 //! `benches/reference/suite.py` (kept running as a child process, so models are built once):
-//! per round, `--reps` timed iterations of kiln and then of the peer, after a warm-up on each
-//! side; `--rounds` rounds alternate. Reported: medians over all timed iterations, PyTorch time ÷
+//! per round, `--reps` timed iterations of kiln and then of the peer (more for short workloads,
+//! so that a round lasts at least 50 ms), each side after a pause and an untimed iteration;
+//! `--rounds` rounds alternate. Reported: medians over all timed iterations, PyTorch time ÷
 //! kiln time (above 1: kiln is faster) and each side's spread (interquartile range ÷ median).
 //! numpy runs with `OPENBLAS_CORETYPE` and `OPENBLAS_L2_SIZE` removed from its environment (its
 //! AVX-512 kernel then runs). GEMM rows also give GFLOP/s against this machine's FMA peak,
@@ -27,7 +28,7 @@ use kiln::zoo::{Batch, Model};
 const SCRIPT: &str = "benches/reference/suite.py";
 /// Where results are appended.
 const RESULTS: &str = "runs/bench/suite.jsonl";
-/// Untimed iterations before the first round, on each side.
+/// Untimed iterations before the first round, on each side (and one before every later round).
 const WARMUP: usize = 3;
 /// The shortest timed round per side, in seconds (short workloads run more iterations).
 const MIN_ROUND_SECS: f64 = 0.05;
@@ -302,7 +303,8 @@ fn workloads(only: Option<&str>) -> anyhow::Result<Vec<(Workload, Vec<&'static s
         let peers = vec![w.key, numpy];
         all.push((w, peers));
     }
-    let builders: [(&str, fn() -> anyhow::Result<Workload>); 7] = [
+    type Builder = fn() -> anyhow::Result<Workload>;
+    let builders: [(&str, Builder); 7] = [
         ("lenet-step", lenet_step),
         ("resnet20-fwdbwd", resnet20_fwdbwd),
         ("lstm-fwdbwd", lstm_fwdbwd),
@@ -422,31 +424,39 @@ fn fma_kernel() -> Option<(fn(usize) -> f32, &'static str)> {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::*;
+        // Index loops and an in-function sum keep the accumulators in registers (a closure over
+        // them made LLVM keep them in memory: half the rate).
+        #[allow(clippy::needless_range_loop)]
         #[target_feature(enable = "avx512f")]
         unsafe fn fma512(rounds: usize) -> f32 {
             let mut acc = [_mm512_set1_ps(0.5); 24];
             let (a, b) = (_mm512_set1_ps(0.999_9), _mm512_set1_ps(1e-6));
             for _ in 0..rounds {
-                for x in acc.iter_mut() {
-                    *x = _mm512_fmadd_ps(*x, a, b);
+                for r in 0..24 {
+                    acc[r] = _mm512_fmadd_ps(acc[r], a, b);
                 }
             }
-            acc.iter().map(|&x| _mm512_reduce_add_ps(x)).sum()
+            let mut s = _mm512_setzero_ps();
+            for x in acc {
+                s = _mm512_add_ps(s, x);
+            }
+            _mm512_reduce_add_ps(s)
         }
+        #[allow(clippy::needless_range_loop)]
         #[target_feature(enable = "avx2,fma")]
         unsafe fn fma256(rounds: usize) -> f32 {
             let mut acc = [_mm256_set1_ps(0.5); 12];
             let (a, b) = (_mm256_set1_ps(0.999_9), _mm256_set1_ps(1e-6));
             for _ in 0..2 * rounds {
-                for x in acc.iter_mut() {
-                    *x = _mm256_fmadd_ps(*x, a, b);
+                for r in 0..12 {
+                    acc[r] = _mm256_fmadd_ps(acc[r], a, b);
                 }
             }
-            let mut out = [0f32; 8];
             let mut s = _mm256_setzero_ps();
             for x in acc {
                 s = _mm256_add_ps(s, x);
             }
+            let mut out = [0f32; 8];
             // SAFETY: `out` holds 8 floats.
             unsafe { _mm256_storeu_ps(out.as_mut_ptr(), s) };
             out.iter().sum()
@@ -546,6 +556,8 @@ pub fn run(opts: &SuiteOptions) -> anyhow::Result<()> {
             let (mut ours, mut theirs) = (Vec::new(), Vec::new());
             for round in 0..opts.rounds {
                 std::thread::sleep(SETTLE);
+                // One untimed iteration per side and round wakes its threads up.
+                (w.step)()?;
                 for _ in 0..reps {
                     let t = Instant::now();
                     (w.step)()?;
@@ -553,7 +565,7 @@ pub fn run(opts: &SuiteOptions) -> anyhow::Result<()> {
                 }
                 if let Some(p) = peer.as_mut() {
                     std::thread::sleep(SETTLE);
-                    let warm = if round == 0 { WARMUP } else { 0 };
+                    let warm = if round == 0 { WARMUP } else { 1 };
                     theirs.extend(p.run(peer_key, warm, reps)?);
                 }
             }

@@ -1387,3 +1387,32 @@ fn bf16_precision_trains_lenet_to_the_f32_accuracy() {
         &["fp8", "expected `f32` or `bf16`"],
     );
 }
+
+/// `bench suite` times its workloads (here one GEMM, no peer) and writes JSON rows; a workload
+/// it does not have is a clear error listing the ones it has.
+#[test]
+fn bench_suite_times_a_workload_and_names_the_known_ones() {
+    let out = succeeds(&[
+        "bench",
+        "suite",
+        "--workload",
+        "gemm-256",
+        "--reps",
+        "2",
+        "--rounds",
+        "1",
+        "--threads",
+        "1",
+        "--json",
+    ]);
+    let row: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(row["workload"], "gemm-256");
+    let median = row["kiln_median_s"].as_f64().unwrap();
+    assert!(median > 0.0 && median < 1.0, "{row}");
+    assert!(row["kiln_gflops"].as_f64().unwrap() > 0.1, "{row}");
+    assert!(row["peer"].is_null(), "no peer without --compare: {row}");
+    fails_with(
+        &["bench", "suite", "--workload", "nope"],
+        &["nope", "lenet-step", "adamw-124m"],
+    );
+}
