@@ -17,7 +17,7 @@ mod small;
 
 use rayon::prelude::*;
 
-use super::sgemm::{SharedDst, MR, NR};
+use super::sgemm::{store_partial_tile, SharedDst, MR, NR};
 use super::MatRef;
 
 /// Pairs of k per block: a 12-row `A` panel block (6 KiB) stays in L1 while `B` panels stream.
@@ -171,13 +171,7 @@ unsafe fn run_tile(
                     } else {
                         // Partial tile: compute the padded tile aside, then add the valid part.
                         kernel::tile(kc, ap, bp, edge.as_mut_ptr(), NR, false);
-                        for r in 0..rows {
-                            let crow = c.add(r * n);
-                            for q in 0..cols {
-                                let v = edge[r * NR + q];
-                                *crow.add(q) = if add { *crow.add(q) + v } else { v };
-                            }
-                        }
+                        store_partial_tile(&edge, c, n, rows, cols, add);
                     }
                 }
             }

@@ -296,17 +296,33 @@ unsafe fn run_tile(
                     } else {
                         // Partial tile: compute the whole padded tile aside, then add the valid part.
                         avx512::kernel(kc, ap, a_rs, a_ks, b, edge.as_mut_ptr(), NR, false);
-                        for r in 0..rows {
-                            let crow = c.add(r * ldc);
-                            for q in 0..cols {
-                                let v = edge[r * NR + q];
-                                *crow.add(q) = if add { *crow.add(q) + v } else { v };
-                            }
-                        }
+                        store_partial_tile(&edge, c, ldc, rows, cols, add);
                     }
                 }
             }
             p0 += kc;
+        }
+    }
+}
+
+/// Writes (or with `add`, adds) the top-left `rows x cols` of a padded `MR x NR` tile computed
+/// aside (`edge`, row-major) into `c` at stride `ldc`: the ragged edge of a product.
+///
+/// # Safety
+/// `c` reaches `rows` rows of `cols` floats at stride `ldc`; `rows <= MR`, `cols <= NR`.
+pub(crate) unsafe fn store_partial_tile(
+    edge: &[f32; MR * NR],
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    add: bool,
+) {
+    for (r, tile_row) in edge.chunks_exact(NR).take(rows).enumerate() {
+        // SAFETY: the caller's contract.
+        let crow = unsafe { std::slice::from_raw_parts_mut(c.add(r * ldc), cols) };
+        for (x, &v) in crow.iter_mut().zip(tile_row) {
+            *x = if add { *x + v } else { v };
         }
     }
 }
