@@ -1,8 +1,11 @@
-//! f32 `conv2d` forward throughput (im2col + GEMM) on three typical layer shapes.
+//! f32 convolution throughput on typical layer shapes (LeNet-5's first layer, ResNet-20's three
+//! stages, a wider 3x3): the forward pass and both backward passes (`grad_input`, `grad_weight`).
 //!
 //! Criterion's throughput column reads as GFLOP/s: one "element" is one floating-point operation
-//! (`2 · N · C_out · H_out · W_out · C_in/groups · kH · kW` per call). Before each criterion group a
-//! quick timing of a few calls is printed as `conv2d <case>: <x> GFLOP/s` for a one-line summary.
+//! (`2 · N · C_out · H_out · W_out · C_in/groups · kH · kW` per call, the same for each pass).
+//! First a quick timing of a few calls of every case and pass is printed as
+//! `conv2d <pass> <case>: <ms> ms/call, <x> GFLOP/s`, a summary to compare before and after a change
+//! (`cargo bench -p kiln-tensor --bench conv -- summary-only` prints just that).
 
 // `criterion_group!` generates an undocumented `pub fn`.
 #![allow(missing_docs)]
@@ -23,7 +26,7 @@ struct Case {
     pad: usize,
 }
 
-const CASES: [Case; 3] = [
+const CASES: [Case; 5] = [
     Case {
         name: "lenet_n64_1to6_28x28_k5",
         n: 64,
@@ -43,6 +46,24 @@ const CASES: [Case; 3] = [
         pad: 1,
     },
     Case {
+        name: "resnet_n32_32to32_16x16_k3",
+        n: 32,
+        cin: 32,
+        cout: 32,
+        hw: 16,
+        k: 3,
+        pad: 1,
+    },
+    Case {
+        name: "resnet_n32_64to64_8x8_k3",
+        n: 32,
+        cin: 64,
+        cout: 64,
+        hw: 8,
+        k: 3,
+        pad: 1,
+    },
+    Case {
         name: "n8_64to64_56x56_k3",
         n: 8,
         cin: 64,
@@ -53,6 +74,9 @@ const CASES: [Case; 3] = [
     },
 ];
 
+/// The three passes of a convolution layer.
+const PASSES: [&str; 3] = ["forward", "grad_input", "grad_weight"];
+
 fn bench_conv2d(c: &mut Criterion) {
     let mut group = c.benchmark_group("conv2d_f32");
     group
@@ -61,51 +85,44 @@ fn bench_conv2d(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(3));
     let mut rng = TensorRng::new(0);
     for case in &CASES {
-        let x = Tensor::randn(
-            [case.n, case.cin, case.hw, case.hw],
-            0.0,
-            1.0,
-            DType::F32,
-            Device::Cpu,
-            &mut rng,
-        )
-        .unwrap();
-        let w = Tensor::randn(
-            [case.cout, case.cin, case.k, case.k],
-            0.0,
-            0.1,
-            DType::F32,
-            Device::Cpu,
-            &mut rng,
-        )
-        .unwrap();
+        let randn = |dims: [usize; 4], std: f64, rng: &mut TensorRng| {
+            Tensor::randn(dims, 0.0, std, DType::F32, Device::Cpu, rng).unwrap()
+        };
+        let x = randn([case.n, case.cin, case.hw, case.hw], 1.0, &mut rng);
+        let w_dims = [case.cout, case.cin, case.k, case.k];
+        let w = randn(w_dims, 0.1, &mut rng);
         let b = Tensor::zeros([case.cout], DType::F32, Device::Cpu).unwrap();
         let p = Conv2dParams {
             padding: (case.pad, case.pad),
             ..Default::default()
         };
         let out = case.hw + 2 * case.pad - case.k + 1;
+        let dy = randn([case.n, case.cout, out, out], 1.0, &mut rng);
         let flops = 2 * case.n * case.cout * out * out * case.cin * case.k * case.k;
-
-        // A quick standalone measurement for the printed summary line.
-        let run = || x.conv2d(&w, Some(&b), p).unwrap();
-        run();
-        let start = Instant::now();
-        let mut iters = 0u32;
-        while iters < 3 || start.elapsed() < Duration::from_millis(500) {
-            std::hint::black_box(run());
-            iters += 1;
+        for pass in PASSES {
+            let run = || match pass {
+                "forward" => x.conv2d(&w, Some(&b), p).unwrap(),
+                "grad_input" => Tensor::conv2d_grad_input(&dy, &w, (case.hw, case.hw), p).unwrap(),
+                _ => Tensor::conv2d_grad_weight(&x, &dy, w_dims, p).unwrap(),
+            };
+            // A quick standalone measurement for the printed summary line.
+            run();
+            let start = Instant::now();
+            let mut iters = 0u32;
+            while iters < 3 || start.elapsed() < Duration::from_millis(500) {
+                std::hint::black_box(run());
+                iters += 1;
+            }
+            let secs = start.elapsed().as_secs_f64() / iters as f64;
+            println!(
+                "conv2d {pass} {}: {:.3} ms/call, {:.2} GFLOP/s",
+                case.name,
+                secs * 1e3,
+                flops as f64 / secs / 1e9
+            );
+            group.throughput(Throughput::Elements(flops as u64));
+            group.bench_with_input(BenchmarkId::new(pass, case.name), &(), |bch, _| bch.iter(run));
         }
-        let secs = start.elapsed().as_secs_f64() / iters as f64;
-        println!(
-            "conv2d {}: {:.2} ms/call, {:.2} GFLOP/s",
-            case.name,
-            secs * 1e3,
-            flops as f64 / secs / 1e9
-        );
-
-        group.throughput(Throughput::Elements(flops as u64));
-        group.bench_with_input(BenchmarkId::new("kiln", case.name), &(), |bch, _| bch.iter(run));
     }
     group.finish();
 }

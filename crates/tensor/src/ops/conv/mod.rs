@@ -19,6 +19,7 @@
 use rayon::prelude::*;
 
 mod im2col;
+mod implicit;
 
 use im2col::{col2im_channel, im2col, im2col_channel, Taps};
 
@@ -457,7 +458,26 @@ fn dispatch(
 ) -> Result<Tensor> {
     a.check_same_dtype(b, op)?;
     match a.dtype() {
-        DType::F32 => run::<f32>(kernel, a, b, bias, g, out_dims),
+        DType::F32 => {
+            let implicit = match kernel {
+                Kernel::Im2colGemm => implicit::fits(g),
+                Kernel::GemmCol2im => implicit::fits_grad_input(g),
+                Kernel::GradWeight => implicit::fits_grad_weight(g),
+            };
+            if !implicit {
+                return run::<f32>(kernel, a, b, bias, g, out_dims);
+            }
+            let (da, db) = (a.contiguous_slice::<f32>()?, b.contiguous_slice::<f32>()?);
+            let bias = bias.map(|t| t.contiguous_slice::<f32>()).transpose()?;
+            let out = match kernel {
+                Kernel::Im2colGemm => implicit::forward(&da, &db, bias.as_deref(), g),
+                Kernel::GemmCol2im => implicit::grad_input(&da, &db, bias.as_deref(), g),
+                Kernel::GradWeight => sum_over_batch(g, |images, dw, threaded| {
+                    implicit::accumulate_grad_weight(&da, &db, g, images, dw, threaded)
+                }),
+            };
+            Tensor::from_vec(out, out_dims)
+        }
         DType::F64 => run::<f64>(kernel, a, b, bias, g, out_dims),
         DType::F16 | DType::BF16 => {
             let bias32 = bias.map(|t| t.to_dtype(DType::F32)).transpose()?;
@@ -673,7 +693,6 @@ fn gemm_col2im<T: GemmDType>(cols: &[T], w: &[T], bias: Option<&[T]>, g: &Geom) 
 fn grad_weight<T: GemmDType>(x: &[T], cols: &[T], g: &Geom) -> Vec<T> {
     let taps = Taps::new(g);
     let (p, k, cog, cig) = (g.p(), g.k(), g.cog(), g.cig());
-    let wlen = g.co * k;
     let pointwise = g.is_pointwise();
     // Accumulate the images `range` into `dw` with one scratch buffer.
     let accumulate = |range: std::ops::Range<usize>, dw: &mut [T], threaded: bool| {
@@ -712,6 +731,17 @@ fn grad_weight<T: GemmDType>(x: &[T], cols: &[T], g: &Geom) -> Vec<T> {
             }
         }
     };
+    sum_over_batch(g, accumulate)
+}
+
+/// The weight gradient `[co, c/g, kh, kw]` summed over the batch by `accumulate(images, dw,
+/// threaded)`, which adds the gradient of a run of images into `dw` (and may use more threads
+/// when `threaded`).
+fn sum_over_batch<T: GemmDType>(
+    g: &Geom,
+    accumulate: impl Fn(std::ops::Range<usize>, &mut [T], bool) + Sync,
+) -> Vec<T> {
+    let wlen = g.co * g.k();
     let mut dw = vec![T::ZERO; wlen];
     let threads = rayon::current_num_threads();
     // A fixed number of partial sums, whatever the thread count, so that the gradient (and a
@@ -1278,6 +1308,66 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn implicit_gemm_paths_match_the_f64_definition_at_any_thread_count() {
+        // (input dims, weight dims, params): stride 1 and `ow == w`, ragged position counts,
+        // groups, a non-square kernel, dilation with a height that shrinks, one image (threaded).
+        let cases = [
+            ([3, 16, 7, 9], [24, 16, 3, 3], (1, 1), (1, 1), 1),
+            ([2, 8, 6, 10], [32, 4, 3, 5], (1, 2), (1, 1), 2),
+            ([2, 16, 9, 8], [16, 16, 3, 3], (0, 2), (2, 2), 1),
+            ([1, 16, 12, 12], [16, 16, 3, 3], (1, 1), (1, 1), 1),
+        ];
+        for (xd, wd, padding, dilation, groups) in cases {
+            let p = Conv2dParams {
+                padding,
+                dilation,
+                stride: (1, 1),
+                groups,
+            };
+            let g = conv2d_geom("t", &Shape::from(xd), &Shape::from(wd), &p).unwrap();
+            if crate::ops::sgemm::available() {
+                assert!(
+                    implicit::fits(&g) && implicit::fits_grad_weight(&g),
+                    "{xd:?} {wd:?}"
+                );
+                assert_eq!(implicit::fits_grad_input(&g), g.cig() >= 12, "{xd:?} {wd:?}");
+            }
+            let x = seq(xd.iter().product(), &xd).affine(0.25, 0.1).unwrap();
+            let w = seq(wd.iter().product(), &wd).affine(0.5, -0.2).unwrap();
+            let dy = seq(g.n * g.cols_len(), &[g.n, g.co, g.oh, g.ow])
+                .affine(0.3, 0.05)
+                .unwrap();
+            let b = seq(g.co, &[g.co]);
+            let b_in = seq(g.c, &[g.c]);
+            let f32s = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            let all = |x: &Tensor, w: &Tensor, dy: &Tensor, b: &Tensor, b_in: &Tensor| {
+                let y = x.conv2d(w, Some(b), p).unwrap();
+                let gx = Tensor::conv2d_grad_input(dy, w, (g.h, g.w), p).unwrap();
+                let gx = gx.add(&b_in.reshape([1, g.c, 1, 1]).unwrap()).unwrap();
+                let gw = Tensor::conv2d_grad_weight(x, dy, wd, p).unwrap();
+                [y, gx, gw]
+            };
+            let want = all(&x, &w, &dy, &b, &b_in);
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| all(&f32s(&x), &f32s(&w), &f32s(&dy), &f32s(&b), &f32s(&b_in)))
+            };
+            let (one, three) = (run(1), run(3));
+            for ((got, other), want) in one.iter().zip(&three).zip(&want) {
+                assert_eq!(got.to_vec::<f32>().unwrap(), other.to_vec::<f32>().unwrap());
+                let want = want.to_vec::<f64>().unwrap();
+                let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+                for (a, b) in got.to_vec::<f32>().unwrap().iter().zip(&want) {
+                    assert!((*a as f64 - b).abs() <= 1e-5 * scale, "{xd:?} {wd:?}: {a} vs {b}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -37,10 +37,20 @@ pub(crate) fn available() -> bool {
     crate::simd::isa() == crate::simd::Isa::Avx512
 }
 
+/// Elements of a `B` small enough that packing it is a pass over cached memory (1 MiB of f32).
+const CACHED_B: usize = 1 << 18;
+
 /// Whether a product is big enough in every dimension for this path: packing `B` pays off only
 /// when many rows of `A` reuse it, and a short depth spends the kernel on loading and storing `C`.
+/// A `B` that fits in L2 (a convolution's per-image operands) is cheap to pack, so one full panel
+/// of rows and a depth of 16 suffice; a large one (dense weights in batched decoding) is read
+/// from memory, and its packed copy would double that traffic for few rows.
 pub(crate) fn worthwhile(m: usize, n: usize, k: usize) -> bool {
-    m >= 4 * MR && n >= NR && k >= 32
+    if k * n <= CACHED_B {
+        m >= MR && n >= NR && k >= 16
+    } else {
+        m >= 4 * MR && n >= NR && k >= 32
+    }
 }
 
 /// [`worthwhile`] for a `B` packed beforehand ([`PackedB`]): no packing to pay back, so one full
@@ -291,17 +301,78 @@ unsafe fn run_tile(
                     let b = b_packed.as_ptr().add(jp * NR * k + p0 * NR);
                     let (j, cols) = (jp * NR, NR.min(n - jp * NR));
                     let c = out.0.add(i * ldc + j);
-                    if rows == MR && cols == NR {
-                        avx512::kernel(kc, ap, a_rs, a_ks, b, c, ldc, add);
-                    } else {
-                        // Partial tile: compute the whole padded tile aside, then add the valid part.
-                        avx512::kernel(kc, ap, a_rs, a_ks, b, edge.as_mut_ptr(), NR, false);
-                        store_partial_tile(&edge, c, ldc, rows, cols, add);
-                    }
+                    micro_tile(kc, (ap, a_rs, a_ks), b, (c, ldc, rows, cols), add, &mut edge);
                 }
             }
             p0 += kc;
         }
+    }
+}
+
+/// `C[..rows, ..cols] (+)= A · B` over `kc` steps for one micro-tile: `a` is a 12-row panel of
+/// `A` at strides `(a_rs, a_ks)` (rows past `rows` are read but their results dropped), `b` a
+/// packed 32-column `B` panel, `c` the tile's first element at leading dimension `ldc`. A ragged
+/// tile (`rows < 12` or `cols < 32`) is computed whole into `edge`, then its valid part stored.
+///
+/// # Safety
+/// [`available`] is true; `a` reaches 12 rows by `kc` steps at its strides, `b` holds `32 · kc`
+/// floats on a 64-byte boundary, and `c` reaches `rows` rows of `cols` floats at stride `ldc`.
+pub(crate) unsafe fn micro_tile(
+    kc: usize,
+    (a, a_rs, a_ks): (*const f32, usize, usize),
+    b: *const f32,
+    (c, ldc, rows, cols): (*mut f32, usize, usize, usize),
+    add: bool,
+    edge: &mut [f32; MR * NR],
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        if rows == MR && cols == NR {
+            avx512::kernel(kc, a, a_rs, a_ks, b, c, ldc, add);
+        } else {
+            avx512::kernel(kc, a, a_rs, a_ks, b, edge.as_mut_ptr(), NR, false);
+            store_partial_tile(edge, c, ldc, rows, cols, add);
+        }
+    }
+}
+
+/// `A` (`m × k` through `l`) packed into `m.div_ceil(12)` zero-padded panels of `12 · k` floats
+/// (12 values per k): the layout [`micro_tile`] reads at strides `(1, 12)`, for an operand
+/// that many products share (a convolution's weight).
+pub(crate) fn pack_a(lhs: &[f32], l: MatRef, m: usize, k: usize) -> Vec<f32> {
+    let mut out = vec![0f32; m.div_ceil(MR) * MR * k];
+    for (ip, panel) in out.chunks_exact_mut(MR * k).enumerate() {
+        pack::pack_a_panel(panel, lhs, l, ip * MR, MR.min(m - ip * MR), k);
+    }
+    out
+}
+
+/// A reusable 64-byte aligned buffer of at least `len` floats (the calling thread's packing
+/// buffer when it is free), for `B` panels built outside [`sgemm`]; give it back with
+/// [`give_back`].
+pub(crate) fn panel_buffer(len: usize) -> PanelBuffer {
+    PanelBuffer(pack::take_buffer(len))
+}
+
+/// Returns a buffer from [`panel_buffer`] to the thread for its next product.
+pub(crate) fn give_back(buf: PanelBuffer) {
+    pack::return_buffer(buf.0);
+}
+
+/// Packs `rhs` (`k × n` through `r`) into `buf` as [`sgemm`] would: `n.div_ceil(32)` panels of
+/// `32 · k` floats, for a `B` that several [`micro_tile`] calls share.
+pub(crate) fn pack_b_into(buf: &mut PanelBuffer, rhs: &[f32], r: MatRef, k: usize, n: usize) {
+    let len = n.div_ceil(NR) * NR * k;
+    pack::pack_b(&mut buf.floats()[..len], rhs, r, k, n, false);
+}
+
+/// A 64-byte aligned float buffer (see [`panel_buffer`]).
+pub(crate) struct PanelBuffer(pack::PackBuffer);
+
+impl PanelBuffer {
+    /// The floats.
+    pub(crate) fn floats(&mut self) -> &mut [f32] {
+        self.0.floats()
     }
 }
 
