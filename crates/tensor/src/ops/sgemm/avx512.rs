@@ -6,19 +6,20 @@ use std::arch::x86_64::*;
 
 use super::{MR, NR};
 
-/// `C[0..12, 0..32] (+)= Σ_p A[:, p] ⊗ B[p]` over `kc` steps. `A[r, p]` is read at
-/// `a + r * a_rs + p * a_ks` (in place for row-major or transposed operands, or a packed panel
-/// with strides 1 and 12), `b` is a packed `B` panel (32 floats per k, 64-byte aligned) and `c`
-/// row-major with leading dimension `ldc`. The sum over p runs in ascending order and is added
-/// to `C` last.
+/// `C[0..R, 0..32] (+)= Σ_p A[:, p] ⊗ B[p]` over `kc` steps, for `R` = 12 rows (the full tile)
+/// or 8 or 4 (the last rows of a product, which would otherwise waste a 12-row tile).
+/// `A[r, p]` is read at `a + r * a_rs + p * a_ks` (in place for row-major or transposed
+/// operands, or a packed panel with strides 1 and 12), `b` is a packed `B` panel (32 floats per
+/// k, 64-byte aligned) and `c` row-major with leading dimension `ldc`. The sum over p runs in
+/// ascending order and is added to `C` last.
 ///
 /// # Safety
-/// The CPU supports AVX-512F; `a` reaches 12 rows by `kc` steps at its strides, `b` holds
-/// `32 * kc` floats, and `c` a 12 x 32 window at stride `ldc`.
+/// The CPU supports AVX-512F; `a` reaches `R` rows by `kc` steps at its strides, `b` holds
+/// `32 * kc` floats, and `c` an `R` x 32 window at stride `ldc`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn kernel(
+pub(super) unsafe fn kernel<const R: usize>(
     kc: usize,
     a: *const f32,
     a_rs: usize,
@@ -32,13 +33,13 @@ pub(super) unsafe fn kernel(
     // unrolled k steps address A at constant displacements instead of computing each address.
     unsafe {
         if a_rs == 1 && a_ks == MR {
-            body::<1, MR>(kc, a, a_rs, a_ks, b, c, ldc, add)
+            body::<R, 1, MR>(kc, a, a_rs, a_ks, b, c, ldc, add)
         } else if a_ks == 1 {
-            body::<0, 1>(kc, a, a_rs, a_ks, b, c, ldc, add)
+            body::<R, 0, 1>(kc, a, a_rs, a_ks, b, c, ldc, add)
         } else if a_rs == 1 {
-            body::<1, 0>(kc, a, a_rs, a_ks, b, c, ldc, add)
+            body::<R, 1, 0>(kc, a, a_rs, a_ks, b, c, ldc, add)
         } else {
-            body::<0, 0>(kc, a, a_rs, a_ks, b, c, ldc, add)
+            body::<R, 0, 0>(kc, a, a_rs, a_ks, b, c, ldc, add)
         }
     }
 }
@@ -50,7 +51,7 @@ const UNROLL: usize = 4;
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn body<const RS: usize, const KS: usize>(
+unsafe fn body<const R: usize, const RS: usize, const KS: usize>(
     kc: usize,
     a: *const f32,
     a_rs: usize,
@@ -64,28 +65,34 @@ unsafe fn body<const RS: usize, const KS: usize>(
     let ks = if KS == 0 { a_ks } else { KS };
     // SAFETY: the caller's contract (see `kernel`).
     unsafe {
-        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
         // Four row pointers, three rows apart: rows 3q, 3q+1, 3q+2 are then `base`,
-        // `base + rs` and `base + 2 rs`, which x86 addresses directly (scaled index).
-        let mut base = [a, a.add(3 * rs), a.add(6 * rs), a.add(9 * rs)];
+        // `base + rs` and `base + 2 rs`, which x86 addresses directly (scaled index). Those
+        // past `R` rows are never read.
+        let mut base = [
+            a,
+            a.wrapping_add(3 * rs),
+            a.wrapping_add(6 * rs),
+            a.wrapping_add(9 * rs),
+        ];
         let mut b = b;
         for _ in 0..kc / UNROLL {
             for u in 0..UNROLL {
                 step(&mut acc, &base, b, u * NR, u * ks, rs);
             }
             for bp in base.iter_mut() {
-                *bp = bp.add(UNROLL * ks);
+                *bp = bp.wrapping_add(UNROLL * ks);
             }
             b = b.add(UNROLL * NR);
         }
         for _ in 0..kc % UNROLL {
             step(&mut acc, &base, b, 0, 0, rs);
             for bp in base.iter_mut() {
-                *bp = bp.add(ks);
+                *bp = bp.wrapping_add(ks);
             }
             b = b.add(NR);
         }
-        store_tile(&acc, c, ldc, add);
+        store_rows(&acc, c, ldc, add);
     }
 }
 
@@ -96,6 +103,17 @@ unsafe fn body<const RS: usize, const KS: usize>(
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(crate) unsafe fn store_tile(acc: &[[__m512; 2]; MR], c: *mut f32, ldc: usize, add: bool) {
+    // SAFETY: the caller's contract.
+    unsafe { store_rows(acc, c, ldc, add) }
+}
+
+/// [`store_tile`] for `R` rows.
+///
+/// # Safety
+/// As [`store_tile`], for `R` rows.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn store_rows<const R: usize>(acc: &[[__m512; 2]; R], c: *mut f32, ldc: usize, add: bool) {
     // SAFETY: the caller's contract.
     unsafe {
         for (r, row) in acc.iter().enumerate() {
@@ -115,8 +133,8 @@ pub(crate) unsafe fn store_tile(acc: &[[__m512; 2]; MR], c: *mut f32, ldc: usize
 /// of `A` at `base[q] + j * rs + a_off`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn step(
-    acc: &mut [[__m512; 2]; MR],
+unsafe fn step<const R: usize>(
+    acc: &mut [[__m512; 2]; R],
     base: &[*const f32; 4],
     b: *const f32,
     b_off: usize,
@@ -127,13 +145,10 @@ unsafe fn step(
     unsafe {
         let b0 = _mm512_load_ps(b.add(b_off));
         let b1 = _mm512_load_ps(b.add(b_off + 16));
-        for (q, bp) in base.iter().enumerate() {
-            for j in 0..3 {
-                let av = _mm512_set1_ps(*bp.add(j * rs + a_off));
-                let row = &mut acc[3 * q + j];
-                row[0] = _mm512_fmadd_ps(av, b0, row[0]);
-                row[1] = _mm512_fmadd_ps(av, b1, row[1]);
-            }
+        for (r, row) in acc.iter_mut().enumerate() {
+            let av = _mm512_set1_ps(*base[r / 3].add(r % 3 * rs + a_off));
+            row[0] = _mm512_fmadd_ps(av, b0, row[0]);
+            row[1] = _mm512_fmadd_ps(av, b1, row[1]);
         }
     }
 }
@@ -142,7 +157,7 @@ unsafe fn step(
 /// this is never called).
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn kernel(
+pub(super) unsafe fn kernel<const R: usize>(
     _: usize,
     _: *const f32,
     _: usize,

@@ -325,12 +325,18 @@ pub(crate) unsafe fn micro_tile(
     add: bool,
     edge: &mut [f32; MR * NR],
 ) {
-    // SAFETY: the caller's contract.
+    // The last rows of a product run a 4- or 8-row kernel rather than a mostly idle 12-row one.
+    let kernel: unsafe fn(usize, *const f32, usize, usize, *const f32, *mut f32, usize, bool) = match rows {
+        0..=4 => avx512::kernel::<4>,
+        5..=8 => avx512::kernel::<8>,
+        _ => avx512::kernel::<MR>,
+    };
+    // SAFETY: the caller's contract; the kernel reads at most the 12 rows the panel has.
     unsafe {
-        if rows == MR && cols == NR {
-            avx512::kernel(kc, a, a_rs, a_ks, b, c, ldc, add);
+        if matches!(rows, 4 | 8 | MR) && cols == NR {
+            kernel(kc, a, a_rs, a_ks, b, c, ldc, add);
         } else {
-            avx512::kernel(kc, a, a_rs, a_ks, b, edge.as_mut_ptr(), NR, false);
+            kernel(kc, a, a_rs, a_ks, b, edge.as_mut_ptr(), NR, false);
             store_partial_tile(edge, c, ldc, rows, cols, add);
         }
     }
