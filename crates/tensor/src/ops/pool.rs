@@ -196,6 +196,16 @@ fn max_plane<F: FloatDType>(src: &[F], dst: &mut [F], idx: &mut [i64], g: &PoolG
 /// arithmetic. Same tie and NaN rules as the general loop: the first maximum in row-major order wins.
 fn max_plane_2x2<F: FloatDType>(src: &[F], dst: &mut [F], idx: &mut [i64], g: &PoolGeom) {
     let w = g.w;
+    #[cfg(target_arch = "x86_64")]
+    if F::DTYPE == DType::F32 && crate::simd::isa() == crate::simd::Isa::Avx512 {
+        // SAFETY: F is f32 (one `WithDType` per dtype), so the casts keep lengths and layout;
+        // `isa()` checked AVX-512F.
+        unsafe {
+            let src = std::slice::from_raw_parts(src.as_ptr().cast::<f32>(), src.len());
+            let dst = std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<f32>(), dst.len());
+            return x86::max_2x2_f32(src, dst, idx, (g.oh, g.ow, w));
+        }
+    }
     for oy in 0..g.oh {
         let (r0, r1) = (
             &src[2 * oy * w..2 * oy * w + w],
@@ -222,6 +232,73 @@ fn max_plane_2x2<F: FloatDType>(src: &[F], dst: &mut [F], idx: &mut [i64], g: &P
             dst[o] = best.0;
             if let Some(slot) = idx.get_mut(o) {
                 *slot = best.1 as i64;
+            }
+        }
+    }
+}
+
+/// The 2×2 max pool of f32 planes on AVX-512, 16 outputs per step.
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// A 2×2, stride-2 max pool of a `[h, w]` plane into `oh × ow` outputs (values into `dst`,
+    /// flat argmax into `idx` unless it is empty), with the scalar loop's rules: the first
+    /// maximum in row-major order wins, and the first NaN wins. Outputs go 16 at a time in
+    /// row-major order across row ends (LeNet's rows hold 14 and 5), their four window elements
+    /// gathered.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn max_2x2_f32(
+        src: &[f32],
+        dst: &mut [f32],
+        idx: &mut [i64],
+        (oh, ow, w): (usize, usize, usize),
+    ) {
+        let total = oh * ow;
+        assert!(src.len() >= 2 * oh * w && 2 * ow <= w && dst.len() >= total && w < 1 << 30);
+        assert!(idx.is_empty() || idx.len() >= total);
+        assert!(src.len() < 1 << 31);
+        let (mut oy, mut ox) = (0, 0);
+        for o0 in (0..total).step_by(16) {
+            let n = 16.min(total - o0);
+            // Each lane's window corner, advancing along the output rows.
+            let mut corner = [0i32; 16];
+            for c in corner.iter_mut().take(n) {
+                *c = (2 * oy * w + 2 * ox) as i32;
+                ox += 1;
+                if ox == ow {
+                    (ox, oy) = (0, oy + 1);
+                }
+            }
+            let mask: __mmask16 = if n == 16 { 0xFFFF } else { (1 << n) - 1 };
+            // SAFETY: every unmasked lane's window lies in the plane (corner rows `2 oy`,
+            // `2 oy + 1` < 2 oh, columns `2 ox + 1` < w); masked lanes are not read; outputs
+            // `o0..o0 + n` lie in `dst` and `idx`.
+            unsafe {
+                let at = _mm512_loadu_si512(corner.as_ptr().cast());
+                let gather = |off: i32| {
+                    let ix = _mm512_add_epi32(at, _mm512_set1_epi32(off));
+                    _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, ix, src.as_ptr())
+                };
+                let (mut best, mut off) = (gather(0), _mm512_setzero_si512());
+                for o in [1, w as i32, w as i32 + 1] {
+                    let v = gather(o);
+                    let greater = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, best);
+                    let first_nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v)
+                        & !_mm512_cmp_ps_mask::<_CMP_UNORD_Q>(best, best);
+                    let take = greater | first_nan;
+                    best = _mm512_mask_blend_ps(take, best, v);
+                    off = _mm512_mask_blend_epi32(take, off, _mm512_set1_epi32(o));
+                }
+                _mm512_mask_storeu_ps(dst.as_mut_ptr().add(o0), mask, best);
+                if !idx.is_empty() {
+                    let flat = _mm512_add_epi32(at, off);
+                    let p = idx.as_mut_ptr().add(o0);
+                    let lo = _mm512_cvtepi32_epi64(_mm512_castsi512_si256(flat));
+                    let hi = _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64::<1>(flat));
+                    _mm512_mask_storeu_epi64(p, mask as u8, lo);
+                    _mm512_mask_storeu_epi64(p.add(8), (mask >> 8) as u8, hi);
+                }
             }
         }
     }
@@ -688,6 +765,36 @@ mod tests {
             .unwrap();
         assert_eq!(h.dtype(), DType::F16);
         assert_eq!(h.to_f64_vec(), vec![3., 3., 9., 9.]);
+    }
+
+    #[test]
+    fn wide_f32_max_pool_keeps_the_tie_and_nan_rules() {
+        // Rows wide enough for the 16-output AVX-512 path (and a scalar tail), few distinct
+        // values (many ties), some NaNs: f32 must pick the f64 (scalar) path's values and indices.
+        let (h, w) = (6, 70);
+        let v: Vec<f64> = (0..2 * 3 * h * w)
+            .map(|i| {
+                if i % 37 == 5 {
+                    f64::NAN
+                } else {
+                    ((i * 7919) % 5) as f64
+                }
+            })
+            .collect();
+        let x = t(&v, [2, 3, h, w]);
+        let (want, want_ix) = x.max_pool2d_with_indices((2, 2), (2, 2), (0, 0)).unwrap();
+        let x32 = x.to_dtype(DType::F32).unwrap();
+        let (got, got_ix) = x32.max_pool2d_with_indices((2, 2), (2, 2), (0, 0)).unwrap();
+        assert_eq!(got_ix.to_vec::<i64>().unwrap(), want_ix.to_vec::<i64>().unwrap());
+        // Equal values, NaN where the other has NaN.
+        let assert_same = |a: &Tensor, b: &Tensor| {
+            let (a, b) = (a.to_dtype(DType::F64).unwrap(), b.to_dtype(DType::F64).unwrap());
+            for (x, y) in a.to_vec::<f64>().unwrap().iter().zip(b.to_vec::<f64>().unwrap()) {
+                assert!(*x == y || (x.is_nan() && y.is_nan()), "{x} vs {y}");
+            }
+        };
+        assert_same(&got, &want);
+        assert_same(&x32.max_pool2d((2, 2), (2, 2), (0, 0)).unwrap(), &want);
     }
 
     #[test]

@@ -35,9 +35,9 @@ pub(super) fn fits(g: &Geom) -> bool {
         && !g.is_pointwise()
         && g.p() > 0
         && g.k() > 0
-        // The kernel computes 12 rows at a time: fewer output channels would waste most of it
-        // (LeNet's 6, or its input gradient's single channel), where the GEMM path does better.
-        && g.cog() >= MR
+        // The smallest kernel computes 4 rows: fewer output channels (the input gradient of a
+        // single-channel image's convolution) would waste most of it; the GEMM path does better.
+        && g.cog() >= 4
 }
 
 /// Whether [`accumulate_grad_weight`] computes the weight gradient of the convolution `g` (its
@@ -76,19 +76,25 @@ impl Plan {
             }
         }
         let mut masks = vec![0u32; blocks * taps];
-        for pos in 0..p {
-            let (oy, ox) = (pos / g.w, pos % g.w);
-            let (block, lane) = (pos / NR, pos % NR);
-            for ki in 0..g.kh {
-                // Coordinates in the padded image: inside when in [pad, pad + len).
-                let iy = oy + ki * g.dh;
-                if iy < g.ph || iy - g.ph >= g.h {
-                    continue;
-                }
-                for kj in 0..g.kw {
-                    let ix = ox + kj * g.dw;
-                    if ix >= g.pw && ix - g.pw < g.w {
-                        masks[block * taps + ki * g.kw + kj] |= 1 << lane;
+        // Tap (ki, kj) reads inside the image for output rows `oy` with `0 <= oy + ki·dh − ph < h`
+        // and columns likewise: on each such row, one run of positions.
+        let valid = |k: usize, d: usize, pad: usize, len: usize, out: usize| {
+            let lo = pad.saturating_sub(k * d);
+            let hi = (pad + len).saturating_sub(k * d).min(out);
+            (lo, hi.max(lo))
+        };
+        for ki in 0..g.kh {
+            let (y0, y1) = valid(ki, g.dh, g.ph, g.h, g.oh);
+            for kj in 0..g.kw {
+                let (x0, x1) = valid(kj, g.dw, g.pw, g.w, g.ow);
+                let t = ki * g.kw + kj;
+                for oy in y0..y1 {
+                    let (mut pos, end) = (oy * g.w + x0, oy * g.w + x1);
+                    while pos < end {
+                        let (block, lane) = (pos / NR, pos % NR);
+                        let run = (NR - lane).min(end - pos);
+                        masks[block * taps + t] |= (u32::MAX >> (NR - run)) << lane;
+                        pos += run;
                     }
                 }
             }
