@@ -14,7 +14,9 @@
 //! Threading: the batch is split into at most one contiguous chunk per rayon thread; each chunk owns
 //! one im2col scratch buffer that it reuses for every image. When the batch is smaller than the
 //! thread pool (in particular `N == 1`), each GEMM may itself use the idle threads. A 1x1 convolution
-//! with stride 1 and no padding multiplies the input directly, without im2col.
+//! with stride 1 and no padding multiplies the input directly, without im2col. On AVX-512, f32
+//! stride-1 convolutions that keep the width skip im2col altogether (`implicit.rs`: the GEMM's
+//! panels are loaded straight from the image, for all three passes).
 
 use rayon::prelude::*;
 

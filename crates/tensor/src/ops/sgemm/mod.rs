@@ -311,8 +311,9 @@ unsafe fn run_tile(
 
 /// `C[..rows, ..cols] (+)= A · B` over `kc` steps for one micro-tile: `a` is a 12-row panel of
 /// `A` at strides `(a_rs, a_ks)` (rows past `rows` are read but their results dropped), `b` a
-/// packed 32-column `B` panel, `c` the tile's first element at leading dimension `ldc`. A ragged
-/// tile (`rows < 12` or `cols < 32`) is computed whole into `edge`, then its valid part stored.
+/// packed 32-column `B` panel, `c` the tile's first element at leading dimension `ldc`. Up to 4
+/// or 8 rows run the 4- or 8-row kernel; a tile its kernel does not fit exactly (other row
+/// counts, or `cols < 32`) is computed whole into `edge`, then its valid part stored.
 ///
 /// # Safety
 /// [`available`] is true; `a` reaches 12 rows by `kc` steps at its strides, `b` holds `32 · kc`
