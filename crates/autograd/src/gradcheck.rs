@@ -84,7 +84,9 @@ pub fn gradcheck(
                     .enumerate()
                     .map(|(k, t)| {
                         if k == i {
-                            Ok(Var::constant(Tensor::from_vec(v.clone(), t.shape().clone())?))
+                            Ok(Var::constant(
+                                Tensor::from_vec(v.clone(), t.shape().clone())?.to_device(t.device())?,
+                            ))
                         } else {
                             Ok(Var::constant(t.clone()))
                         }

@@ -8,7 +8,8 @@ impl Tensor {
         device.ensure_available()?;
         let shape = shape.into();
         let n = shape.elem_count();
-        crate::with_dtype!(dtype, T => Tensor::from_vec(vec![T::from_f64(value); n], shape))
+        crate::with_dtype!(dtype, T => Tensor::from_vec(vec![T::from_f64(value); n], shape))?
+            .to_device(device)
     }
     /// All zeros.
     pub fn zeros(shape: impl Into<Shape>, dtype: DType, device: Device) -> Result<Tensor> {
@@ -44,7 +45,8 @@ impl Tensor {
         crate::with_dtype!(dtype, T => {
             let v: Vec<T> = (0..n).map(|i| T::from_f64(start + i as f64 * step)).collect();
             Tensor::from_vec(v, [n])
-        })
+        })?
+        .to_device(device)
     }
 
     /// `steps` evenly spaced values from `start` to `end` inclusive.
@@ -58,7 +60,7 @@ impl Tensor {
                 (0..steps).map(|i| start + i as f64 * step).collect()
             }
         };
-        Tensor::from_vec(v, [steps])?.to_dtype(dtype)
+        Tensor::from_vec(v, [steps])?.to_dtype(dtype)?.to_device(device)
     }
 
     /// The `n x n` identity matrix.
@@ -70,7 +72,8 @@ impl Tensor {
                 v[i * n + i] = T::ONE;
             }
             Tensor::from_vec(v, [n, n])
-        })
+        })?
+        .to_device(device)
     }
 
     /// Copy an `ndarray` array (any layout) into a tensor.

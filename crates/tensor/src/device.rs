@@ -13,11 +13,13 @@ pub enum Device {
 }
 
 impl Device {
-    /// Check that this build can place tensors on the device.
+    /// Check that tensors can be placed on the device: the CPU always; a GPU needs a build with
+    /// the `cuda` feature, a driver, the CUDA libraries and the GPU itself (the error names what
+    /// is missing).
     pub fn ensure_available(self) -> Result<()> {
         match self {
             Device::Cpu => Ok(()),
-            Device::Cuda(_) => Err(Error::NotCompiledWithCuda(self)),
+            Device::Cuda(_) => crate::cuda::probe(self),
         }
     }
 

@@ -48,7 +48,7 @@ pub enum Error {
         expected: &'static str,
     },
     /// Two operands live on different devices.
-    #[error("{op}: device mismatch: {lhs:?} vs {rhs:?}")]
+    #[error("{op}: operands on different devices, {lhs} and {rhs}: move one with .to_device(..)")]
     DeviceMismatch {
         /// The operation that failed.
         op: &'static str,
@@ -92,8 +92,36 @@ pub enum Error {
         got: usize,
     },
     /// The device exists in kiln but this build cannot use it.
-    #[error("device {0:?} needs kiln-tensor built with the `cuda` feature")]
+    #[error("device {0} needs kiln built with the `cuda` feature (cargo build --features cuda)")]
     NotCompiledWithCuda(Device),
+    /// The build has CUDA but this machine cannot run it: no driver, no GPU, or a missing library.
+    #[error("device {device} is unavailable: {reason}")]
+    CudaUnavailable {
+        /// The device asked for.
+        device: Device,
+        /// What is missing (the library or the GPU) and how to provide it.
+        reason: String,
+    },
+    /// A CUDA driver, NVRTC or cuBLAS call failed.
+    #[error("{op} on {device}: {reason}")]
+    Cuda {
+        /// The operation that failed.
+        op: &'static str,
+        /// The device it ran on.
+        device: Device,
+        /// The library's error.
+        reason: String,
+    },
+    /// The operation has no kernel for the tensor's device.
+    #[error(
+        "{op} has no kernel on {device}: copy the tensor to the host first with .to_device(Device::Cpu)"
+    )]
+    UnsupportedDevice {
+        /// The operation (or the host read) that was attempted.
+        op: &'static str,
+        /// The tensor's device.
+        device: Device,
+    },
     /// An argument is out of its valid domain (e.g. a zero step, a negative size).
     #[error("{op}: invalid argument: {reason}")]
     InvalidArgument {

@@ -15,7 +15,11 @@
 //!
 //! Every user mistake (shapes, dtypes, devices, files) is an [`Error`], never a panic.
 
+pub mod backend;
 mod creation;
+/// The CUDA backend: this build has none.
+#[path = "cuda_dummy.rs"]
+pub mod cuda;
 mod device;
 mod dtype;
 mod error;

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use half::{bf16, f16};
 
-use crate::{DType, WithDType};
+use crate::backend::DeviceStorage;
+use crate::cuda::CudaStorage;
+use crate::{DType, Device, WithDType};
 
 /// A typed element buffer: an owned `Vec`, or a zero-copy window into a memory-mapped file.
 pub enum Buffer<T> {
@@ -105,17 +107,19 @@ macro_rules! map_storage {
     };
 }
 
-/// Storage on some device. Only the CPU variant exists in builds without the `cuda` feature.
+/// Storage on some device: host memory, or a device backend behind [`DeviceStorage`].
 pub enum Storage {
     /// Host memory.
     Cpu(CpuStorage),
+    /// CUDA device memory (uninhabited in builds without the `cuda` feature).
+    Cuda(CudaStorage),
 }
 
-/// Bytes held by all live tensor storages of this process (owned and mapped).
+/// Bytes held by all live tensor storages of this process (owned, mapped and on devices).
 static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
 
-/// Bytes of element storage currently alive in this process: a leak detector for tests
-/// ("after a training step, memory returns to where it was").
+/// Bytes of element storage currently alive in this process, host and devices together: a leak
+/// detector for tests ("after a training step, memory returns to where it was").
 pub fn live_storage_bytes() -> usize {
     LIVE_BYTES.load(Ordering::Relaxed)
 }
@@ -126,14 +130,22 @@ impl Storage {
         LIVE_BYTES.fetch_add(s.as_bytes().len(), Ordering::Relaxed);
         Storage::Cpu(s)
     }
+    /// Wrap CUDA storage, counting its bytes as live until it is dropped.
+    pub(crate) fn new_cuda(s: CudaStorage) -> Storage {
+        LIVE_BYTES.fetch_add(s.byte_len(), Ordering::Relaxed);
+        Storage::Cuda(s)
+    }
+    fn byte_len(&self) -> usize {
+        match self {
+            Storage::Cpu(s) => s.as_bytes().len(),
+            Storage::Cuda(s) => s.byte_len(),
+        }
+    }
 }
 
 impl Drop for Storage {
     fn drop(&mut self) {
-        let n = match self {
-            Storage::Cpu(s) => s.as_bytes().len(),
-        };
-        LIVE_BYTES.fetch_sub(n, Ordering::Relaxed);
+        LIVE_BYTES.fetch_sub(self.byte_len(), Ordering::Relaxed);
     }
 }
 
@@ -142,12 +154,14 @@ impl Storage {
     pub fn dtype(&self) -> DType {
         match self {
             Storage::Cpu(s) => s.dtype(),
+            Storage::Cuda(s) => s.dtype(),
         }
     }
-    /// The CPU storage.
-    pub fn cpu(&self) -> &CpuStorage {
+    /// The device the elements live on.
+    pub fn device(&self) -> Device {
         match self {
-            Storage::Cpu(s) => s,
+            Storage::Cpu(_) => Device::Cpu,
+            Storage::Cuda(s) => s.device(),
         }
     }
 }

@@ -3,6 +3,8 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use crate::backend::DeviceStorage;
+use crate::cuda::CudaStorage;
 use crate::layout::gather_contiguous;
 use crate::storage::{CpuStorage, Storage};
 use crate::{DType, Device, Error, Layout, Result, Shape, WithDType};
@@ -18,7 +20,6 @@ pub struct Tensor(Arc<TensorInner>);
 struct TensorInner {
     storage: Arc<Storage>,
     layout: Layout,
-    device: Device,
 }
 
 /// Run `$body` with `$T` bound to the Rust element type of `$dtype`.
@@ -67,7 +68,14 @@ impl Tensor {
         Tensor(Arc::new(TensorInner {
             storage: Arc::new(Storage::new_cpu(storage)),
             layout,
-            device: Device::Cpu,
+        }))
+    }
+
+    /// A tensor over CUDA storage with the given layout.
+    pub(crate) fn from_cuda(storage: CudaStorage, layout: Layout) -> Tensor {
+        Tensor(Arc::new(TensorInner {
+            storage: Arc::new(Storage::new_cuda(storage)),
+            layout,
         }))
     }
 
@@ -103,7 +111,6 @@ impl Tensor {
         Tensor(Arc::new(TensorInner {
             storage: self.0.storage.clone(),
             layout,
-            device: self.0.device,
         }))
     }
 
@@ -133,7 +140,7 @@ impl Tensor {
     }
     /// The device.
     pub fn device(&self) -> Device {
-        self.0.device
+        self.0.storage.device()
     }
     /// The layout (shape, strides, offset).
     pub fn layout(&self) -> &Layout {
@@ -147,9 +154,32 @@ impl Tensor {
     pub fn is_contiguous(&self) -> bool {
         self.0.layout.is_contiguous()
     }
-    /// The CPU storage behind this tensor (shared with its views).
-    pub fn cpu_storage(&self) -> &CpuStorage {
-        self.0.storage.cpu()
+    /// The storage behind this tensor (shared with its views).
+    pub fn storage(&self) -> &Storage {
+        &self.0.storage
+    }
+    /// The CPU storage behind this tensor (shared with its views); an error naming the device
+    /// when the elements are not in host memory.
+    pub fn cpu_storage(&self) -> Result<&CpuStorage> {
+        match &*self.0.storage {
+            Storage::Cpu(s) => Ok(s),
+            Storage::Cuda(s) => Err(Error::UnsupportedDevice {
+                op: "reading host memory",
+                device: s.device(),
+            }),
+        }
+    }
+    /// A contiguous tensor of `shape` over a device backend's result.
+    pub(crate) fn from_cuda_contiguous(storage: CudaStorage, shape: impl Into<Shape>) -> Tensor {
+        Tensor::from_cuda(storage, Layout::contiguous(shape.into()))
+    }
+    /// The CUDA storage behind this tensor, if it lives on a GPU: the seam where each op family
+    /// hands its work to the device backend.
+    pub(crate) fn cuda(&self) -> Option<&CudaStorage> {
+        match &*self.0.storage {
+            Storage::Cpu(_) => None,
+            Storage::Cuda(s) => Some(s),
+        }
     }
     /// Whether two tensors share the same storage (one is a view of the other).
     pub fn same_storage(&self, other: &Tensor) -> bool {
@@ -158,7 +188,7 @@ impl Tensor {
 
     /// The whole underlying storage as `&[T]` (ignores the layout). Errors on a dtype mismatch.
     pub fn storage_slice<T: WithDType>(&self) -> Result<&[T]> {
-        T::storage_slice(self.cpu_storage()).ok_or(Error::DTypeMismatch {
+        T::storage_slice(self.cpu_storage()?).ok_or(Error::DTypeMismatch {
             op: "storage_slice",
             lhs: self.dtype(),
             rhs: T::DTYPE,
@@ -174,8 +204,11 @@ impl Tensor {
         })
     }
 
-    /// Copy the elements into a `Vec` in row-major order.
+    /// Copy the elements into a `Vec` in row-major order (from any device, like `tolist()`).
     pub fn to_vec<T: WithDType>(&self) -> Result<Vec<T>> {
+        if self.device() != Device::Cpu {
+            return self.to_device(Device::Cpu)?.to_vec();
+        }
         Ok(self.contiguous_slice::<T>()?.into_owned())
     }
 
@@ -195,11 +228,20 @@ impl Tensor {
                 reason: "expected exactly one element".into(),
             });
         }
+        if self.device() != Device::Cpu {
+            return self.to_device(Device::Cpu)?.to_scalar();
+        }
         Ok(self.storage_slice::<T>()?[self.layout().offset()])
     }
 
     /// All elements converted to f64, row-major (handy for tests and printing).
     pub fn to_f64_vec(&self) -> Vec<f64> {
+        if self.device() != Device::Cpu {
+            return self
+                .to_device(Device::Cpu)
+                .map(|t| t.to_f64_vec())
+                .unwrap_or_default();
+        }
         crate::with_dtype!(self.dtype(), T => {
             self.contiguous_slice::<T>()
                 .map(|s| s.iter().map(|v| v.to_f64()).collect())
@@ -262,10 +304,49 @@ impl Tensor {
         Ok(())
     }
 
-    /// Move to a device. Only the CPU exists without the `cuda` feature.
+    /// Copy to `device` (a cheap clone when already there). A view that does not span its whole
+    /// storage is compacted first, so only the elements it selects travel.
     pub fn to_device(&self, device: Device) -> Result<Tensor> {
+        if device == self.device() {
+            return Ok(self.clone());
+        }
         device.ensure_available()?;
-        Ok(self.clone())
+        let spans_storage =
+            self.is_contiguous() && self.layout().offset() == 0 && self.elem_count() == self.storage_len();
+        if !spans_storage {
+            return self.copy_compact()?.to_device(device);
+        }
+        let layout = self.layout().clone();
+        match (&*self.0.storage, device) {
+            (Storage::Cpu(_), Device::Cpu) => Ok(self.clone()),
+            (Storage::Cpu(s), Device::Cuda(_)) => {
+                Ok(Tensor::from_cuda(CudaStorage::upload(s, device)?, layout))
+            }
+            (Storage::Cuda(s), Device::Cpu) => Ok(Tensor::from_storage(s.download()?, layout)),
+            (Storage::Cuda(s), Device::Cuda(_)) => {
+                let host = s.download()?;
+                Ok(Tensor::from_cuda(CudaStorage::upload(&host, device)?, layout))
+            }
+        }
+    }
+
+    /// Elements in the storage (all views included).
+    fn storage_len(&self) -> usize {
+        match &*self.0.storage {
+            Storage::Cpu(s) => s.len(),
+            Storage::Cuda(s) => s.byte_len() / self.dtype().size_in_bytes().max(1),
+        }
+    }
+
+    /// A fresh row-major copy on the same device, even when `self` is already contiguous.
+    fn copy_compact(&self) -> Result<Tensor> {
+        let layout = Layout::contiguous(self.shape().clone());
+        match &*self.0.storage {
+            Storage::Cpu(_) => {
+                crate::with_dtype!(self.dtype(), T => Tensor::from_vec(self.to_vec::<T>()?, self.shape().clone()))
+            }
+            Storage::Cuda(s) => Ok(Tensor::from_cuda(s.copy_strided(self.layout())?, layout)),
+        }
     }
 }
 

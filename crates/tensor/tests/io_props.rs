@@ -57,11 +57,11 @@ fn row_major_bytes(t: &Tensor) -> Vec<u8> {
     let c = t.contiguous().unwrap();
     let size = c.dtype().size_in_bytes();
     let r = c.layout().contiguous_range().unwrap();
-    c.cpu_storage().as_bytes()[r.start * size..r.end * size].to_vec()
+    c.cpu_storage().unwrap().as_bytes()[r.start * size..r.end * size].to_vec()
 }
 
 fn is_mapped(t: &Tensor) -> bool {
-    kiln_tensor::map_storage!(t.cpu_storage(), b => matches!(b, Buffer::Mapped { .. }))
+    kiln_tensor::map_storage!(t.cpu_storage().unwrap(), b => matches!(b, Buffer::Mapped { .. }))
 }
 
 /// How a generated tensor is viewed before saving.

@@ -202,7 +202,13 @@ impl View for &Prepared {
         self.tensor.dims()
     }
     fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.tensor.cpu_storage().as_bytes()[self.bytes.clone()])
+        // `prepare` moved every tensor to the host.
+        let host = self
+            .tensor
+            .cpu_storage()
+            .map(|s| s.as_bytes())
+            .unwrap_or_default();
+        Cow::Borrowed(&host[self.bytes.clone()])
     }
     fn data_len(&self) -> usize {
         self.bytes.len()
@@ -227,7 +233,7 @@ where
         if !seen.insert(name.to_string()) {
             return Err(Error::invalid(op, format!("tensor name '{name}' appears twice")));
         }
-        let tensor = item.tensor().contiguous()?;
+        let tensor = item.tensor().to_device(crate::Device::Cpu)?.contiguous()?;
         let size = tensor.dtype().size_in_bytes();
         let range = tensor.layout().contiguous_range().unwrap_or(0..0);
         let bytes = range.start * size..range.end * size;
@@ -296,11 +302,12 @@ mod tests {
         assert_eq!(m["b"].to_vec::<u8>().unwrap(), vec![7, 8, 9]);
         assert_eq!(m["c"].to_vec::<i64>().unwrap(), vec![1, -2]);
         for t in m.values() {
-            let mapped = crate::map_storage!(t.cpu_storage(), b => matches!(b, Buffer::Mapped { .. }));
+            let mapped =
+                crate::map_storage!(t.cpu_storage().unwrap(), b => matches!(b, Buffer::Mapped { .. }));
             assert!(mapped, "aligned tensors are zero-copy");
         }
         assert!(matches!(
-            m["c"].cpu_storage(),
+            m["c"].cpu_storage().unwrap(),
             CpuStorage::I64(Buffer::Mapped { .. })
         ));
         // No temporary files are left behind.
@@ -332,7 +339,10 @@ mod tests {
         let m = load(&path).unwrap();
         assert_eq!(m["a"].to_vec::<u8>().unwrap(), vec![42]);
         assert_eq!(m["b"].to_vec::<f32>().unwrap(), vec![1.5]);
-        assert!(matches!(m["b"].cpu_storage(), CpuStorage::F32(Buffer::Owned(_))));
+        assert!(matches!(
+            m["b"].cpu_storage().unwrap(),
+            CpuStorage::F32(Buffer::Owned(_))
+        ));
         assert_eq!(
             load_from_bytes(&bytes).unwrap()["b"].to_vec::<f32>().unwrap(),
             vec![1.5]

@@ -1,5 +1,6 @@
 //! Element-wise binary operations with NumPy broadcasting, comparisons and `where`.
 
+use crate::backend::{DeviceStorage, ElementMap};
 use crate::{DType, Layout, Result, Shape, Tensor, WithDType};
 
 /// An arithmetic function of two tensors of the same dtype.
@@ -202,6 +203,17 @@ impl Tensor {
         if op == BinaryOp::Pow && !self.dtype().is_float() {
             self.check_float("pow")?;
         }
+        if let (Some(a), Some(b)) = (self.cuda(), rhs.cuda()) {
+            let shape = self.shape().broadcast_with(rhs.shape(), op.name())?;
+            let (la, lb) = (
+                self.layout().broadcast_as(&shape)?,
+                rhs.layout().broadcast_as(&shape)?,
+            );
+            return Ok(Tensor::from_cuda_contiguous(
+                a.binary(&la, b, &lb, &shape, op)?,
+                shape,
+            ));
+        }
         match self.dtype() {
             DType::F16 | DType::BF16 if op == BinaryOp::Pow => self
                 .to_dtype(DType::F32)?
@@ -215,6 +227,10 @@ impl Tensor {
     /// where `input > 0`, else 0, in one pass. Same dtype for both; broadcasting as in [`Tensor::binary`].
     pub fn relu_backward(&self, input: &Tensor) -> Result<Tensor> {
         self.check_same_dtype(input, "relu_backward")?;
+        if self.cuda().is_some() {
+            let positive = input.cmp_scalar(0.0, CmpOp::Gt)?;
+            return positive.where_cond(self, &self.zeros_like()?);
+        }
         crate::with_dtype!(self.dtype(), T => broadcast_map::<T, T>(self, input, "relu_backward", |g, x| {
             if x > T::ZERO { g } else { T::ZERO }
         }))
@@ -251,6 +267,17 @@ impl Tensor {
     /// Compare with broadcasting, giving a `u8` mask.
     pub fn cmp(&self, rhs: &Tensor, op: CmpOp) -> Result<Tensor> {
         self.check_same_dtype(rhs, "cmp")?;
+        if let (Some(a), Some(b)) = (self.cuda(), rhs.cuda()) {
+            let shape = self.shape().broadcast_with(rhs.shape(), "cmp")?;
+            let (la, lb) = (
+                self.layout().broadcast_as(&shape)?,
+                rhs.layout().broadcast_as(&shape)?,
+            );
+            return Ok(Tensor::from_cuda_contiguous(
+                a.cmp(&la, b, &lb, &shape, op)?,
+                shape,
+            ));
+        }
         crate::with_dtype!(self.dtype(), T => broadcast_map::<T, u8>(self, rhs, "cmp", |a, b| op.eval(a, b)))
     }
     /// `self == rhs` as a mask.
@@ -279,6 +306,9 @@ impl Tensor {
     }
     /// Compare every element with a scalar, giving a `u8` mask.
     pub fn cmp_scalar(&self, value: f64, op: CmpOp) -> Result<Tensor> {
+        if self.cuda().is_some() {
+            return self.map_on_device(ElementMap::CmpScalar(op, value));
+        }
         crate::with_dtype!(self.dtype(), T => {
             let v = T::from_f64(value);
             super::map_elements::<T, u8>(self, move |a| op.eval(a, v))
@@ -289,11 +319,29 @@ impl Tensor {
     /// `on_false`; all three broadcast together (`torch.where(cond, a, b)`).
     pub fn where_cond(&self, on_true: &Tensor, on_false: &Tensor) -> Result<Tensor> {
         on_true.check_same_dtype(on_false, "where")?;
+        if self.device() != on_true.device() {
+            return Err(crate::Error::DeviceMismatch {
+                op: "where",
+                lhs: self.device(),
+                rhs: on_true.device(),
+            });
+        }
         let shape = self
             .shape()
             .broadcast_with(on_true.shape(), "where")?
             .broadcast_with(on_false.shape(), "where")?;
         let mask = self.to_dtype(DType::U8)?;
+        if let (Some(m), Some(a), Some(b)) = (mask.cuda(), on_true.cuda(), on_false.cuda()) {
+            let lm = mask.layout().broadcast_as(&shape)?;
+            let (la, lb) = (
+                on_true.layout().broadcast_as(&shape)?,
+                on_false.layout().broadcast_as(&shape)?,
+            );
+            return Ok(Tensor::from_cuda_contiguous(
+                m.where_cond(&lm, (a, &la), (b, &lb), &shape)?,
+                shape,
+            ));
+        }
         crate::with_dtype!(on_true.dtype(), T => where_kernel::<T>(&mask, on_true, on_false, shape))
     }
 }

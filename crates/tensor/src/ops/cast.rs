@@ -1,5 +1,6 @@
 //! Casts between dtypes.
 
+use crate::backend::DeviceStorage;
 use crate::{DType, Result, Tensor, WithDType};
 
 impl Tensor {
@@ -8,6 +9,12 @@ impl Tensor {
     pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
         if dtype == self.dtype() {
             return Ok(self.clone());
+        }
+        if let Some(s) = self.cuda() {
+            return Ok(Tensor::from_cuda_contiguous(
+                s.cast(self.layout(), dtype)?,
+                self.shape().clone(),
+            ));
         }
         crate::with_dtype!(self.dtype(), S => crate::with_dtype!(dtype, D => cast_kernel::<S, D>(self)))
     }

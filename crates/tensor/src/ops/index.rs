@@ -5,6 +5,7 @@
 //! wrapped, as in PyTorch); any other value is an [`Error::IndexOutOfRange`], never a panic.
 
 use super::binary::{zip_blocks, CmpOp};
+use crate::backend::DeviceStorage;
 use crate::{DType, Dim, Error, Layout, Result, Shape, Tensor, WithDType};
 
 /// Error unless `index` has an index dtype (`i64` or `u32`).
@@ -23,6 +24,8 @@ fn check_index_dtype(index: &Tensor, op: &'static str) -> Result<()> {
 /// the indexed dimension in the error).
 fn checked_indices(index: &Tensor, size: usize, dim: usize, op: &'static str) -> Result<Vec<usize>> {
     check_index_dtype(index, op)?;
+    // Indices are checked on the host (a device tensor's are copied back first).
+    let index = &index.to_device(crate::Device::Cpu)?;
     let check = |i: i64| -> Result<usize> {
         if i < 0 || i as u64 >= size as u64 {
             return Err(Error::IndexOutOfRange {
@@ -148,6 +151,11 @@ impl Tensor {
         let idx = checked_indices(indices, size, d, OP)?;
         let mut dims = self.dims().to_vec();
         dims[d] = idx.len();
+        if let Some(s) = self.cuda() {
+            let ids: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
+            let out = s.index_select(self.layout(), &ids, [outer, size, inner])?;
+            return Ok(Tensor::from_cuda_contiguous(out, dims));
+        }
         crate::with_dtype!(self.dtype(), T => {
             let src = self.contiguous_slice::<T>()?;
             Tensor::from_vec(select_rows(&src, outer, size, inner, &idx), dims)
@@ -336,6 +344,11 @@ impl Tensor {
         let idx = checked_indices(ids, v, 0, OP)?;
         let mut dims = ids.dims().to_vec();
         dims.push(dim);
+        if let Some(s) = weight.cuda() {
+            let ids: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
+            let out = s.index_select(weight.layout(), &ids, [1, v, dim])?;
+            return Ok(Tensor::from_cuda_contiguous(out, dims));
+        }
         crate::with_dtype!(weight.dtype(), T => {
             let w = weight.contiguous_slice::<T>()?;
             Tensor::from_vec(select_rows(&w, 1, v, dim, &idx), dims)

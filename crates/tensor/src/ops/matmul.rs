@@ -3,6 +3,7 @@
 //! `gemm` takes arbitrary row/column strides, so transposed and sliced views multiply without a
 //! copy. f16/bf16 compute in f32; integer types use a plain triple loop (rarely hot).
 
+use crate::backend::DeviceStorage;
 use crate::{DType, Error, Layout, MatmulPrecision, Result, Shape, Tensor, WithDType};
 
 /// Below this many multiply-adds a GEMM runs on the calling thread (threads cost more than they save).
@@ -320,17 +321,11 @@ impl Tensor {
         let lb = b
             .layout()
             .broadcast_as(&Shape::new([batch.dims(), &[k, n]].concat()))?;
-        let out = match self.dtype() {
-            DType::F32 => batched_gemm::<f32>(&a, &la, &b, &lb, [m, n, k], out_dims)?,
-            DType::F64 => batched_gemm::<f64>(&a, &la, &b, &lb, [m, n, k], out_dims)?,
-            DType::F16 | DType::BF16 => {
-                let dt = self.dtype();
-                return self
-                    .to_dtype(DType::F32)?
-                    .matmul(&rhs.to_dtype(DType::F32)?)?
-                    .to_dtype(dt);
+        let out = match (a.cuda(), b.cuda()) {
+            (Some(sa), Some(sb)) => {
+                Tensor::from_cuda_contiguous(sa.matmul(&la, sb, &lb, [m, n, k])?, out_dims)
             }
-            dt => crate::with_dtype!(dt, T => batched_naive::<T>(&a, &la, &b, &lb, [m, n, k], out_dims)?),
+            _ => Self::matmul_on_host(&a, &la, &b, &lb, [m, n, k], out_dims)?,
         };
         // Drop the dimensions that were added for 1-D operands.
         let out = if rhs.rank() == 1 { out.squeeze(-1)? } else { out };
@@ -339,6 +334,30 @@ impl Tensor {
         } else {
             Ok(out)
         }
+    }
+
+    /// The CPU kernels of [`Tensor::matmul`], by dtype: `a` and `b` at least 2-D, `la` and `lb`
+    /// their layouts broadcast over the batch.
+    fn matmul_on_host(
+        a: &Tensor,
+        la: &Layout,
+        b: &Tensor,
+        lb: &Layout,
+        mnk: [usize; 3],
+        out_dims: Vec<usize>,
+    ) -> Result<Tensor> {
+        Ok(match a.dtype() {
+            DType::F32 => batched_gemm::<f32>(a, la, b, lb, mnk, out_dims)?,
+            DType::F64 => batched_gemm::<f64>(a, la, b, lb, mnk, out_dims)?,
+            DType::F16 | DType::BF16 => {
+                // Widen, multiply in f32, round back (PyTorch's CPU behaviour).
+                let (a32, b32) = (a.to_dtype(DType::F32)?, b.to_dtype(DType::F32)?);
+                let la32 = a32.layout().broadcast_as(la.shape())?;
+                let lb32 = b32.layout().broadcast_as(lb.shape())?;
+                batched_gemm::<f32>(&a32, &la32, &b32, &lb32, mnk, out_dims)?.to_dtype(a.dtype())?
+            }
+            dt => crate::with_dtype!(dt, T => batched_naive::<T>(a, la, b, lb, mnk, out_dims)?),
+        })
     }
 }
 
@@ -351,6 +370,9 @@ impl Tensor {
         const OP: &str = "matmul_bias";
         self.check_same_dtype(rhs, OP)?;
         self.check_same_dtype(bias, OP)?;
+        if self.cuda().is_some() {
+            return self.matmul(rhs)?.add(bias);
+        }
         let mismatch = |reason: String| Error::ShapeMismatch {
             op: OP,
             lhs: self.shape().clone(),

@@ -5,6 +5,7 @@
 
 use rayon::prelude::*;
 
+use crate::backend::{DeviceStorage, RowReduce};
 use crate::fast_math::FastExp;
 use crate::{DType, Dim, Dims, Error, FloatDType, Result, Shape, Tensor, WithDType};
 
@@ -58,6 +59,24 @@ fn reduce_with<T: WithDType, U: WithDType>(
     Tensor::from_vec(out, out_shape)
 }
 
+/// Run a row reduction on the device backend holding `t`, if any: the reduced axes are moved
+/// last (a view) and every row reduced to one value.
+fn reduce_on_device(t: &Tensor, axes: &[usize], keepdim: bool, op: RowReduce) -> Option<Result<Tensor>> {
+    let s = t.cuda()?;
+    Some((|| {
+        let mut perm: Vec<usize> = (0..t.rank()).filter(|d| !axes.contains(d)).collect();
+        perm.extend_from_slice(axes);
+        let p = t.permute(&perm)?;
+        let len: usize = axes.iter().map(|&a| t.dims()[a]).product();
+        let rows = t.elem_count().checked_div(len).unwrap_or(0);
+        let out_shape = reduced_shape(t.dims(), axes, keepdim);
+        Ok(Tensor::from_cuda_contiguous(
+            s.reduce_rows(p.layout(), rows, len, op)?,
+            out_shape,
+        ))
+    })())
+}
+
 fn check_nonempty(t: &Tensor, axes_len: usize, op: &'static str) -> Result<()> {
     if t.elem_count() == 0 || axes_len == 0 && t.rank() > 0 && t.elem_count() == 0 {
         return Err(Error::InvalidShape {
@@ -73,6 +92,9 @@ impl Tensor {
     /// Sum over `dims`.
     pub fn sum(&self, dims: impl Dims, keepdim: bool) -> Result<Tensor> {
         let axes = dims.to_indices(self.rank(), "sum")?;
+        if let Some(r) = reduce_on_device(self, &axes, keepdim, RowReduce::Sum) {
+            return r;
+        }
         match self.dtype() {
             DType::F16 | DType::BF16 | DType::F32 => {
                 let d = self.dtype();
@@ -108,6 +130,9 @@ impl Tensor {
     pub fn max(&self, dims: impl Dims, keepdim: bool) -> Result<Tensor> {
         let axes = dims.to_indices(self.rank(), "max")?;
         check_nonempty(self, axes.len(), "max")?;
+        if let Some(r) = reduce_on_device(self, &axes, keepdim, RowReduce::Max) {
+            return r;
+        }
         crate::with_dtype!(self.dtype(), T => reduce_with::<T, T>(self, axes, keepdim, "max", |r| {
             r.iter().copied().fold(r[0], |m, x| if super::binary::is_nan(x) || x > m { x } else { m })
         }))
@@ -116,6 +141,9 @@ impl Tensor {
     pub fn min(&self, dims: impl Dims, keepdim: bool) -> Result<Tensor> {
         let axes = dims.to_indices(self.rank(), "min")?;
         check_nonempty(self, axes.len(), "min")?;
+        if let Some(r) = reduce_on_device(self, &axes, keepdim, RowReduce::Min) {
+            return r;
+        }
         crate::with_dtype!(self.dtype(), T => reduce_with::<T, T>(self, axes, keepdim, "min", |r| {
             r.iter().copied().fold(r[0], |m, x| if super::binary::is_nan(x) || x < m { x } else { m })
         }))
@@ -124,6 +152,9 @@ impl Tensor {
     pub fn argmax(&self, dim: impl Dim, keepdim: bool) -> Result<Tensor> {
         let d = dim.to_index(self.rank(), "argmax")?;
         check_nonempty(self, 1, "argmax")?;
+        if let Some(r) = reduce_on_device(self, &[d], keepdim, RowReduce::ArgMax) {
+            return r;
+        }
         crate::with_dtype!(self.dtype(), T => reduce_with::<T, i64>(self, d, keepdim, "argmax", |r| {
             let mut best = 0;
             for (i, &x) in r.iter().enumerate() {
@@ -136,6 +167,9 @@ impl Tensor {
     pub fn argmin(&self, dim: impl Dim, keepdim: bool) -> Result<Tensor> {
         let d = dim.to_index(self.rank(), "argmin")?;
         check_nonempty(self, 1, "argmin")?;
+        if let Some(r) = reduce_on_device(self, &[d], keepdim, RowReduce::ArgMin) {
+            return r;
+        }
         crate::with_dtype!(self.dtype(), T => reduce_with::<T, i64>(self, d, keepdim, "argmin", |r| {
             let mut best = 0;
             for (i, &x) in r.iter().enumerate() {
@@ -191,6 +225,13 @@ impl Tensor {
     fn softmax_impl(&self, dim: impl Dim, log: bool, op: &'static str) -> Result<Tensor> {
         self.check_float(op)?;
         let d = dim.to_index(self.rank(), op)?;
+        if let Some(s) = self.cuda() {
+            // Move `dim` last (a view), normalise the rows, and view the result back.
+            let last = self.rank() - 1;
+            let p = self.transpose(d, last)?;
+            let rows = s.softmax_rows(p.layout(), self.dims()[d], log)?;
+            return Tensor::from_cuda_contiguous(rows, p.shape().clone()).transpose(d, last);
+        }
         match self.dtype() {
             DType::F32 => softmax_kernel::<f32>(self, d, log),
             DType::F64 => softmax_kernel::<f64>(self, d, log),

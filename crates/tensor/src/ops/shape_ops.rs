@@ -1,6 +1,7 @@
 //! Shape operations. Everything except `cat`/`stack` (and `reshape`/`contiguous` of
 //! non-viewable data) returns a view that shares storage.
 
+use crate::backend::DeviceStorage;
 use crate::layout::gather_contiguous;
 use crate::{Dim, Error, Layout, Result, Shape, Tensor, WithDType};
 
@@ -166,6 +167,12 @@ impl Tensor {
     pub fn contiguous(&self) -> Result<Tensor> {
         if self.is_contiguous() {
             return Ok(self.clone());
+        }
+        if let Some(s) = self.cuda() {
+            return Ok(Tensor::from_cuda_contiguous(
+                s.copy_strided(self.layout())?,
+                self.shape().clone(),
+            ));
         }
         crate::with_dtype!(self.dtype(), T => {
             Tensor::from_vec(gather_contiguous(self.storage_slice::<T>()?, self.layout()), self.shape().clone())

@@ -1,6 +1,7 @@
 //! Element-wise unary operations. Float ops run natively on f32/f64; f16/bf16 compute in f32
 //! and round back, as PyTorch does on the CPU.
 
+use crate::backend::{DeviceStorage, ElementMap};
 use crate::fast_math::{fast_tanh, FastExp, SQRT_2_OVER_PI};
 use crate::{DType, Error, FloatDType, Result, Tensor, WithDType};
 
@@ -186,6 +187,10 @@ fn unary_kernel<F: FastExp>(t: &Tensor, op: UnaryOp) -> Result<Tensor> {
 impl Tensor {
     /// Apply a float [`UnaryOp`] element-wise.
     pub fn unary(&self, op: UnaryOp) -> Result<Tensor> {
+        if self.cuda().is_some() {
+            self.check_float(op.name())?;
+            return self.map_on_device(ElementMap::Unary(op));
+        }
         match self.dtype() {
             DType::F32 => unary_kernel::<f32>(self, op),
             DType::F64 => unary_kernel::<f64>(self, op),
@@ -297,6 +302,9 @@ impl Tensor {
         if lo > hi {
             return Err(Error::invalid("clamp", format!("lo {lo} exceeds hi {hi}")));
         }
+        if self.cuda().is_some() {
+            return self.map_on_device(ElementMap::Unary(UnaryOp::Clamp { lo, hi }));
+        }
         if self.dtype().is_int() {
             return crate::with_dtype!(self.dtype(), T => super::map_elements::<T, T>(self, |x| {
                 let v = x.to_f64().clamp(lo, hi);
@@ -307,6 +315,9 @@ impl Tensor {
     }
     /// `mul * x + add` (any dtype; integers compute in f64 and truncate).
     pub fn affine(&self, mul: f64, add: f64) -> Result<Tensor> {
+        if self.cuda().is_some() {
+            return self.map_on_device(ElementMap::Unary(UnaryOp::Affine { mul, add }));
+        }
         if self.dtype().is_int() {
             return crate::with_dtype!(self.dtype(), T => super::map_elements::<T, T>(self, |x| T::from_f64(x.to_f64() * mul + add)));
         }
@@ -314,6 +325,9 @@ impl Tensor {
     }
     /// Negation (wrapping for unsigned integers).
     pub fn neg(&self) -> Result<Tensor> {
+        if self.cuda().is_some() {
+            return self.map_on_device(ElementMap::Neg);
+        }
         crate::with_dtype!(self.dtype(), T => super::map_elements::<T, T>(self, |x| T::ZERO.sub(x)))
     }
     /// Absolute value.
@@ -321,7 +335,20 @@ impl Tensor {
         if matches!(self.dtype(), DType::U8 | DType::U32) {
             return Ok(self.clone());
         }
+        if self.cuda().is_some() {
+            return self.map_on_device(ElementMap::Abs);
+        }
         crate::with_dtype!(self.dtype(), T => super::map_elements::<T, T>(self, |x| if x.to_f64() < 0.0 { T::ZERO.sub(x) } else { x }))
+    }
+    /// Run an element-wise map on the device backend holding `self`.
+    pub(crate) fn map_on_device(&self, op: ElementMap) -> Result<Tensor> {
+        match self.cuda() {
+            Some(s) => Ok(Tensor::from_cuda_contiguous(
+                s.map(self.layout(), op)?,
+                self.shape().clone(),
+            )),
+            None => Err(Error::invalid("map_on_device", "the tensor is in host memory")),
+        }
     }
     /// `x + c` for a scalar.
     pub fn add_scalar(&self, c: f64) -> Result<Tensor> {
