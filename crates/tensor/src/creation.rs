@@ -108,6 +108,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(not(feature = "cuda"))]
     fn cuda_without_feature_is_an_error() {
         let e = Tensor::zeros([2], DType::F32, Device::Cuda(0)).unwrap_err();
         assert!(matches!(e, Error::NotCompiledWithCuda(_)));

@@ -17,7 +17,10 @@
 
 pub mod backend;
 mod creation;
-/// The CUDA backend: this build has none.
+#[cfg(feature = "cuda")]
+pub mod cuda;
+/// The CUDA backend: this build has none (enable the `cuda` feature).
+#[cfg(not(feature = "cuda"))]
 #[path = "cuda_dummy.rs"]
 pub mod cuda;
 mod device;
