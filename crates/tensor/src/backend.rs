@@ -59,6 +59,8 @@ pub trait DeviceStorage: Sized {
     fn download(&self) -> Result<CpuStorage>;
     /// A row-major copy of the elements `layout` selects.
     fn copy_strided(&self, layout: &Layout) -> Result<Self>;
+    /// Concatenate `self` (seen through `layout`) and `rest` along `dim` into `out_shape`.
+    fn cat(&self, layout: &Layout, rest: &[(&Self, &Layout)], dim: usize, out_shape: &Shape) -> Result<Self>;
     /// An element-wise map.
     fn map(&self, layout: &Layout, op: ElementMap) -> Result<Self>;
     /// `lhs <op> rhs`, both broadcast (by their layouts) to `shape`.

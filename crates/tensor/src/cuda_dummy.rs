@@ -33,6 +33,9 @@ impl DeviceStorage for CudaStorage {
     fn copy_strided(&self, _: &Layout) -> Result<Self> {
         match *self {}
     }
+    fn cat(&self, _: &Layout, _: &[(&Self, &Layout)], _: usize, _: &Shape) -> Result<Self> {
+        match *self {}
+    }
     fn map(&self, _: &Layout, _: ElementMap) -> Result<Self> {
         match *self {}
     }

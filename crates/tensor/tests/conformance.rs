@@ -320,6 +320,64 @@ fn matmul_and_indexing_match_the_cpu() {
 }
 
 #[test]
+fn composite_and_joining_ops_match_the_cpu() {
+    for device in devices() {
+        for dtype in ALL {
+            let (a, b) = (sample(dtype, &[2, 3, 4], 19), sample(dtype, &[2, 5, 4], 20));
+            check(device, &format!("cat {dtype:?}"), vec![a.clone(), b], |t| {
+                Tensor::cat(t, 1)
+            });
+            check(
+                device,
+                &format!("stack {dtype:?}"),
+                vec![a.clone(), a.clone()],
+                |t| Tensor::stack(t, 2),
+            );
+            let mask = sample(DType::F32, &[3, 1], 21);
+            check(
+                device,
+                &format!("masked_fill {dtype:?}"),
+                vec![a.clone(), mask],
+                |t| t[0].masked_fill(&t[1].gt(&t[1].zeros_like()?)?, 7.0),
+            );
+        }
+        for dtype in FLOATS {
+            let x = randn(&[4, 9], dtype, 22);
+            check(device, &format!("var {dtype:?}"), vec![x.clone()], |t| {
+                t[0].var(1usize, 1, false)
+            });
+            check(device, &format!("logsumexp {dtype:?}"), vec![x.clone()], |t| {
+                t[0].logsumexp(0usize, true)
+            });
+            let g = randn(&[4, 9], dtype, 23);
+            check(
+                device,
+                &format!("gelu_backward {dtype:?}"),
+                vec![x.clone(), g.clone()],
+                |t| t[0].gelu_backward(&t[1]),
+            );
+            check(
+                device,
+                &format!("gelu_tanh_backward {dtype:?}"),
+                vec![x.clone(), g],
+                |t| t[0].gelu_tanh_backward(&t[1]),
+            );
+        }
+        for dtype in [DType::F32, DType::F64] {
+            let lsm = randn(&[3, 5], dtype, 24).log_softmax(1).unwrap();
+            check(
+                device,
+                &format!("nll_grad_from_log_softmax {dtype:?}"),
+                vec![lsm],
+                |t| t[0].nll_grad_from_log_softmax(&[4, 0, 2], 0.5),
+            );
+        }
+        let ids = Tensor::from_vec(vec![3i64, 0, 1, 3], [2, 2]).unwrap();
+        check(device, "one_hot", vec![ids], |t| t[0].one_hot(5));
+    }
+}
+
+#[test]
 fn device_errors_say_what_is_missing_and_what_to_do() {
     match Tensor::zeros([2], DType::F32, Device::Cuda(0)) {
         Ok(t) => assert_eq!(t.device(), Device::Cuda(0)),

@@ -22,7 +22,7 @@ fn expected_kernels(module: &str) -> Vec<String> {
     for d in DTYPES {
         match module {
             "elementwise" => {
-                for family in ["copy", "map", "cmp_scalar", "cmp", "binary", "where"] {
+                for family in ["copy", "copy_into", "map", "cmp_scalar", "cmp", "binary", "where"] {
                     names.push(format!("{family}_{d}"));
                 }
                 names.extend(DTYPES.iter().map(|e| format!("cast_{d}_{e}")));

@@ -693,6 +693,15 @@ impl Trainer {
         Ok(())
     }
 
+    /// Where the model's parameters live (the CPU for a model without any): batches are copied
+    /// there before the forward pass, so a model built on a GPU trains from host data.
+    fn model_device(&self) -> kiln_tensor::Device {
+        self.model
+            .parameters()
+            .first()
+            .map_or(kiln_tensor::Device::Cpu, |p| p.value().device())
+    }
+
     /// Forward and backward on one training batch; updates the running metrics. Returns the
     /// gradients, the batch's mean loss and its size, or `None` for a batch with a non-finite
     /// loss under [`OnNan::SkipBatch`] (under [`OnNan::Stop`] it is an [`Error::Diverged`]).
@@ -702,9 +711,10 @@ impl Trainer {
         let targets = batch
             .targets
             .ok_or_else(|| Error::Data("fit: the training dataset has no targets".into()))?;
+        let device = self.model_device();
         let out = self.model.forward(&kiln_zoo::Batch {
-            inputs: batch.inputs,
-            targets: Some(targets.clone()),
+            inputs: batch.inputs.to_device(device)?,
+            targets: Some(targets.to_device(device)?),
         })?;
         let loss: Var = out.loss.ok_or_else(|| {
             Error::Data(format!(
@@ -798,9 +808,10 @@ impl Trainer {
                     let targets = batch
                         .targets
                         .ok_or_else(|| Error::Data("evaluate: the dataset has no targets".into()))?;
+                    let device = self.model_device();
                     let out = self.model.forward(&kiln_zoo::Batch {
-                        inputs: batch.inputs,
-                        targets: Some(targets.clone()),
+                        inputs: batch.inputs.to_device(device)?,
+                        targets: Some(targets.to_device(device)?),
                     })?;
                     let loss = out.loss.ok_or_else(|| {
                         Error::Data(format!(
@@ -853,7 +864,7 @@ impl Trainer {
                 for batch in loader.iter_from_scoped(scope, 0, 0)? {
                     let batch = batch?;
                     let out = self.model.forward(&kiln_zoo::Batch {
-                        inputs: batch.inputs,
+                        inputs: batch.inputs.to_device(self.model_device())?,
                         targets: None,
                     })?;
                     outs.push(out.logits.value().clone());

@@ -90,6 +90,25 @@ impl StridedArgs {
     }
 }
 
+impl StridedArgs {
+    /// The region of the contiguous `whole` holding a block of `dims` that starts at `start`
+    /// along `dim`.
+    pub(crate) fn region(
+        whole: &Layout,
+        dims: &[usize],
+        dim: usize,
+        start: usize,
+        ctx: &GpuContext,
+    ) -> Result<StridedArgs> {
+        let mut a = StridedArgs::of(whole, ctx)?;
+        for (d, &n) in dims.iter().enumerate() {
+            a.dims[d] = n as u64;
+        }
+        a.offset = (start * whole.strides()[dim]) as u64;
+        Ok(a)
+    }
+}
+
 /// A grid-stride launch over `n` elements: 256 threads a block, enough blocks to fill a GPU.
 fn elementwise_config(n: usize) -> LaunchConfig {
     LaunchConfig {
@@ -278,6 +297,36 @@ impl DeviceStorage for CudaStorage {
             push_mut(b, &mut out.buf);
             b.arg(&n64);
             self.run(builder, elementwise_config(n), &kernel)?;
+        }
+        Ok(out)
+    }
+
+    fn cat(&self, layout: &Layout, rest: &[(&Self, &Layout)], dim: usize, out_shape: &Shape) -> Result<Self> {
+        let dtype = self.dtype();
+        let mut out = CudaStorage::alloc(&self.ctx, dtype, out_shape.elem_count())?;
+        let whole = Layout::contiguous(out_shape.clone());
+        let kernel = format!("copy_into_{}", dtype.as_str());
+        let mut start = 0;
+        for (part, part_layout) in std::iter::once((self, layout)).chain(rest.iter().copied()) {
+            self.same_gpu(part, "cat")?;
+            let n = part_layout.shape().elem_count();
+            let len = part_layout.dims()[dim];
+            if n > 0 {
+                // The part's region of the output: its dims at the output's strides.
+                let region = StridedArgs::region(&whole, part_layout.dims(), dim, start, &self.ctx)?;
+                let src = StridedArgs::of(part_layout, &self.ctx)?;
+                let n64 = n as u64;
+                let f = self.ctx.function(&ELEMENTWISE, &kernel)?;
+                let mut builder = self.ctx.stream.launch_builder(&f);
+                let b = &mut builder;
+                push(b, &part.buf);
+                b.arg(&src);
+                push_mut(b, &mut out.buf);
+                b.arg(&region);
+                b.arg(&n64);
+                self.run(builder, elementwise_config(n), &kernel)?;
+            }
+            start += len;
         }
         Ok(out)
     }

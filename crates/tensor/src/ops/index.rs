@@ -290,6 +290,9 @@ impl Tensor {
             DType::U8 => mask.clone(),
             _ => mask.cmp_scalar(0.0, CmpOp::Ne)?,
         };
+        if self.cuda().is_some() {
+            return mask.where_cond(&self.full_like(value)?, self);
+        }
         let shape = self.shape().clone();
         let lm = mask.layout().broadcast_as(&shape)?;
         crate::with_dtype!(self.dtype(), T => {
@@ -332,7 +335,8 @@ impl Tensor {
                 out[row * num_classes + c] = T::ONE;
             }
             Tensor::from_vec(out, dims)
-        })
+        })?
+        .to_device(self.device())
     }
 
     /// Look up rows of `weight` (`[V, D]`, any dtype) for every id in `ids` (`i64`/`u32`, any

@@ -182,6 +182,12 @@ impl Tensor {
     pub fn var(&self, dims: impl Dims, correction: usize, keepdim: bool) -> Result<Tensor> {
         self.check_float("var")?;
         let axes = dims.to_indices(self.rank(), "var")?;
+        if self.cuda().is_some() {
+            let n: usize = axes.iter().map(|&a| self.dims()[a]).product();
+            let centred = self.sub(&self.mean(axes.as_slice(), true)?)?;
+            let squares = centred.sqr()?.sum(axes.as_slice(), keepdim)?;
+            return squares.affine(1.0 / (n as f64 - correction as f64), 0.0);
+        }
         self.float_rows(axes, keepdim, "var", move |r: &[f64]| {
             let n = r.len() as f64;
             let mean = r.iter().sum::<f64>() / n;
@@ -192,6 +198,17 @@ impl Tensor {
     pub fn logsumexp(&self, dims: impl Dims, keepdim: bool) -> Result<Tensor> {
         self.check_float("logsumexp")?;
         let axes = dims.to_indices(self.rank(), "logsumexp")?;
+        if self.cuda().is_some() {
+            // m + log(sum(exp(x - m))), with m the row maximum (rows of -inf give NaN here).
+            let m = self.max(axes.as_slice(), true)?;
+            let s = self.sub(&m)?.exp()?.sum(axes.as_slice(), keepdim)?.log()?;
+            let m = if keepdim {
+                m
+            } else {
+                self.max(axes.as_slice(), false)?
+            };
+            return s.add(&m);
+        }
         self.float_rows(axes, keepdim, "logsumexp", |r: &[f64]| {
             let m = r.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             if m == f64::NEG_INFINITY {
@@ -347,6 +364,12 @@ impl Tensor {
                     targets.len()
                 ),
             });
+        }
+        if self.cuda().is_some() {
+            // softmax·scale minus scale at each target: the one-hot rows built on the host.
+            let ids = Tensor::from_slice(targets, [n])?;
+            let hot = ids.one_hot_dtype(c, self.dtype())?.to_device(self.device())?;
+            return self.exp()?.sub(&hot)?.affine(scale, 0.0);
         }
         float_dispatch!(OP, self.dtype(), F => nll_grad_impl::<F>(self, targets, scale),
             half => Err(Error::UnsupportedDType { op: OP, dtype: self.dtype(), expected: "f32 or f64" }))

@@ -205,6 +205,18 @@ impl Tensor {
             }
             out_dims[d] += t.dims()[d];
         }
+        if let Some(s) = first.cuda() {
+            let rest: Vec<_> = tensors[1..]
+                .iter()
+                .map(|t| t.cuda().map(|c| (c, t.layout())))
+                .collect::<Option<_>>()
+                .ok_or_else(|| Error::invalid("cat", "internal: operands left the device"))?;
+            let shape = Shape::new(out_dims);
+            return Ok(Tensor::from_cuda_contiguous(
+                s.cat(first.layout(), &rest, d, &shape)?,
+                shape,
+            ));
+        }
         crate::with_dtype!(first.dtype(), T => cat_kernel::<T>(tensors, d, out_dims))
     }
 

@@ -255,6 +255,18 @@ impl Tensor {
     /// shape), in one pass: `g · (½(1 + t) + ½x(1 - t²)·c(1 + 3a x²))` with `t = tanh(c(x + a x³))`.
     pub fn gelu_tanh_backward(&self, grad: &Tensor) -> Result<Tensor> {
         const OP: &str = "gelu_tanh_backward";
+        if self.cuda().is_some() {
+            self.check_same_dtype(grad, OP)?;
+            let (k, a) = (SQRT_2_OVER_PI, 0.044715);
+            let x2 = self.sqr()?;
+            let t = self.mul(&x2.affine(a, 1.0)?)?.affine(k, 0.0)?.tanh()?;
+            let left = t.affine(0.5, 0.5)?;
+            let right = self
+                .mul(&t.sqr()?.affine(-1.0, 1.0)?)?
+                .mul(&x2.affine(3.0 * a * k, k)?)?
+                .affine(0.5, 0.0)?;
+            return grad.mul(&left.add(&right)?);
+        }
         fn kernel<F: FastExp>(x: &Tensor, g: &Tensor) -> Result<Tensor> {
             let (xs, gs) = (x.contiguous_slice::<F>()?, g.contiguous_slice::<F>()?);
             let c = |v: f64| F::from_f64(v);
@@ -274,6 +286,17 @@ impl Tensor {
     /// in one pass: `g · (Φ(x) + x φ(x))`.
     pub fn gelu_backward(&self, grad: &Tensor) -> Result<Tensor> {
         const OP: &str = "gelu_backward";
+        if self.cuda().is_some() {
+            // Φ(x) + x φ(x), from the device's erf and exp.
+            self.check_same_dtype(grad, OP)?;
+            let cdf = self
+                .affine(std::f64::consts::FRAC_1_SQRT_2, 0.0)?
+                .erf()?
+                .affine(0.5, 0.5)?;
+            let inv_sqrt_2pi = 1.0 / (2.0 * std::f64::consts::PI).sqrt();
+            let pdf = self.sqr()?.affine(-0.5, 0.0)?.exp()?.affine(inv_sqrt_2pi, 0.0)?;
+            return grad.mul(&cdf.add(&self.mul(&pdf)?)?);
+        }
         fn kernel<F: FastExp>(x: &Tensor, g: &Tensor) -> Result<Tensor> {
             let (xs, gs) = (x.contiguous_slice::<F>()?, g.contiguous_slice::<F>()?);
             let out = super::map_slices(&xs, &gs, |x, g| g * crate::fast_math::gelu_erf_grad(x));

@@ -252,3 +252,14 @@ __device__ void cast_impl(const S* in, Strided s, D* out, u64 n) {
     KILN_CAST_TO(SS, ST, f32, float) \
     KILN_CAST_TO(SS, ST, f64, double)
 KILN_FOR_ALL_TYPES(KILN_CAST_FROM)
+
+// Copy a strided view into a strided region of a larger output (one part of a `cat`).
+template <typename T>
+__device__ void copy_into_impl(const T* in, Strided s, T* out, Strided so, u64 n) {
+    KILN_GRID_LOOP(i, n) { out[strided_index(so, i)] = in[strided_index(s, i)]; }
+}
+#define KILN_COPY_INTO(S, T)                                                                      \
+    extern "C" __global__ void copy_into_##S(const T* in, Strided s, T* out, Strided so, u64 n) { \
+        copy_into_impl<T>(in, s, out, so, n);                                                    \
+    }
+KILN_FOR_ALL_TYPES(KILN_COPY_INTO)
