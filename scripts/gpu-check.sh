@@ -2,7 +2,8 @@
 # The GPU check of the CUDA backend, for a machine with an NVIDIA GPU, its driver and CUDA 12
 # libraries (NVRTC, cuBLAS, cuRAND; from the toolkit or the nvidia-*-cu12 wheels on
 # LD_LIBRARY_PATH). Builds with `cuda`, runs the device conformance suite and the device
-# gradchecks on cuda:0, and prints a summary. Under 5 minutes on an H100.
+# gradchecks on cuda:0, trains LeNet-5 for 200 steps on cuda:0 and on the CPU and compares the
+# losses, and prints a summary. Under 5 minutes on an H100.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -32,4 +33,19 @@ run "kernels compile (NVRTC)" cargo test --release -p kiln-tensor --features cud
 run "conformance on cuda:0" cargo test --release -p kiln-tensor --features cuda --test conformance -- --nocapture
 run "gradchecks on cuda:0" cargo test --release -p kiln-autograd --features kiln-tensor/cuda --test device_gradcheck -- --nocapture
 ./target/release/xtask info
+
+# LeNet-5, 200 SGD steps from the same seed on the CPU and on cuda:0: the losses must agree.
+tmp="$(mktemp -d)"
+loss_at_200() {
+  ./target/release/xtask train --steps 200 --log-every 200 --out "$tmp/$1" --device "$1" 2>&1 |
+    grep -o 'step 200/[0-9]* loss [0-9.]*' | awk '{print $4}'
+}
+cpu_loss="$(loss_at_200 cpu)"
+gpu_loss="$(loss_at_200 cuda:0)"
+if python3 -c 'import sys; c, g = map(float, sys.argv[1:]); sys.exit(0 if abs(c - g) <= 2e-3 * max(1.0, abs(c)) else 1)' "$cpu_loss" "$gpu_loss" 2>/dev/null; then
+  echo "PASS  LeNet-5 200 steps: loss cpu $cpu_loss, cuda:0 $gpu_loss"
+else
+  echo "FAIL  LeNet-5 200 steps: loss cpu '$cpu_loss', cuda:0 '$gpu_loss'"; status=1
+fi
+rm -rf "$tmp"
 exit $status

@@ -108,6 +108,10 @@ impl Param {
             if let Some(p) = &s.packed {
                 return Ok(Some(p.clone()));
             }
+            // Packing is a CPU GEMM layout; a device weight takes the plain product.
+            if s.value.device() != kiln_tensor::Device::Cpu {
+                return Ok(None);
+            }
             s.value.clone()
         };
         // Packed without the lock (it runs on the thread pool); kept only if the value is still

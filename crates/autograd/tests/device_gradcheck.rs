@@ -37,6 +37,10 @@ fn opts() -> GradcheckOptions {
     }
 }
 
+fn targets() -> Tensor {
+    Tensor::from_vec(vec![4i64, 0, 2], [3]).unwrap()
+}
+
 type Case = (&'static str, fn(&[Var]) -> Result<Var>, Vec<Vec<usize>>);
 
 #[test]
@@ -71,6 +75,30 @@ fn gradchecks_pass_on_every_device() {
         ),
         ("softmax", |v| v[0].softmax(1usize), vec![vec![3, 6]]),
         ("log_softmax", |v| v[0].log_softmax(0usize), vec![vec![4, 3]]),
+        (
+            "conv2d",
+            |v| {
+                v[0].conv2d(
+                    &v[1],
+                    Some(&v[2]),
+                    kiln_tensor::ops::conv::Conv2dParams {
+                        padding: (1, 1),
+                        ..Default::default()
+                    },
+                )
+            },
+            vec![vec![2, 2, 5, 4], vec![3, 2, 3, 3], vec![3]],
+        ),
+        (
+            "max_pool2d",
+            |v| v[0].max_pool2d((2, 2), (2, 2), (0, 0)),
+            vec![vec![1, 2, 4, 6]],
+        ),
+        (
+            "cross-entropy",
+            |v| v[0].log_softmax_nll(&targets()),
+            vec![vec![3, 5]],
+        ),
     ];
     for device in devices() {
         for (name, f, shapes) in &cases {

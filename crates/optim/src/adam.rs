@@ -243,7 +243,9 @@ impl AdamRule {
         let same = [g, &bufs[0], &bufs[1]]
             .iter()
             .all(|t| t.dtype() == dtype && t.shape() == p.shape());
-        if !self.amsgrad && same && matches!(dtype, DType::F32 | DType::F64) {
+        // The fused pass reads host memory; on a device the update below runs the device's ops.
+        let host = p.device() == kiln_tensor::Device::Cpu;
+        if !self.amsgrad && same && host && matches!(dtype, DType::F32 | DType::F64) {
             let t = h.step as f64;
             let s = AdamScalars {
                 decay: (h.weight_decay != 0.0).then_some(if self.decoupled {

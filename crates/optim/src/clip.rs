@@ -33,6 +33,10 @@ pub fn grad_norm(params: &[Param], grads: &Gradients) -> Result<f64> {
 /// `Σ x²` over a tensor in f64: f32 and f64 in one vectorised pass without a converted copy.
 fn sum_of_squares(g: &Tensor) -> Result<f64> {
     Ok(match g.dtype() {
+        // On a device: the device's own ops (sum in f64 inside its reduction).
+        _ if g.device() != kiln_tensor::Device::Cpu => {
+            g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?
+        }
         DType::F32 => squares_mv(&g.contiguous_slice::<f32>()?),
         DType::F64 => squares_mv(&g.contiguous_slice::<f64>()?),
         _ => g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?,

@@ -44,6 +44,28 @@ pub enum RowReduce {
     ArgMin,
 }
 
+/// The geometry of a 2-D convolution: input `[n, c, h, w]`, output `[n, co, oh, ow]`, kernel
+/// `kh x kw`, strides, paddings, dilations and groups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct ConvGeometry {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub sh: usize,
+    pub sw: usize,
+    pub ph: usize,
+    pub pw: usize,
+    pub dh: usize,
+    pub dw: usize,
+    pub groups: usize,
+}
+
 /// A storage on a device other than the host. Methods take the operands' layouts; results are
 /// contiguous storages of the output shape.
 pub trait DeviceStorage: Sized {
@@ -92,6 +114,29 @@ pub trait DeviceStorage: Sized {
     /// `batch` matrix products `[m, k] x [k, n]`; the layouts are `[batch.., m, k]` and
     /// `[batch.., k, n]`, already broadcast over the batch.
     fn matmul(&self, lhs: &Layout, rhs: &Self, rhs_layout: &Layout, mnk: [usize; 3]) -> Result<Self>;
+    /// `torch.gather`: element `i` of the output (row-major over the index's shape) is the
+    /// element of `self` that `src` (the input walked at the index's shape, the gathered
+    /// dimension pinned at 0) reaches, plus `ids[i] * stride_d` (ids already bounds-checked).
+    fn gather(&self, src: &Layout, ids: &[i64], stride_d: usize) -> Result<Self>;
+    /// Unfold the image `[n, c, h, w]` (seen through `layout`) into convolution columns
+    /// `[n, groups, c / groups * kh * kw, oh * ow]`, zeros where a tap falls in the padding.
+    fn im2col(&self, layout: &Layout, geom: &ConvGeometry) -> Result<Self>;
+    /// The adjoint of [`DeviceStorage::im2col`]: contiguous columns back to `[n, c, h, w]`,
+    /// summing the taps that land on the same pixel.
+    fn col2im(&self, geom: &ConvGeometry) -> Result<Self>;
+    /// Max pooling of `[n, c, h, w]` (through `layout`; `geom` without dilation or groups): the
+    /// maxima `[n, c, oh, ow]` and their flat `y * w + x` positions as i64.
+    fn max_pool2d(&self, layout: &Layout, geom: &ConvGeometry) -> Result<(Self, Self)>;
+    /// The max-pool gradient: `self` (the output gradient, `planes x out_hw` elements through
+    /// `layout`) added at `indices` (checked to be below `in_hw`) into `planes x in_hw` zeros.
+    fn max_pool2d_backward(
+        &self,
+        layout: &Layout,
+        indices: (&Self, &Layout),
+        planes: usize,
+        out_hw: usize,
+        in_hw: usize,
+    ) -> Result<Self>;
     /// Rows of `self` (the elements `layout` selects, viewed as `[outer, size, inner]`) picked by
     /// `ids` (each already checked to be below `size`): output `[outer, ids.len(), inner]`.
     fn index_select(&self, layout: &Layout, ids: &[i64], outer_size_inner: [usize; 3]) -> Result<Self>;

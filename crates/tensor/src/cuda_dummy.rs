@@ -1,7 +1,7 @@
 //! The CUDA backend of a build without the `cuda` feature: a storage type with no values, so
 //! every dispatch arm for it compiles away, and a probe that names the feature to enable.
 
-use crate::backend::{DeviceStorage, ElementMap, RowReduce};
+use crate::backend::{ConvGeometry, DeviceStorage, ElementMap, RowReduce};
 use crate::ops::binary::{BinaryOp, CmpOp};
 use crate::storage::CpuStorage;
 use crate::{DType, Device, Error, Layout, Result, Shape};
@@ -58,6 +58,28 @@ impl DeviceStorage for CudaStorage {
         match *self {}
     }
     fn matmul(&self, _: &Layout, _: &Self, _: &Layout, _: [usize; 3]) -> Result<Self> {
+        match *self {}
+    }
+    fn gather(&self, _: &Layout, _: &[i64], _: usize) -> Result<Self> {
+        match *self {}
+    }
+    fn im2col(&self, _: &Layout, _: &ConvGeometry) -> Result<Self> {
+        match *self {}
+    }
+    fn col2im(&self, _: &ConvGeometry) -> Result<Self> {
+        match *self {}
+    }
+    fn max_pool2d(&self, _: &Layout, _: &ConvGeometry) -> Result<(Self, Self)> {
+        match *self {}
+    }
+    fn max_pool2d_backward(
+        &self,
+        _: &Layout,
+        _: (&Self, &Layout),
+        _: usize,
+        _: usize,
+        _: usize,
+    ) -> Result<Self> {
         match *self {}
     }
     fn index_select(&self, _: &Layout, _: &[i64], _: [usize; 3]) -> Result<Self> {

@@ -378,6 +378,68 @@ fn composite_and_joining_ops_match_the_cpu() {
 }
 
 #[test]
+fn convolutions_pooling_and_gather_match_the_cpu() {
+    use kiln_tensor::ops::conv::Conv2dParams;
+    let params = [
+        Conv2dParams::default(),
+        Conv2dParams {
+            stride: (2, 1),
+            padding: (1, 2),
+            dilation: (1, 2),
+            groups: 2,
+        },
+    ];
+    for device in devices() {
+        for dtype in FLOATS {
+            let x = randn(&[2, 4, 9, 8], dtype, 25);
+            for p in params {
+                let w = randn(&[6, 4 / p.groups, 3, 3], dtype, 26);
+                let bias = randn(&[6], dtype, 27);
+                let what = format!("conv2d {p:?} {dtype:?}");
+                check(device, &what, vec![x.clone(), w.clone(), bias], |t| {
+                    t[0].conv2d(&t[1], Some(&t[2]), p)
+                });
+                let y = x.conv2d(&w, None, p).unwrap();
+                let dy = randn(y.dims(), dtype, 28);
+                check(
+                    device,
+                    &format!("grad input {what}"),
+                    vec![dy.clone(), w.clone()],
+                    |t| Tensor::conv2d_grad_input(&t[0], &t[1], (9, 8), p),
+                );
+                check(device, &format!("grad weight {what}"), vec![x.clone(), dy], |t| {
+                    Tensor::conv2d_grad_weight(&t[0], &t[1], [6, 4 / p.groups, 3, 3], p)
+                });
+            }
+            let (out, idx) = x.max_pool2d_with_indices((2, 2), (2, 2), (0, 0)).unwrap();
+            check(device, &format!("max_pool2d {dtype:?}"), vec![x.clone()], |t| {
+                t[0].max_pool2d((3, 2), (2, 1), (1, 1))
+            });
+            check(
+                device,
+                &format!("max_pool2d indices {dtype:?}"),
+                vec![x.clone()],
+                |t| Ok(t[0].max_pool2d_with_indices((2, 2), (2, 2), (0, 0))?.1),
+            );
+            let g = randn(out.dims(), dtype, 29);
+            check(
+                device,
+                &format!("max_pool2d_backward {dtype:?}"),
+                vec![g, idx],
+                |t| Tensor::max_pool2d_backward(&t[0], &t[1], [2, 4, 9, 8]),
+            );
+        }
+        for dtype in ALL {
+            let x = sample(dtype, &[3, 5], 30);
+            let index = Tensor::from_vec(vec![4i64, 0, 0, 2, 1, 3], [3, 2]).unwrap();
+            check(device, &format!("gather {dtype:?}"), vec![x, index], |t| {
+                t[0].gather(1, &t[1])
+            });
+        }
+    }
+}
+
+#[test]
 fn device_errors_say_what_is_missing_and_what_to_do() {
     match Tensor::zeros([2], DType::F32, Device::Cuda(0)) {
         Ok(t) => assert_eq!(t.device(), Device::Cuda(0)),

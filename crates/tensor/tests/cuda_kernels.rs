@@ -27,6 +27,14 @@ fn expected_kernels(module: &str) -> Vec<String> {
                 }
                 names.extend(DTYPES.iter().map(|e| format!("cast_{d}_{e}")));
             }
+            "conv" => {
+                names.push(format!("gather_{d}"));
+                if FLOATS.contains(&d) {
+                    for family in ["im2col", "col2im", "max_pool", "max_pool_backward"] {
+                        names.push(format!("{family}_{d}"));
+                    }
+                }
+            }
             _ => {
                 names.push(format!("reduce_{d}"));
                 names.push(format!("index_select_{d}"));

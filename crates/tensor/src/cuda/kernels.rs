@@ -35,9 +35,15 @@ pub(crate) const ROWS: KernelSource = KernelSource {
     body: include_str!("kernels/reduce.cu"),
 };
 
+/// Convolution columns (im2col, col2im) and gather.
+pub(crate) const CONV: KernelSource = KernelSource {
+    name: "conv",
+    body: include_str!("kernels/conv.cu"),
+};
+
 /// Every kernel source of the backend (CI compiles each one for every supported architecture).
 pub fn kernel_sources() -> &'static [KernelSource] {
-    &[ELEMENTWISE, ROWS]
+    &[ELEMENTWISE, ROWS, CONV]
 }
 
 /// The NVRTC architecture name of a compute capability, e.g. `compute_90`.

@@ -8,8 +8,8 @@ use cudarc::driver::{CudaSlice, DeviceRepr, LaunchArgs, LaunchConfig, PushKernel
 use half::{bf16, f16};
 
 use super::context::GpuContext;
-use super::kernels::{ELEMENTWISE, ROWS};
-use crate::backend::{DeviceStorage, ElementMap, RowReduce};
+use super::kernels::{CONV, ELEMENTWISE, ROWS};
+use crate::backend::{ConvGeometry, DeviceStorage, ElementMap, RowReduce};
 use crate::ops::binary::{BinaryOp, CmpOp};
 use crate::ops::unary::UnaryOp;
 use crate::storage::CpuStorage;
@@ -523,17 +523,138 @@ impl DeviceStorage for CudaStorage {
         super::matmul::matmul(self, lhs, rhs, rhs_layout, mnk)
     }
 
+    fn gather(&self, src: &Layout, ids: &[i64], stride_d: usize) -> Result<Self> {
+        let n = ids.len();
+        let mut out = CudaStorage::alloc(&self.ctx, self.dtype(), n)?;
+        if n == 0 {
+            return Ok(out);
+        }
+        let dev_ids = self.upload_ids(ids)?;
+        let args = StridedArgs::of(src, &self.ctx)?;
+        let (stride64, n64) = (stride_d as u64, n as u64);
+        let kernel = format!("gather_{}", self.dtype().as_str());
+        let f = self.ctx.function(&CONV, &kernel)?;
+        let mut builder = self.ctx.stream.launch_builder(&f);
+        let b = &mut builder;
+        push(b, &self.buf);
+        b.arg(&args);
+        b.arg(&dev_ids);
+        b.arg(&stride64);
+        push_mut(b, &mut out.buf);
+        b.arg(&n64);
+        self.run(builder, elementwise_config(n), &kernel)?;
+        Ok(out)
+    }
+
+    fn im2col(&self, layout: &Layout, geom: &ConvGeometry) -> Result<Self> {
+        let g = ConvArgs::of(geom);
+        let n = geom.n * geom.c * geom.kh * geom.kw * geom.oh * geom.ow;
+        let mut out = CudaStorage::alloc(&self.ctx, self.dtype(), n)?;
+        if n == 0 {
+            return Ok(out);
+        }
+        let args = StridedArgs::of(layout, &self.ctx)?;
+        let kernel = format!("im2col_{}", self.float_dtype("conv2d")?.as_str());
+        let f = self.ctx.function(&CONV, &kernel)?;
+        let mut builder = self.ctx.stream.launch_builder(&f);
+        let b = &mut builder;
+        push(b, &self.buf);
+        b.arg(&args);
+        push_mut(b, &mut out.buf);
+        b.arg(&g);
+        self.run(builder, elementwise_config(n), &kernel)?;
+        Ok(out)
+    }
+
+    fn col2im(&self, geom: &ConvGeometry) -> Result<Self> {
+        let g = ConvArgs::of(geom);
+        let n = geom.n * geom.c * geom.h * geom.w;
+        let mut out = CudaStorage::alloc(&self.ctx, self.dtype(), n)?;
+        if n == 0 {
+            return Ok(out);
+        }
+        let kernel = format!("col2im_{}", self.float_dtype("conv2d")?.as_str());
+        let f = self.ctx.function(&CONV, &kernel)?;
+        let mut builder = self.ctx.stream.launch_builder(&f);
+        let b = &mut builder;
+        push(b, &self.buf);
+        push_mut(b, &mut out.buf);
+        b.arg(&g);
+        self.run(builder, elementwise_config(n), &kernel)?;
+        Ok(out)
+    }
+
+    fn max_pool2d(&self, layout: &Layout, geom: &ConvGeometry) -> Result<(Self, Self)> {
+        let g = ConvArgs::of(geom);
+        let n = geom.n * geom.c * geom.oh * geom.ow;
+        let dtype = self.float_dtype("max_pool2d")?;
+        let mut out = CudaStorage::alloc(&self.ctx, dtype, n)?;
+        let mut idx = CudaStorage::alloc(&self.ctx, DType::I64, n)?;
+        if n == 0 {
+            return Ok((out, idx));
+        }
+        let args = StridedArgs::of(layout, &self.ctx)?;
+        let kernel = format!("max_pool_{}", dtype.as_str());
+        let f = self.ctx.function(&CONV, &kernel)?;
+        let mut builder = self.ctx.stream.launch_builder(&f);
+        let b = &mut builder;
+        push(b, &self.buf);
+        b.arg(&args);
+        push_mut(b, &mut out.buf);
+        push_mut(b, &mut idx.buf);
+        b.arg(&g);
+        self.run(builder, elementwise_config(n), &kernel)?;
+        Ok((out, idx))
+    }
+
+    fn max_pool2d_backward(
+        &self,
+        layout: &Layout,
+        indices: (&Self, &Layout),
+        planes: usize,
+        out_hw: usize,
+        in_hw: usize,
+    ) -> Result<Self> {
+        self.same_gpu(indices.0, "max_pool2d_backward")?;
+        let dtype = self.float_dtype("max_pool2d_backward")?;
+        let mut out = CudaStorage::alloc(&self.ctx, dtype, planes * in_hw)?;
+        if planes * in_hw == 0 {
+            return Ok(out);
+        }
+        // The kernel reads both operands densely from their first element.
+        let dense = |s: &CudaStorage, l: &Layout| -> Result<Option<CudaStorage>> {
+            Ok(match l.contiguous_range() {
+                Some(r) if r.start == 0 => None,
+                _ => Some(s.copy_strided(l)?),
+            })
+        };
+        let (g_copy, i_copy) = (dense(self, layout)?, dense(indices.0, indices.1)?);
+        let (grad, ids) = (
+            g_copy.as_ref().unwrap_or(self),
+            i_copy.as_ref().unwrap_or(indices.0),
+        );
+        let dims = [planes as u64, out_hw as u64, in_hw as u64];
+        let kernel = format!("max_pool_backward_{}", dtype.as_str());
+        let f = self.ctx.function(&CONV, &kernel)?;
+        let mut builder = self.ctx.stream.launch_builder(&f);
+        let b = &mut builder;
+        push(b, &grad.buf);
+        push(b, &ids.buf);
+        push_mut(b, &mut out.buf);
+        for d in &dims {
+            b.arg(d);
+        }
+        self.run(builder, elementwise_config(planes), &kernel)?;
+        Ok(out)
+    }
+
     fn index_select(&self, layout: &Layout, ids: &[i64], [outer, size, inner]: [usize; 3]) -> Result<Self> {
         let n = outer * ids.len() * inner;
         let mut out = CudaStorage::alloc(&self.ctx, self.dtype(), n)?;
         if n == 0 {
             return Ok(out);
         }
-        let dev_ids = self
-            .ctx
-            .stream
-            .clone_htod(ids)
-            .map_err(|e| self.ctx.error("copying indices to the device", e.to_string()))?;
+        let dev_ids = self.upload_ids(ids)?;
         let args = StridedArgs::of(layout, &self.ctx)?;
         let dims = [outer as u64, ids.len() as u64, size as u64, inner as u64];
         let kernel = format!("index_select_{}", self.dtype().as_str());
@@ -552,7 +673,45 @@ impl DeviceStorage for CudaStorage {
     }
 }
 
+/// The conv kernels' geometry (`ConvArgs` in `conv.cu`): passed by value.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ConvArgs([u64; 15]);
+// SAFETY: plain `repr(C)` data matching the kernels' `ConvArgs` struct (15 u64 fields, in order).
+unsafe impl DeviceRepr for ConvArgs {}
+
+impl ConvArgs {
+    fn of(g: &ConvGeometry) -> ConvArgs {
+        let f = [
+            g.n, g.c, g.h, g.w, g.oh, g.ow, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, g.groups,
+        ];
+        ConvArgs(f.map(|v| v as u64))
+    }
+}
+
 impl CudaStorage {
+    /// Indices copied to the device.
+    fn upload_ids(&self, ids: &[i64]) -> Result<CudaSlice<i64>> {
+        self.ctx
+            .stream
+            .clone_htod(ids)
+            .map_err(|e| self.ctx.error("copying indices to the device", e.to_string()))
+    }
+
+    /// The dtype, or an error naming `op` for an integer one.
+    fn float_dtype(&self, op: &'static str) -> Result<DType> {
+        let dtype = self.dtype();
+        if dtype.is_float() {
+            Ok(dtype)
+        } else {
+            Err(Error::UnsupportedDType {
+                op,
+                dtype,
+                expected: "a float dtype (f16, bf16, f32, f64)",
+            })
+        }
+    }
+
     /// A two-operand kernel `<family>_<dtype>(a, sa, b, sb, out, n, code)` over `shape`.
     #[allow(clippy::too_many_arguments)]
     fn zip_kernel(

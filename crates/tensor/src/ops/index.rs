@@ -180,6 +180,13 @@ impl Tensor {
         );
         let idx_layout = Layout::contiguous(shape.clone());
         let stride_d = self.strides()[d];
+        if let Some(s) = self.cuda() {
+            let ids: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
+            return Ok(Tensor::from_cuda_contiguous(
+                s.gather(&src_layout, &ids, stride_d)?,
+                shape,
+            ));
+        }
         crate::with_dtype!(self.dtype(), T => {
             let data = self.storage_slice::<T>()?;
             let mut out = Vec::with_capacity(shape.elem_count());

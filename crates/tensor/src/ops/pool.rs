@@ -15,6 +15,7 @@
 
 use rayon::prelude::*;
 
+use crate::backend::DeviceStorage;
 use crate::{DType, Error, FloatDType, Result, Shape, Tensor};
 
 /// Work (elements touched) above which planes are processed by several threads.
@@ -63,6 +64,27 @@ struct PoolGeom {
 }
 
 impl PoolGeom {
+    /// The same window as a convolution geometry (no dilation, one group), for device kernels.
+    fn as_conv(&self) -> crate::backend::ConvGeometry {
+        crate::backend::ConvGeometry {
+            n: self.n,
+            c: self.c,
+            h: self.h,
+            w: self.w,
+            oh: self.oh,
+            ow: self.ow,
+            kh: self.kh,
+            kw: self.kw,
+            sh: self.sh,
+            sw: self.sw,
+            ph: self.ph,
+            pw: self.pw,
+            dh: 1,
+            dw: 1,
+            groups: 1,
+        }
+    }
+
     /// Clamped window `(y0..y1, x0..x1)` of output `(oy, ox)`, and the window's size when the
     /// padding counts (clamped to the padded input, as PyTorch).
     #[inline]
@@ -552,6 +574,9 @@ impl Tensor {
     ) -> Result<Tensor> {
         const OP: &str = "max_pool2d";
         let g = pool_geom(OP, self.shape(), kernel, stride, padding)?;
+        if self.cuda().is_some() {
+            return Ok(self.max_pool2d_with_indices(kernel, stride, padding)?.0);
+        }
         float_dispatch!(OP, self.dtype(), F => Ok(max_pool_impl::<F>(self, &g, false)?.0),
             half => self.to_dtype(DType::F32)?.max_pool2d(kernel, stride, padding)?.to_dtype(self.dtype()))
     }
@@ -567,6 +592,14 @@ impl Tensor {
     ) -> Result<(Tensor, Tensor)> {
         const OP: &str = "max_pool2d_with_indices";
         let g = pool_geom(OP, self.shape(), kernel, stride, padding)?;
+        if let Some(s) = self.cuda() {
+            let (out, idx) = s.max_pool2d(self.layout(), &g.as_conv())?;
+            let shape = [g.n, g.c, g.oh, g.ow];
+            return Ok((
+                Tensor::from_cuda_contiguous(out, shape),
+                Tensor::from_cuda_contiguous(idx, shape),
+            ));
+        }
         float_dispatch!(OP, self.dtype(), F => max_pool_impl::<F>(self, &g, true),
         half => {
             let (out, idx) = self.to_dtype(DType::F32)?.max_pool2d_with_indices(kernel, stride, padding)?;
@@ -599,8 +632,10 @@ impl Tensor {
                 expected: "i64 indices",
             });
         }
-        let idx = indices.contiguous_slice::<i64>()?;
         let hw = in_dims[2] * in_dims[3];
+        // Indices are checked on the host (a device tensor's are copied back first).
+        let host_idx = indices.to_device(crate::Device::Cpu)?;
+        let idx = host_idx.contiguous_slice::<i64>()?;
         if let Some(&bad) = idx.iter().find(|&&i| i < 0 || i as usize >= hw) {
             return Err(Error::IndexOutOfRange {
                 op: OP,
@@ -608,6 +643,12 @@ impl Tensor {
                 dim: 2,
                 size: hw,
             });
+        }
+        if let (Some(g), Some(i)) = (grad_out.cuda(), indices.cuda()) {
+            let planes = in_dims[0] * in_dims[1];
+            let out_hw = grad_out.elem_count().checked_div(planes).unwrap_or(0);
+            let grad = g.max_pool2d_backward(grad_out.layout(), (i, indices.layout()), planes, out_hw, hw)?;
+            return Ok(Tensor::from_cuda_contiguous(grad, in_dims.to_vec()));
         }
         float_dispatch!(OP, grad_out.dtype(), F => max_pool_backward_impl::<F>(grad_out, &idx, in_dims),
             half => Tensor::max_pool2d_backward(&grad_out.to_dtype(DType::F32)?, indices, input_shape)?

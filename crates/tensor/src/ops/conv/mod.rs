@@ -459,6 +459,9 @@ fn dispatch(
     out_dims: Vec<usize>,
 ) -> Result<Tensor> {
     a.check_same_dtype(b, op)?;
+    if a.cuda().is_some() {
+        return on_device(kernel, a, b, bias, g, out_dims);
+    }
     match a.dtype() {
         DType::F32 => {
             let implicit = match kernel {
@@ -499,6 +502,75 @@ fn dispatch(
             dtype,
             expected: "a float dtype (f16, bf16, f32, f64)",
         }),
+    }
+}
+
+/// The three convolution products on a device: columns from the device's im2col, products
+/// through its batched matmul (`[groups, co/g, K]` against `[n, groups, K, oh·ow]`), the input
+/// gradient folded back by col2im, the weight gradient summed over the batch.
+fn on_device(
+    kernel: Kernel,
+    a: &Tensor,
+    b: &Tensor,
+    bias: Option<&Tensor>,
+    g: &Geom,
+    out_dims: Vec<usize>,
+) -> Result<Tensor> {
+    use crate::backend::{ConvGeometry, DeviceStorage};
+    let geom = ConvGeometry {
+        n: g.n,
+        c: g.c,
+        h: g.h,
+        w: g.w,
+        oh: g.oh,
+        ow: g.ow,
+        kh: g.kh,
+        kw: g.kw,
+        sh: g.sh,
+        sw: g.sw,
+        ph: g.ph,
+        pw: g.pw,
+        dh: g.dh,
+        dw: g.dw,
+        groups: g.groups,
+    };
+    let (groups, k, p) = (g.groups, g.cig() * g.kh * g.kw, g.oh * g.ow);
+    let cog = g.co / groups;
+    let columns = |x: &Tensor| -> Result<Tensor> {
+        let s = x
+            .cuda()
+            .ok_or_else(|| Error::invalid("conv2d", "internal: the image left the device"))?;
+        Ok(Tensor::from_cuda_contiguous(
+            s.im2col(x.layout(), &geom)?,
+            [g.n, groups, k, p],
+        ))
+    };
+    let out = match kernel {
+        Kernel::Im2colGemm => {
+            let w = b.contiguous()?.reshape([groups, cog, k])?;
+            w.matmul(&columns(a)?)?.reshape(out_dims)?
+        }
+        Kernel::GemmCol2im => {
+            let w = b.contiguous()?.reshape([groups, cog, k])?;
+            let dy = a.contiguous()?.reshape([g.n, groups, cog, p])?;
+            let cols = w.transpose(1, 2)?.matmul(&dy)?;
+            let s = cols
+                .cuda()
+                .ok_or_else(|| Error::invalid("conv2d", "internal: columns left the device"))?;
+            Tensor::from_cuda_contiguous(s.col2im(&geom)?, out_dims)
+        }
+        Kernel::GradWeight => {
+            let dy = b.contiguous()?.reshape([g.n, groups, cog, p])?;
+            let per_image = dy.matmul(&columns(a)?.transpose(2, 3)?)?;
+            per_image.sum(0usize, false)?.reshape(out_dims)?
+        }
+    };
+    match bias {
+        Some(bias) => {
+            let channels = bias.elem_count();
+            out.add(&bias.reshape([1, channels, 1, 1])?)
+        }
+        None => Ok(out),
     }
 }
 
