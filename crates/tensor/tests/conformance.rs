@@ -374,6 +374,37 @@ fn composite_and_joining_ops_match_the_cpu() {
         }
         let ids = Tensor::from_vec(vec![3i64, 0, 1, 3], [2, 2]).unwrap();
         check(device, "one_hot", vec![ids], |t| t[0].one_hot(5));
+        for dtype in [DType::F32, DType::F64] {
+            let (x, w, b) = (
+                randn(&[2, 3, 16], dtype, 31),
+                randn(&[16], dtype, 32),
+                randn(&[16], dtype, 33),
+            );
+            for part in 0..3 {
+                check(
+                    device,
+                    &format!("layer_norm_forward.{part} {dtype:?}"),
+                    vec![x.clone(), w.clone(), b.clone()],
+                    |t| {
+                        let (y, xhat, rstd) = t[0].layer_norm_forward(&t[1], &t[2], 1e-5)?;
+                        Ok([y, xhat, rstd][part].clone())
+                    },
+                );
+            }
+            let (_, xhat, rstd) = x.layer_norm_forward(&w, &b, 1e-5).unwrap();
+            let g = randn(&[2, 3, 16], dtype, 34);
+            for part in 0..3 {
+                check(
+                    device,
+                    &format!("layer_norm_backward.{part} {dtype:?}"),
+                    vec![g.clone(), xhat.clone(), rstd.clone(), w.clone()],
+                    |t| {
+                        let (dx, dw, db) = t[0].layer_norm_backward(&t[1], &t[2], &t[3])?;
+                        Ok([dx, dw, db][part].clone())
+                    },
+                );
+            }
+        }
     }
 }
 

@@ -573,6 +573,14 @@ impl Tensor {
                 ),
             });
         }
+        if self.cuda().is_some() {
+            // From the device's reductions (f64 sums) and element-wise ops.
+            let centred = self.sub(&self.mean(-1, true)?)?;
+            let rstd = centred.sqr()?.mean(-1, true)?.add_scalar(eps)?.rsqrt()?;
+            let xhat = centred.mul(&rstd)?;
+            let y = xhat.mul(weight)?.add(bias)?;
+            return Ok((y, xhat, rstd));
+        }
         float_dispatch!(OP, self.dtype(), F => layer_norm_impl::<F>(self, weight, bias, eps),
             half => Err(Error::UnsupportedDType { op: OP, dtype: self.dtype(), expected: "f32 or f64" }))
     }
@@ -591,6 +599,19 @@ impl Tensor {
                 op: OP,
                 reason: format!("grad {:?} and xhat {:?} must match", self.shape(), xhat.shape()),
             });
+        }
+        if self.cuda().is_some() {
+            // dx = rstd (ĝ - mean(ĝ) - x̂ mean(ĝ x̂)) with ĝ = g w; dw, db summed over the rows.
+            let d = weight.elem_count();
+            let gw = self.mul(weight)?;
+            let inner = gw
+                .sub(&gw.mean(-1, true)?)?
+                .sub(&xhat.mul(&gw.mul(xhat)?.mean(-1, true)?)?)?;
+            let dx = inner.mul(rstd)?;
+            let rows = |t: &Tensor| t.reshape([t.elem_count() / d.max(1), d]);
+            let dw = rows(&self.mul(xhat)?)?.sum(0usize, false)?;
+            let db = rows(self)?.sum(0usize, false)?;
+            return Ok((dx, dw, db));
         }
         float_dispatch!(OP, self.dtype(), F => layer_norm_backward_impl::<F>(self, xhat, rstd, weight),
             half => Err(Error::UnsupportedDType { op: OP, dtype: self.dtype(), expected: "f32 or f64" }))
