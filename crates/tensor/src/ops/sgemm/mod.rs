@@ -5,10 +5,11 @@
 //! units that leaves half the arithmetic unused. This path packs `B` into 32-column panels
 //! (zero-padded, so the micro-kernel never branches) and reads `A` in place at its strides (a
 //! transformer's products have few columns, so packing `A` would cost about as much as the
-//! arithmetic; only a ragged last 12-row panel is copied and padded), then every task
-//! computes one tile of `C`, walking `K` in blocks of [`KC`]. Each output element is summed in
-//! one fixed order (k ascending inside a block, blocks added to `C` in order), so the result does
-//! not depend on the number of threads or on how tiles are shared out.
+//! arithmetic; only a ragged last 12-row panel is copied and padded). Every task computes one
+//! tile of `C`, walking `K` in blocks of [`KC`]: it packs the block of `B` it needs into an
+//! L2-sized buffer of its thread, then runs every row panel of the tile across it. Each output
+//! element is summed in one fixed order (k ascending inside a block, blocks added to `C` in
+//! order), so the result does not depend on the number of threads or on how tiles are shared out.
 
 mod avx512;
 mod pack;
@@ -27,10 +28,6 @@ pub(crate) const NR: usize = 32;
 /// Depth of one pass over a tile: a 12-row `A` panel of this depth (12 KiB) stays in L1 while
 /// the tile's packed `B` panels (32 KiB each, contiguous) stream past it from L2.
 const KC: usize = 256;
-/// Micro-panels of `A` per task tile (rows = `TILE_MR * MR`).
-const TILE_MR: usize = 8;
-/// Micro-panels of `B` per task tile (columns = `TILE_NR * NR`).
-const TILE_NR: usize = 4;
 
 /// Whether this machine runs the AVX-512 path.
 pub(crate) fn available() -> bool {
@@ -63,12 +60,18 @@ pub(crate) fn worthwhile_packed(m: usize, n: usize, k: usize) -> bool {
 /// disjoint tile.
 #[derive(Clone, Copy)]
 pub(crate) struct SharedDst(pub(crate) *mut f32);
-// SAFETY: tasks write disjoint tiles of C (see `run_tile`), and the caller's &mut outlives them.
+// SAFETY: tasks write disjoint tiles of C (see [`Grid`]), and the caller's &mut outlives them.
 unsafe impl Send for SharedDst {}
 unsafe impl Sync for SharedDst {}
 
 /// `dst[m, n] (+)= lhs[m, k] @ rhs[k, n]` with `dst` row-major (leading dimension `n`).
 /// The caller has checked bounds, that `m, n, k > 0` and that [`available`] is true.
+///
+/// `B` is packed block by block inside the tasks ([`run_tile`]): each task packs the
+/// `KC x` (its columns) block it is about to use into its thread's buffer, where it stays in L2
+/// while every row panel of the task passes over it, so `B` is read from memory once and its
+/// packed copy never leaves the cache (packing all of `B` up front wrote and re-read a copy as
+/// large as `B`: a fifth of a GPT-2 forward).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn sgemm(
     m: usize,
@@ -82,13 +85,201 @@ pub(crate) fn sgemm(
     accumulate: bool,
     threads: bool,
 ) {
-    let np = n.div_ceil(NR);
-    let mut buf = pack::take_buffer(np * NR * k + edge_floats(m, k));
-    // B first: its panels are multiples of 128 bytes, so every B row stays 64-byte aligned.
-    let (b_packed, a_edge) = buf.floats().split_at_mut(np * NR * k);
-    pack::pack_b(b_packed, rhs, r, k, n, threads);
-    run([m, n, k], (dst, lhs, l), b_packed, a_edge, accumulate, threads);
-    pack::return_buffer(buf);
+    run(
+        [m, n, k],
+        (dst, lhs, l),
+        BSource::Strided(rhs, r),
+        accumulate,
+        threads,
+    );
+}
+
+/// Where the tasks of a product find `B`.
+#[derive(Clone, Copy)]
+enum BSource<'a> {
+    /// In place at these strides: each task packs the blocks it uses.
+    Strided(&'a [f32], MatRef),
+    /// Already packed ([`PackedB`]): panels of `NR * k` floats.
+    Packed(&'a [f32]),
+}
+
+/// Shares the tiles of `C` out over the threads (see [`Grid`]); the ragged last panel of `A`
+/// is padded once first, for every task to read.
+fn run(
+    [m, n, k]: [usize; 3],
+    (dst, lhs, l): (&mut [f32], &[f32], MatRef),
+    b: BSource,
+    accumulate: bool,
+    threads: bool,
+) {
+    let mut edge = pack::take_buffer(edge_floats(m, k));
+    let a = a_panels(m, k, lhs, l, edge.floats());
+    let (mp, np) = (m.div_ceil(MR), n.div_ceil(NR));
+    let workers = if threads { rayon::current_num_threads() } else { 1 };
+    let grid = Grid::new(mp, np, workers);
+    let out = SharedDst(dst.as_mut_ptr());
+    let task = move |t: usize| {
+        // SAFETY: task t writes only its own tile of C (rows and columns of `grid.tile(t)`).
+        unsafe { run_tile(out, [m, n, k], &a, b, grid.tile(t), accumulate) };
+    };
+    if grid.tiles() > 1 {
+        (0..grid.tiles()).into_par_iter().for_each(task);
+    } else {
+        task(0);
+    }
+    pack::return_buffer(edge);
+}
+
+/// Column panels of one task's `B` block: 16 panels of 32 columns by [`KC`] (512 KiB), which
+/// stay in a 1 MiB L2 (Zen 4; 2 MiB on recent Xeons) beside the `A` panels passing through.
+const BLOCK_NP: usize = 16;
+
+/// How [`run`] shares `C` out: `tiles_m` bands of row panels by `tiles_n` bands of column
+/// panels. Every tile packs the `B` block of its columns itself, so splitting rows repeats
+/// packing and splitting columns re-reads `A`; the split grows the side whose tiles are larger.
+#[derive(Clone, Copy)]
+struct Grid {
+    mp: usize,
+    np: usize,
+    tiles_m: usize,
+    tiles_n: usize,
+}
+
+impl Grid {
+    /// The split for `mp` row panels and `np` column panels on `workers` threads: at least
+    /// two tiles per thread (so a ragged tile does not leave a thread idle), columns in bands
+    /// of at most [`BLOCK_NP`] panels. It changes only which task computes a tile, never the
+    /// order of any sum, so results do not depend on `workers`.
+    fn new(mp: usize, np: usize, workers: usize) -> Grid {
+        let (mut tiles_m, mut tiles_n) = (1, np.div_ceil(BLOCK_NP));
+        let want = if workers > 1 { 2 * workers } else { 1 };
+        while tiles_m * tiles_n < want {
+            let (rows, cols) = (mp.div_ceil(tiles_m), np.div_ceil(tiles_n));
+            if cols >= 2 && (cols * NR >= rows * MR || rows < 2) {
+                tiles_n += 1;
+            } else if rows >= 2 {
+                tiles_m += 1;
+            } else {
+                break;
+            }
+        }
+        Grid {
+            mp,
+            np,
+            tiles_m,
+            tiles_n,
+        }
+    }
+
+    /// Number of tiles.
+    fn tiles(&self) -> usize {
+        self.tiles_m * self.tiles_n
+    }
+
+    /// Tile `t`'s row panels and column panels (ranges of panel indices). Bands are as equal
+    /// as the division allows; tiles of one band of rows are numbered consecutively, so the
+    /// tasks that share their `A` rows run close together.
+    fn tile(&self, t: usize) -> [std::ops::Range<usize>; 2] {
+        let band = |i: usize, parts: usize, total: usize| i * total / parts..(i + 1) * total / parts;
+        [
+            band(t / self.tiles_n, self.tiles_m, self.mp),
+            band(t % self.tiles_n, self.tiles_n, self.np),
+        ]
+    }
+}
+
+/// Where the row panels of `lhs` are read: the ragged last one packed into `edge` first.
+fn a_panels<'a>(m: usize, k: usize, lhs: &'a [f32], l: MatRef, edge: &'a mut [f32]) -> APanels<'a> {
+    let ragged = m % MR;
+    if ragged > 0 {
+        pack::pack_a_panel(edge, lhs, l, m - ragged, ragged, k);
+    }
+    APanels {
+        lhs: &lhs[l.offset..],
+        l,
+        edge,
+        full: m / MR,
+        crowded: m >= MR && crowds_l1(l.row_stride, l.col_stride, k),
+    }
+}
+
+/// One task of [`run`]: the `C` tile of row panels `rows` and column panels `cols`. For each
+/// block of [`KC`] steps, the tile's columns of that block of `B` are packed into the thread's
+/// block buffer (unless `B` comes packed), then every row panel runs the micro-kernel across
+/// them while they stay in L2.
+///
+/// # Safety
+/// `out` points to a row-major `m x n` matrix no other thread writes in this tile.
+unsafe fn run_tile(
+    out: SharedDst,
+    [m, n, k]: [usize; 3],
+    a: &APanels,
+    b_source: BSource,
+    [rows, cols]: [std::ops::Range<usize>; 2],
+    accumulate: bool,
+) {
+    let panels = cols.len();
+    let (j0, j1) = (cols.start * NR, (cols.end * NR).min(n));
+    let block_floats = match b_source {
+        BSource::Strided(..) => panels * NR * KC.min(k),
+        BSource::Packed(_) => 0,
+    };
+    let mut block = pack::take_block_buffer(block_floats);
+    let mut edge = [0f32; MR * NR];
+    // Not zeroed (16 KiB per task would cost small products): `copy_a_panel` writes every
+    // float the kernel then reads.
+    let mut a_copy = std::mem::MaybeUninit::<[pack::Line; pack::A_COPY_FLOATS / 16]>::uninit();
+    // A panel whose in-place lines crowd into a few L1 sets (strides near a multiple of 4 KiB)
+    // is evicted between the B panels that reuse it; such a panel is copied contiguous first.
+    let copy_a = a.crowded && panels >= 2;
+    let mut p0 = 0;
+    while p0 < k {
+        let kc = KC.min(k - p0);
+        // The tile's first B panel at step p0, and the distance between its panels.
+        let (b_block, panel_stride) = match b_source {
+            BSource::Strided(rhs, r) => {
+                let at = MatRef {
+                    offset: r.offset + p0 * r.row_stride + j0 * r.col_stride,
+                    ..r
+                };
+                let b_block = &mut block.floats()[..panels * NR * kc];
+                pack::pack_b(b_block, rhs, at, kc, j1 - j0, false);
+                (b_block.as_ptr(), NR * kc)
+            }
+            BSource::Packed(b) => (b[cols.start * NR * k + p0 * NR..].as_ptr(), NR * k),
+        };
+        let add = accumulate || p0 > 0;
+        for ip in rows.clone() {
+            // SAFETY: the panels hold kc steps from p0 for every padded row and column, and
+            // row panel ip / column panel jp lie inside the matrix.
+            unsafe {
+                let (ap, a_rs, a_ks) = a.panel(ip);
+                let mut ap = ap.add(p0 * a_ks);
+                let (mut a_rs, mut a_ks) = (a_rs, a_ks);
+                if copy_a && !(a_rs == 1 && a_ks == MR) {
+                    let dst = a_copy.as_mut_ptr().cast::<f32>();
+                    (a_rs, a_ks) = pack::copy_a_panel(dst, ap, a_rs, a_ks, kc);
+                    ap = dst as *const f32;
+                }
+                let (i, rows_here) = (ip * MR, MR.min(m - ip * MR));
+                for jp in cols.clone() {
+                    let b = b_block.add((jp - cols.start) * panel_stride);
+                    let (j, cols_here) = (jp * NR, NR.min(n - jp * NR));
+                    let c = out.0.add(i * n + j);
+                    micro_tile(
+                        kc,
+                        (ap, a_rs, a_ks),
+                        b,
+                        (c, n, rows_here, cols_here),
+                        add,
+                        &mut edge,
+                    );
+                }
+            }
+        }
+        p0 += kc;
+    }
+    pack::return_block_buffer(block);
 }
 
 /// Floats of the padded copy of a ragged last `A` panel (none when `m` is a multiple of 12).
@@ -132,54 +323,8 @@ pub(crate) fn sgemm_packed(
     accumulate: bool,
     threads: bool,
 ) {
-    let mut edge = pack::take_buffer(edge_floats(m, b.k));
-    run(
-        [m, b.n, b.k],
-        (dst, lhs, l),
-        b.buf.floats_ref(),
-        edge.floats(),
-        accumulate,
-        threads,
-    );
-    pack::return_buffer(edge);
-}
-
-/// The product once `B` is packed: the ragged last panel of `A` (if any) is padded into
-/// `a_edge` ([`edge_floats`] long), then the tiles of `C` are shared out.
-#[allow(clippy::too_many_arguments)]
-fn run(
-    [m, n, k]: [usize; 3],
-    (dst, lhs, l): (&mut [f32], &[f32], MatRef),
-    b_packed: &[f32],
-    a_edge: &mut [f32],
-    accumulate: bool,
-    threads: bool,
-) {
-    let (mp, np) = (m.div_ceil(MR), n.div_ceil(NR));
-    let ragged = m % MR;
-    if ragged > 0 {
-        pack::pack_a_panel(a_edge, lhs, l, m - ragged, ragged, k);
-    }
-    let a = APanels {
-        lhs: &lhs[l.offset..],
-        l,
-        edge: a_edge,
-        full: m / MR,
-        crowded: m >= MR && crowds_l1(l.row_stride, l.col_stride, k),
-    };
-    let (tiles_m, tiles_n) = (mp.div_ceil(TILE_MR), np.div_ceil(TILE_NR));
-    let out = SharedDst(dst.as_mut_ptr());
-    let task = move |t: usize| {
-        let (tm, tn) = (t / tiles_n, t % tiles_n);
-        // SAFETY: tile (tm, tn) covers rows and columns no other task touches; packed panels
-        // hold k values for every padded row/column, so the kernel reads inside them.
-        unsafe { run_tile(out, n, m, k, &a, b_packed, tm, tn, mp, np, accumulate) };
-    };
-    if threads {
-        (0..tiles_m * tiles_n).into_par_iter().for_each(task);
-    } else {
-        (0..tiles_m * tiles_n).for_each(task);
-    }
+    let packed = BSource::Packed(b.buf.floats_ref());
+    run([m, b.n, b.k], (dst, lhs, l), packed, accumulate, threads);
 }
 
 /// Where the micro-kernel reads each 12-row panel of `A`: full panels in place, the ragged
@@ -247,64 +392,6 @@ impl APanels<'_> {
             (start, self.l.row_stride, self.l.col_stride)
         } else {
             (self.edge.as_ptr(), 1, MR)
-        }
-    }
-}
-
-/// One task: the `C` tile of micro-panel rows `[tm * TILE_MR, ..)` and columns
-/// `[tn * TILE_NR, ..)`, over the whole depth in blocks of [`KC`].
-///
-/// # Safety
-/// `out` points to a row-major `m x n` matrix no other thread writes in this tile; the packed
-/// `B` buffer holds `np` panels of depth `k`.
-#[allow(clippy::too_many_arguments)]
-unsafe fn run_tile(
-    out: SharedDst,
-    ldc: usize,
-    m: usize,
-    k: usize,
-    a: &APanels,
-    b_packed: &[f32],
-    tm: usize,
-    tn: usize,
-    mp: usize,
-    np: usize,
-    accumulate: bool,
-) {
-    // SAFETY: the caller's contract (see above) keeps every pointer inside its buffer.
-    unsafe {
-        let n = ldc;
-        let (ip0, ip1) = (tm * TILE_MR, ((tm + 1) * TILE_MR).min(mp));
-        let (jp0, jp1) = (tn * TILE_NR, ((tn + 1) * TILE_NR).min(np));
-        let mut edge = [0f32; MR * NR];
-        // Not zeroed (16 KiB per task would cost small products): `copy_a_panel` writes every
-        // float the kernel then reads.
-        let mut a_copy = std::mem::MaybeUninit::<[pack::Line; pack::A_COPY_FLOATS / 16]>::uninit();
-        // A panel whose in-place lines crowd into a few L1 sets (strides near a multiple of 4 KiB)
-        // is evicted between the B panels that reuse it; such a panel is copied contiguous first.
-        let copy_a = a.crowded && jp1 - jp0 >= 2;
-        let mut p0 = 0;
-        while p0 < k {
-            let kc = KC.min(k - p0);
-            let add = accumulate || p0 > 0;
-            for ip in ip0..ip1 {
-                let (ap, a_rs, a_ks) = a.panel(ip);
-                let mut ap = ap.add(p0 * a_ks);
-                let (mut a_rs, mut a_ks) = (a_rs, a_ks);
-                if copy_a && !(a_rs == 1 && a_ks == MR) {
-                    let dst = a_copy.as_mut_ptr().cast::<f32>();
-                    (a_rs, a_ks) = pack::copy_a_panel(dst, ap, a_rs, a_ks, kc);
-                    ap = dst as *const f32;
-                }
-                let (i, rows) = (ip * MR, MR.min(m - ip * MR));
-                for jp in jp0..jp1 {
-                    let b = b_packed.as_ptr().add(jp * NR * k + p0 * NR);
-                    let (j, cols) = (jp * NR, NR.min(n - jp * NR));
-                    let c = out.0.add(i * ldc + j);
-                    micro_tile(kc, (ap, a_rs, a_ks), b, (c, ldc, rows, cols), add, &mut edge);
-                }
-            }
-            p0 += kc;
         }
     }
 }
@@ -462,6 +549,64 @@ mod tests {
         // Full 32-column panels of a transposed B: 16 x 16 register transposes, then k % 16.
         check(30, 96, 300, false, true, false);
         check(50, 64, 32, true, true, true);
+        // Several KC blocks and more column panels than one task's block holds.
+        check(100, 600, 600, false, false, true);
+        check(29, 1100, 520, true, true, false);
+    }
+
+    #[test]
+    fn a_b_packed_beforehand_gives_the_same_bits() {
+        if !available() {
+            eprintln!("skipped: no AVX-512 on this machine");
+            return;
+        }
+        let (m, n, k) = (50, 600, 530);
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 13) % 19) as f32 / 9.0 - 1.0).collect();
+        let (l, r) = (MatRef::strided(k, 1), MatRef::strided(n, 1));
+        let mut plain = vec![0f32; m * n];
+        sgemm(m, n, k, &mut plain, &a, l, &b, r, false, true);
+        let packed = PackedB::new(&b, r, k, n);
+        let mut got = vec![0f32; m * n];
+        sgemm_packed(m, &mut got, &a, l, &packed, false, true);
+        assert_eq!(got, plain);
+        assert!(plain.iter().any(|&v| v != 0.0));
+    }
+
+    #[test]
+    fn the_grid_covers_every_tile_once_and_gives_each_thread_work() {
+        for (mp, np, workers) in [
+            (1, 1, 2),
+            (22, 8, 2),
+            (171, 64, 2),
+            (3, 1571, 4),
+            (500, 2, 8),
+            (11, 96, 1),
+        ] {
+            let grid = Grid::new(mp, np, workers);
+            let mut seen = vec![0u8; mp * np];
+            for t in 0..grid.tiles() {
+                let [rows, cols] = grid.tile(t);
+                assert!(
+                    cols.len() <= BLOCK_NP,
+                    "{mp}x{np}: a band of {} panels",
+                    cols.len()
+                );
+                for i in rows {
+                    for j in cols.clone() {
+                        seen[i * np + j] += 1;
+                    }
+                }
+            }
+            assert!(seen.iter().all(|&c| c == 1), "{mp}x{np} on {workers}");
+            if workers > 1 && mp * np >= 2 * workers {
+                assert!(
+                    grid.tiles() >= 2 * workers,
+                    "{mp}x{np} on {workers}: {} tiles",
+                    grid.tiles()
+                );
+            }
+        }
     }
 
     #[test]

@@ -57,12 +57,36 @@ thread_local! {
     /// The calling thread's packing buffer, kept between products so steady-state training
     /// neither allocates nor zeroes memory for packing.
     static BUFFER: Cell<Vec<Line>> = const { Cell::new(Vec::new()) };
+    /// The calling thread's buffer for one task's block of `B` (see `sgemm`), apart from
+    /// [`BUFFER`], which the thread that starts a product holds while its tasks run.
+    static BLOCK: Cell<Vec<Line>> = const { Cell::new(Vec::new()) };
 }
 
 /// A buffer of at least `len` floats. It is taken out of the thread's slot (not borrowed), so a
 /// product started while this thread waits inside rayon simply gets a fresh buffer.
 pub(super) fn take_buffer(len: usize) -> PackBuffer {
-    let mut lines = BUFFER.with(|b| b.take());
+    take_from(&BUFFER, len)
+}
+
+/// Puts a buffer back for the thread's next product (keeping the larger one).
+pub(super) fn return_buffer(buf: PackBuffer) {
+    return_to(&BUFFER, buf);
+}
+
+/// [`take_buffer`] from the thread's block slot.
+pub(super) fn take_block_buffer(len: usize) -> PackBuffer {
+    take_from(&BLOCK, len)
+}
+
+/// [`return_buffer`] to the thread's block slot.
+pub(super) fn return_block_buffer(buf: PackBuffer) {
+    return_to(&BLOCK, buf);
+}
+
+type Slot = std::thread::LocalKey<Cell<Vec<Line>>>;
+
+fn take_from(slot: &'static Slot, len: usize) -> PackBuffer {
+    let mut lines = slot.with(|b| b.take());
     let need = len.div_ceil(16);
     if lines.len() < need {
         lines.resize(need, Line([0.0; 16]));
@@ -70,9 +94,8 @@ pub(super) fn take_buffer(len: usize) -> PackBuffer {
     PackBuffer { lines, len }
 }
 
-/// Puts a buffer back for the thread's next product (keeping the larger one).
-pub(super) fn return_buffer(buf: PackBuffer) {
-    BUFFER.with(|b| {
+fn return_to(slot: &'static Slot, buf: PackBuffer) {
+    slot.with(|b| {
         let old = b.take();
         b.set(if old.len() > buf.lines.len() {
             old
