@@ -203,10 +203,14 @@ fn train_step(model_name: &str, args: &BenchArgs) -> anyhow::Result<()> {
     };
     let mut step = || -> anyhow::Result<f64> {
         let t = Instant::now();
-        let out = model.forward(&batch)?;
-        let loss: Var = out.loss.expect("batch has targets");
-        let grads = loss.backward()?;
-        opt.step(&grads)?;
+        // As the Trainer runs a step: inside the thread pool.
+        kiln::autograd::in_pool(|| -> anyhow::Result<()> {
+            let out = model.forward(&batch)?;
+            let loss: Var = out.loss.expect("batch has targets");
+            let grads = loss.backward()?;
+            opt.step(&grads)?;
+            Ok(())
+        })?;
         Ok(t.elapsed().as_secs_f64())
     };
     for _ in 0..5 {

@@ -30,8 +30,11 @@ const SCRIPT: &str = "benches/reference/suite.py";
 const RESULTS: &str = "runs/bench/suite.jsonl";
 /// Untimed iterations before the first round, on each side (and one before every later round).
 const WARMUP: usize = 3;
-/// The shortest timed round per side, in seconds (short workloads run more iterations).
-const MIN_ROUND_SECS: f64 = 0.05;
+/// The shortest timed round per side, in seconds (short workloads run more iterations). A quarter
+/// second: on a virtual machine a CPU left idle (the pause before each round) comes back at full
+/// speed only after some tens of milliseconds, which a shorter round would measure instead of
+/// the steady state a training loop runs in (both sides alike).
+const MIN_ROUND_SECS: f64 = 0.25;
 /// Pause before each side's timed iterations: the other side's threads (OpenMP's spin-waiting
 /// workers, rayon's) go idle first.
 const SETTLE: std::time::Duration = std::time::Duration::from_millis(200);
@@ -59,7 +62,7 @@ struct Workload {
     key: &'static str,
     /// Multiply-adds ×2 of one iteration, for GEMM rows.
     flops: Option<f64>,
-    step: Box<dyn FnMut() -> anyhow::Result<()>>,
+    step: Box<dyn FnMut() -> anyhow::Result<()> + Send>,
 }
 
 fn randn(dims: &[usize], rng: &mut TensorRng) -> anyhow::Result<Tensor> {
@@ -546,7 +549,7 @@ pub fn run(opts: &SuiteOptions) -> anyhow::Result<()> {
         for peer_key in peer_keys {
             let warm = Instant::now();
             for _ in 0..WARMUP {
-                (w.step)()?;
+                kiln::autograd::in_pool(|| (w.step)())?;
             }
             // Short workloads repeat until a round lasts about MIN_ROUND_SECS per side.
             let per_iter = warm.elapsed().as_secs_f64() / WARMUP as f64;
@@ -557,10 +560,10 @@ pub fn run(opts: &SuiteOptions) -> anyhow::Result<()> {
             for round in 0..opts.rounds {
                 std::thread::sleep(SETTLE);
                 // One untimed iteration per side and round wakes its threads up.
-                (w.step)()?;
+                kiln::autograd::in_pool(|| (w.step)())?;
                 for _ in 0..reps {
                     let t = Instant::now();
-                    (w.step)()?;
+                    kiln::autograd::in_pool(|| (w.step)())?;
                     ours.push(t.elapsed().as_secs_f64());
                 }
                 if let Some(p) = peer.as_mut() {

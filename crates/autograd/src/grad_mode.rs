@@ -38,3 +38,14 @@ pub fn set_grad_enabled(enabled: bool) -> GradModeGuard {
     let previous = GRAD_ENABLED.with(|g| g.replace(enabled));
     GradModeGuard { previous }
 }
+
+/// [`kiln_tensor::in_pool`] for autograd code: runs `f` (a whole training step, say) on one of
+/// kiln's pool threads, so its many small parallel kernels start from inside the pool, with this
+/// thread's recording mode ([`no_grad`]) and matmul precision carried over.
+pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    let enabled = is_grad_enabled();
+    kiln_tensor::in_pool(move || {
+        let _mode = set_grad_enabled(enabled);
+        f()
+    })
+}

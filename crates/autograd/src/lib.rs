@@ -30,7 +30,7 @@ mod var;
 
 pub use backward::Gradients;
 pub use error::{Error, Result};
-pub use grad_mode::{is_grad_enabled, no_grad, set_grad_enabled, GradModeGuard};
+pub use grad_mode::{in_pool, is_grad_enabled, no_grad, set_grad_enabled, GradModeGuard};
 pub use gradcheck::{gradcheck, GradcheckOptions};
 pub use param::Param;
 pub use var::{live_graph_nodes, BackwardFn, Var};

@@ -1,6 +1,6 @@
 //! The autograd API: leaves, no_grad, accumulation, detach and the errors for misuse.
 
-use kiln_autograd::{no_grad, Error, Var};
+use kiln_autograd::{in_pool, is_grad_enabled, no_grad, Error, Var};
 use kiln_tensor::{DType, Tensor};
 
 fn t(v: &[f32]) -> Tensor {
@@ -62,6 +62,50 @@ fn no_grad_records_nothing_and_restores() {
     assert!(y.requires_grad() && !y.is_leaf());
     assert_eq!(y.op_name(), Some("exp"));
     assert!(!y.detach().requires_grad());
+}
+
+#[test]
+fn a_step_run_in_the_pool_keeps_the_callers_modes_and_gives_the_same_bits() {
+    let w = Var::parameter(
+        Tensor::from_vec(
+            (0..96).map(|i| (i as f32 * 0.37).sin()).collect::<Vec<_>>(),
+            [12, 8],
+        )
+        .unwrap(),
+    );
+    let x = Var::constant(
+        Tensor::from_vec(
+            (0..80).map(|i| (i as f32 * 0.11).cos()).collect::<Vec<_>>(),
+            [10, 8],
+        )
+        .unwrap(),
+    );
+    let step = || {
+        let loss = x
+            .matmul(&w.t().unwrap())
+            .unwrap()
+            .tanh()
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let g = loss.backward().unwrap();
+        g.get(&w).unwrap().to_vec::<f32>().unwrap()
+    };
+    let outside = step();
+    assert_eq!(in_pool(step), outside);
+    {
+        let _g = no_grad();
+        let (recording, records) = in_pool(|| (is_grad_enabled(), w.exp().unwrap().requires_grad()));
+        assert!(!recording && !records, "no_grad carried into the pool thread");
+    }
+    {
+        let _p = kiln_tensor::set_matmul_precision(kiln_tensor::MatmulPrecision::Bf16);
+        assert_eq!(
+            in_pool(kiln_tensor::matmul_precision),
+            kiln_tensor::MatmulPrecision::Bf16
+        );
+    }
+    assert!(in_pool(is_grad_enabled));
 }
 
 #[test]

@@ -52,6 +52,6 @@ pub use random::TensorRng;
 pub use shape::{AllDims, Dim, Dims, Shape};
 pub use storage::live_storage_bytes;
 pub use tensor::Tensor;
-pub use threads::{num_threads, set_num_threads, THREADS_ENV};
+pub use threads::{in_pool, num_threads, set_num_threads, THREADS_ENV};
 
 pub use half::{bf16, f16};

@@ -712,32 +712,52 @@ impl Trainer {
             .targets
             .ok_or_else(|| Error::Data("fit: the training dataset has no targets".into()))?;
         let device = self.model_device();
-        let out = self.model.forward(&kiln_zoo::Batch {
-            inputs: batch.inputs.to_device(device)?,
-            targets: Some(targets.to_device(device)?),
-        })?;
-        let loss: Var = out.loss.ok_or_else(|| {
-            Error::Data(format!(
-                "fit: model {} returned no loss for a batch with targets",
-                self.model.name()
-            ))
-        })?;
-        let lv = scalar(loss.value())?;
-        if !lv.is_finite() {
-            return self.non_finite(format!("the loss is {lv}"));
-        }
-        let grads = match &self.buckets {
-            // Data parallel: each bucket's mean starts as soon as its gradients are complete.
+        let model = &*self.model;
+        let forward = || -> Result<(kiln_zoo::Output, Var, f64)> {
+            let out = model.forward(&kiln_zoo::Batch {
+                inputs: batch.inputs.to_device(device)?,
+                targets: Some(targets.to_device(device)?),
+            })?;
+            let loss: Var = out.loss.clone().ok_or_else(|| {
+                Error::Data(format!(
+                    "fit: model {} returned no loss for a batch with targets",
+                    model.name()
+                ))
+            })?;
+            let lv = scalar(loss.value())?;
+            Ok((out, loss, lv))
+        };
+        let (out, lv, grads) = match &self.buckets {
+            // One process: the step's many small kernels start from inside the thread pool.
+            None => kiln_autograd::in_pool(|| -> Result<_> {
+                let (out, loss, lv) = forward()?;
+                let grads = if lv.is_finite() {
+                    Some(loss.backward()?)
+                } else {
+                    None
+                };
+                Ok((out, lv, grads))
+            })?,
+            // Data parallel: each bucket's mean starts as soon as its gradients are complete
+            // (on this thread, which talks to the collective).
             Some(plan) => {
-                let mut reduction = Reduction::new(plan, &*self.collective);
-                let mut grads = loss.backward_streaming(&loss.value().ones_like()?, &mut |leaf, g| {
-                    reduction.ready(leaf, g);
-                    Ok(())
-                })?;
-                self.exposed_communication += reduction.finish(&mut grads)?;
-                grads
+                let (out, loss, lv) = forward()?;
+                let grads = if lv.is_finite() {
+                    let mut reduction = Reduction::new(plan, &*self.collective);
+                    let mut grads = loss.backward_streaming(&loss.value().ones_like()?, &mut |leaf, g| {
+                        reduction.ready(leaf, g);
+                        Ok(())
+                    })?;
+                    self.exposed_communication += reduction.finish(&mut grads)?;
+                    Some(grads)
+                } else {
+                    None
+                };
+                (out, lv, grads)
             }
-            None => loss.backward()?,
+        };
+        let Some(grads) = grads else {
+            return self.non_finite(format!("the loss is {lv}"));
         };
         let mut batch_metrics = MetricAccumulator::new();
         batch_metrics.add(lv, n, Some(out.logits.value()), Some(&targets), false)?;

@@ -470,10 +470,13 @@ impl<'m> Worker<'m> {
                 blocks: &self.running[i].blocks,
             })
             .collect();
-        let logits = {
-            let mut store = PagedKv::new(&mut self.pool, seqs);
-            self.lm.forward_cached(&feeds, &mut store)?
-        };
+        let (lm, pool) = (&self.lm, &mut self.pool);
+        // From inside the thread pool (see `kiln_autograd::in_pool`).
+        let logits = kiln_autograd::in_pool(|| {
+            let _no_grad = kiln_autograd::no_grad();
+            let mut store = PagedKv::new(pool, seqs);
+            lm.forward_cached(&feeds, &mut store)
+        })?;
         self.steps += 1;
         for &(i, t) in &plan {
             self.running[i].computed += t;

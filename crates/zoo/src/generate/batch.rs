@@ -72,14 +72,17 @@ impl<'a, L: CausalLm + ?Sized> BatchDecoder for SerialDecoder<'a, L> {
             .ok_or_else(|| unknown_sequence(id))
     }
     fn step(&mut self, feeds: &[(SeqId, &[u32])]) -> Result<Vec<Vec<f32>>> {
-        let _no_grad = kiln_autograd::no_grad();
-        feeds
-            .iter()
-            .map(|&(id, ids)| {
-                let state = self.states.get_mut(&id).ok_or_else(|| unknown_sequence(id))?;
-                state.feed(ids)
-            })
-            .collect()
+        let states = &mut self.states;
+        kiln_autograd::in_pool(|| {
+            let _no_grad = kiln_autograd::no_grad();
+            feeds
+                .iter()
+                .map(|&(id, ids)| {
+                    let state = states.get_mut(&id).ok_or_else(|| unknown_sequence(id))?;
+                    state.feed(ids)
+                })
+                .collect()
+        })
     }
 }
 
@@ -218,10 +221,11 @@ impl<'a> BatchGenerator<'a> {
             .iter()
             .map(|r| (r.seq, r.pending.as_slice()))
             .collect();
-        let logits = {
+        let decoder = &mut self.decoder;
+        let logits = kiln_autograd::in_pool(|| {
             let _no_grad = kiln_autograd::no_grad();
-            self.decoder.step(&feeds)?
-        };
+            decoder.step(&feeds)
+        })?;
         if logits.len() != self.running.len() {
             return Err(Error::Generation(format!(
                 "the decoder returned {} logit vectors for {} sequences",

@@ -63,8 +63,12 @@ impl Iterator for Generator<'_> {
 
 /// Feed `ids` without recording a graph; check the logits' length.
 fn feed(state: &mut dyn DecodeState, ids: &[u32], vocab_size: usize) -> Result<Vec<f32>> {
-    let _no_grad = kiln_autograd::no_grad();
-    let logits = state.feed(ids)?;
+    // From inside the thread pool, so the step's many small kernels do not each hand their
+    // work over to it (see `kiln_autograd::in_pool`).
+    let logits = kiln_autograd::in_pool(|| {
+        let _no_grad = kiln_autograd::no_grad();
+        state.feed(ids)
+    })?;
     if logits.len() != vocab_size {
         return Err(Error::Generation(format!(
             "the model returned {} logits for a vocabulary of {vocab_size}",
