@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The official OpenAI Python client against `cargo xtask serve` on SmolLM2-135M-Instruct:
-# installs `openai` in a temporary venv, starts the server (release xtask, API key, a free
+# installs `openai` in a temporary venv, starts the server (release xtask, or with KILN_CHECK_PROFILE=test the tests'; API key, a free
 # port), waits for /health, runs scripts/openai_client_check.py, then sends SIGTERM and checks the
 # server drains and exits 0.
 # Usage: scripts/openai_client_check.sh [WEIGHTS [EMBEDDER_DIR]]   (default: the registry's SmolLM2
@@ -25,11 +25,19 @@ python3 -m venv "$TMP/venv"
 "$TMP/venv/bin/python" -m pip install -q --disable-pip-version-check openai
 
 # `cargo xtask` is `cargo run --release -p xtask`; run the binary itself so that SIGTERM reaches it.
-cargo build --release -p xtask
+# KILN_CHECK_PROFILE=test (CI, right after `cargo test --workspace`) takes the xtask binary that
+# command built instead: the same features and dependencies, so nothing is compiled again.
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+if [ "${KILN_CHECK_PROFILE:-release}" = test ]; then
+  cargo test --workspace --no-run --locked
+  BIN_DIR=debug
+else
+  cargo build --release -p xtask
+  BIN_DIR=release
+fi
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 KEY="kiln-check-$$-$RANDOM"
-"$TARGET_DIR/release/xtask" serve --model smollm2-135m --weights "$WEIGHTS" --port "$PORT" --api-key "$KEY" \
+"$TARGET_DIR/$BIN_DIR/xtask" serve --model smollm2-135m --weights "$WEIGHTS" --port "$PORT" --api-key "$KEY" \
   --embedding-model all-minilm-l6-v2 --embedding-weights "$EMBEDDER" \
   >"$TMP/server.out" 2>"$TMP/server.log" &
 SERVER_PID=$!
