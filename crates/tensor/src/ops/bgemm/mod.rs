@@ -9,23 +9,24 @@
 //! pair of k. CPUs without the instruction run [`kernel::portable`], the same additions in the
 //! same order in f32 instructions: the two paths give the same bits (tested) except where a sum
 //! falls below f32's normal range, which the instruction flushes to zero. Subnormal inputs are
-//! flushed to zero when packing, as the instruction would. Tiles of `C` are shared out over
-//! rayon and `K` is walked in blocks added in order, so results do not depend on the thread count.
+//! flushed to zero when packing, as the instruction would. Packing rounds whole unit-stride runs
+//! (vectorised) into per-thread buffers kept between products; tiles of `C` are shared out over
+//! rayon on sgemm's [`Grid`] and `K` is walked in blocks added in order, so results do not depend
+//! on the thread count.
 
 mod kernel;
 mod small;
 
 use rayon::prelude::*;
 
-use super::sgemm::{store_partial_tile, SharedDst, MR, NR};
+use std::cell::Cell;
+use std::ops::Range;
+
+use super::sgemm::{store_partial_tile, Grid, SharedDst, MR, NR};
 use super::MatRef;
 
 /// Pairs of k per block: a 12-row `A` panel block (6 KiB) stays in L1 while `B` panels stream.
 const KP: usize = 128;
-/// Micro-panels of `A` per task tile.
-const TILE_MR: usize = 8;
-/// Micro-panels of `B` per task tile.
-const TILE_NR: usize = 4;
 /// Packed elements below which one thread packs.
 const PARALLEL_PACK: usize = 1 << 15;
 
@@ -66,66 +67,90 @@ pub(crate) fn bgemm(
         return small::small(m, n, k, dst, lhs, l, rhs, r, accumulate);
     }
     let (kp, mp, np) = (k.div_ceil(2), m.div_ceil(MR), n.div_ceil(NR));
-    let mut a = vec![0u32; mp * kp * MR];
-    let mut b = vec![0u32; np * kp * NR];
+    // Reused between products on this thread: every element is written by `pack`.
+    let (mut a_buf, mut b_buf) = PANELS.with(|p| p.take());
+    let a = sized(&mut a_buf, mp * kp * MR);
+    let b = sized(&mut b_buf, np * kp * NR);
     let par = threads && m * k + k * n >= PARALLEL_PACK;
-    pack(
-        &mut a,
-        MR,
-        m,
-        k,
-        |i, p| lhs[l.offset + i * l.row_stride + p * l.col_stride],
-        par,
-    );
-    pack(
-        &mut b,
-        NR,
-        n,
-        k,
-        |j, p| rhs[r.offset + p * r.row_stride + j * r.col_stride],
-        par,
-    );
-    let (tiles_m, tiles_n) = (mp.div_ceil(TILE_MR), np.div_ceil(TILE_NR));
+    let a_lines = Lines {
+        data: lhs,
+        offset: l.offset,
+        line_stride: l.row_stride,
+        k_stride: l.col_stride,
+    };
+    let b_lines = Lines {
+        data: rhs,
+        offset: r.offset,
+        line_stride: r.col_stride,
+        k_stride: r.row_stride,
+    };
+    if par {
+        // Both operands in one fork-join.
+        rayon::join(
+            || pack(a, MR, m, k, a_lines, true),
+            || pack(b, NR, n, k, b_lines, true),
+        );
+    } else {
+        pack(a, MR, m, k, a_lines, false);
+        pack(b, NR, n, k, b_lines, false);
+    }
+    // The f32 path's split of C: at least two tiles per thread, columns in bands.
+    let workers = if threads { rayon::current_num_threads() } else { 1 };
+    let grid = Grid::new(mp, np, workers);
     let out = SharedDst(dst.as_mut_ptr());
     let (a, b) = (&a[..], &b[..]);
     let task = move |t: usize| {
-        let (tm, tn) = (t / tiles_n, t % tiles_n);
-        // SAFETY: tile (tm, tn) covers rows and columns no other task touches; the packed
-        // panels hold kp pairs for every padded row and column.
-        unsafe { run_tile(out, [m, n, kp], a, b, tm, tn, accumulate) };
+        let [rows, cols] = grid.tile(t);
+        // SAFETY: the grid's tiles cover disjoint rows and columns of C; the packed panels
+        // hold kp pairs for every padded row and column.
+        unsafe { run_tile(out, [m, n, kp], a, b, rows, cols, accumulate) };
     };
-    if threads {
-        (0..tiles_m * tiles_n).into_par_iter().for_each(task);
+    if threads && grid.tiles() > 1 {
+        (0..grid.tiles()).into_par_iter().for_each(task);
     } else {
-        (0..tiles_m * tiles_n).for_each(task);
+        (0..grid.tiles()).for_each(task);
+    }
+    PANELS.with(|p| p.set((a_buf, b_buf)));
+}
+
+thread_local! {
+    /// The packed panels of `A` and `B`, kept between products on this thread.
+    static PANELS: Cell<(Vec<u32>, Vec<u32>)> = const { Cell::new((Vec::new(), Vec::new())) };
+}
+
+/// The first `len` elements of `buf`, growing it (zeroed) when it is shorter.
+fn sized(buf: &mut Vec<u32>, len: usize) -> &mut [u32] {
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+    &mut buf[..len]
+}
+
+/// An operand as packing reads it: element `(line, p)` (a row of `A` or a column of `B`, and
+/// its k) at `data[offset + line * line_stride + p * k_stride]`.
+#[derive(Clone, Copy)]
+struct Lines<'a> {
+    data: &'a [f32],
+    offset: usize,
+    line_stride: usize,
+    k_stride: usize,
+}
+
+impl Lines<'_> {
+    fn at(&self, line: usize, p: usize) -> f32 {
+        self.data[self.offset + line * self.line_stride + p * self.k_stride]
     }
 }
 
 /// Packs an operand into panels of `width` lines (rows of `A` or columns of `B`), each panel
 /// storing, for every pair of k, one `u32` per line: the bf16 of element `2q` in the low half,
 /// of `2q + 1` in the high half. Lines and ks past the edge are zero.
-fn pack(
-    out: &mut [u32],
-    width: usize,
-    lines: usize,
-    k: usize,
-    at: impl Fn(usize, usize) -> f32 + Sync,
-    par: bool,
-) {
+/// The two unit-stride layouts round whole runs at a time, so the loops vectorise.
+fn pack(out: &mut [u32], width: usize, lines: usize, k: usize, src: Lines<'_>, par: bool) {
     let kp = k.div_ceil(2);
     let panel = |(ip, dst): (usize, &mut [u32])| {
-        for line in 0..width.min(lines - ip * width) {
-            let i = ip * width + line;
-            for q in 0..kp {
-                let even = bf16_bits(at(i, 2 * q));
-                let odd = if 2 * q + 1 < k {
-                    bf16_bits(at(i, 2 * q + 1))
-                } else {
-                    0
-                };
-                dst[q * width + line] = even | (odd << 16);
-            }
-        }
+        let first = ip * width;
+        pack_panel(dst, width, first, width.min(lines - first), k, src);
     };
     if par {
         out.par_chunks_mut(kp * width).enumerate().for_each(panel);
@@ -134,8 +159,77 @@ fn pack(
     }
 }
 
-/// One task: the `C` tile of micro-panel rows `[tm * TILE_MR, ..)` and columns
-/// `[tn * TILE_NR, ..)`, over all pairs in blocks of [`KP`].
+crate::multiversion! {
+    /// One panel of [`pack`]: lines `first..first + count` into `dst`, vectorised for the best
+    /// instruction set.
+    fn pack_panel[](dst: &mut [u32], width: usize, first: usize, count: usize, k: usize, src: Lines<'_>) = pack_panel_kernel[]
+}
+
+/// Pairs of k rounded per chunk when lines run along k.
+const CHUNK: usize = 16;
+
+#[inline(always)]
+fn pack_panel_kernel(dst: &mut [u32], width: usize, first: usize, count: usize, k: usize, src: Lines<'_>) {
+    let kp = k.div_ceil(2);
+    let pair = |even: f32, odd: f32| bf16_bits(even) | (bf16_bits(odd) << 16);
+    if src.line_stride == 1 {
+        // The panel's lines side by side: each pair of k is two runs, rounded lane by lane.
+        let run = |p: usize| &src.data[src.offset + first + p * src.k_stride..][..count];
+        for q in 0..kp {
+            let d = &mut dst[q * width..q * width + count];
+            if 2 * q + 1 < k {
+                for ((d, &e), &o) in d.iter_mut().zip(run(2 * q)).zip(run(2 * q + 1)) {
+                    *d = pair(e, o);
+                }
+            } else {
+                for (d, &e) in d.iter_mut().zip(run(2 * q)) {
+                    *d = bf16_bits(e);
+                }
+            }
+        }
+    } else if src.k_stride == 1 && width <= NR {
+        // Each line contiguous along k: a chunk of pairs rounded per line, then written out
+        // pair by pair across the lines, so the stores run in order.
+        let mut chunk = [0u32; NR * CHUNK];
+        for q0 in (0..kp).step_by(CHUNK) {
+            let qn = CHUNK.min(kp - q0);
+            // Whole pairs in this chunk (the last pair of an odd k has no partner).
+            let whole = qn.min(k / 2 - q0.min(k / 2));
+            for line in 0..count {
+                let run = &src.data[src.offset + (first + line) * src.line_stride + 2 * q0..];
+                let c = &mut chunk[line * CHUNK..line * CHUNK + qn];
+                for (pr, two) in c[..whole].iter_mut().zip(run.chunks_exact(2)) {
+                    *pr = pair(two[0], two[1]);
+                }
+                if whole < qn {
+                    c[whole] = bf16_bits(run[2 * whole]);
+                }
+            }
+            for q in 0..qn {
+                let d = &mut dst[(q0 + q) * width..(q0 + q) * width + count];
+                for (line, d) in d.iter_mut().enumerate() {
+                    *d = chunk[line * CHUNK + q];
+                }
+            }
+        }
+    } else {
+        for line in 0..count {
+            let i = first + line;
+            for q in 0..kp {
+                let odd = if 2 * q + 1 < k { src.at(i, 2 * q + 1) } else { 0.0 };
+                dst[q * width + line] = pair(src.at(i, 2 * q), odd);
+            }
+        }
+    }
+    if count < width {
+        for q in 0..kp {
+            dst[q * width + count..(q + 1) * width].fill(0);
+        }
+    }
+}
+
+/// One task: the `C` tile of row panels `rows` and column panels `cols`, over all pairs in
+/// blocks of [`KP`].
 ///
 /// # Safety
 /// `out` points to a row-major `m x n` matrix no other thread writes in this tile; `a` and `b`
@@ -145,22 +239,19 @@ unsafe fn run_tile(
     [m, n, kp]: [usize; 3],
     a: &[u32],
     b: &[u32],
-    tm: usize,
-    tn: usize,
+    rows: Range<usize>,
+    cols: Range<usize>,
     accumulate: bool,
 ) {
-    let (mp, np) = (m.div_ceil(MR), n.div_ceil(NR));
-    let (ip0, ip1) = (tm * TILE_MR, ((tm + 1) * TILE_MR).min(mp));
-    let (jp0, jp1) = (tn * TILE_NR, ((tn + 1) * TILE_NR).min(np));
     let mut edge = [0f32; MR * NR];
     let mut q0 = 0;
     while q0 < kp {
         let kc = KP.min(kp - q0);
         let add = accumulate || q0 > 0;
-        for ip in ip0..ip1 {
+        for ip in rows.clone() {
             let ap = &a[(ip * kp + q0) * MR..][..kc * MR];
             let (i, rows) = (ip * MR, MR.min(m - ip * MR));
-            for jp in jp0..jp1 {
+            for jp in cols.clone() {
                 let bp = &b[(jp * kp + q0) * NR..][..kc * NR];
                 let (j, cols) = (jp * NR, NR.min(n - jp * NR));
                 // SAFETY: (i, j) lies in C (the caller's contract); a full tile is 12 x 32.
@@ -290,6 +381,41 @@ mod tests {
         let (lt, rt) = (MatRef::strided(1, m), MatRef::strided(1, k));
         small::small(m, n, k, &mut transposed, &at, lt, &bt, rt, false);
         assert_eq!(transposed, direct);
+    }
+
+    #[test]
+    fn packing_gives_the_same_bits_for_every_operand_layout() {
+        // Odd k (a lone last pair), ragged panels, more than one block of pairs.
+        let (m, n, k) = (29, 45, 2 * KP + 37);
+        let (a, b) = (data(m * k, 7), data(k * n, 8));
+        let product = |lhs: &[f32], l: MatRef, rhs: &[f32], r: MatRef| {
+            let mut c = vec![0f32; m * n];
+            bgemm(m, n, k, &mut c, lhs, l, rhs, r, false, true);
+            c
+        };
+        let want = product(&a, MatRef::strided(k, 1), &b, MatRef::strided(n, 1));
+        // A column-major (its rows side by side), B column-major (each column along k).
+        let at: Vec<f32> = (0..k * m).map(|x| a[(x % m) * k + x / m]).collect();
+        let bt: Vec<f32> = (0..n * k).map(|x| b[(x % k) * n + x / k]).collect();
+        let got = product(&at, MatRef::strided(1, m), &bt, MatRef::strided(1, k));
+        assert_eq!(got, want, "transposed operands");
+        // Neither stride 1: every other element of twice-as-wide storage, at an offset.
+        let spread = |v: &[f32]| -> Vec<f32> {
+            std::iter::once(9.0)
+                .chain(v.iter().flat_map(|&x| [x, -7.0]))
+                .collect()
+        };
+        let l = MatRef {
+            offset: 1,
+            row_stride: 2 * k,
+            col_stride: 2,
+        };
+        let r = MatRef {
+            offset: 1,
+            row_stride: 2 * n,
+            col_stride: 2,
+        };
+        assert_eq!(product(&spread(&a), l, &spread(&b), r), want, "strided operands");
     }
 
     #[test]

@@ -138,7 +138,7 @@ const BLOCK_NP: usize = 16;
 /// panels. Every tile packs the `B` block of its columns itself, so splitting rows repeats
 /// packing and splitting columns re-reads `A`; the split grows the side whose tiles are larger.
 #[derive(Clone, Copy)]
-struct Grid {
+pub(crate) struct Grid {
     mp: usize,
     np: usize,
     tiles_m: usize,
@@ -150,7 +150,7 @@ impl Grid {
     /// two tiles per thread (so a ragged tile does not leave a thread idle), columns in bands
     /// of at most [`BLOCK_NP`] panels. It changes only which task computes a tile, never the
     /// order of any sum, so results do not depend on `workers`.
-    fn new(mp: usize, np: usize, workers: usize) -> Grid {
+    pub(crate) fn new(mp: usize, np: usize, workers: usize) -> Grid {
         let (mut tiles_m, mut tiles_n) = (1, np.div_ceil(BLOCK_NP));
         let want = if workers > 1 { 2 * workers } else { 1 };
         while tiles_m * tiles_n < want {
@@ -172,14 +172,14 @@ impl Grid {
     }
 
     /// Number of tiles.
-    fn tiles(&self) -> usize {
+    pub(crate) fn tiles(&self) -> usize {
         self.tiles_m * self.tiles_n
     }
 
     /// Tile `t`'s row panels and column panels (ranges of panel indices). Bands are as equal
     /// as the division allows; tiles of one band of rows are numbered consecutively, so the
     /// tasks that share their `A` rows run close together.
-    fn tile(&self, t: usize) -> [std::ops::Range<usize>; 2] {
+    pub(crate) fn tile(&self, t: usize) -> [std::ops::Range<usize>; 2] {
         let band = |i: usize, parts: usize, total: usize| i * total / parts..(i + 1) * total / parts;
         [
             band(t / self.tiles_n, self.tiles_m, self.mp),
