@@ -42,6 +42,44 @@ unsafe fn avx512_bf16(kc: usize, a: *const u32, b: *const u32, c: *mut f32, ldc:
     }
 }
 
+/// One row of `C` for the small-product path: `row[j] = Σ_q A pair q · B pair (q, j)`, pairs in
+/// order from zero, `a` the row's `2 kp` rounded values, `pairs` the rows of `B` paired
+/// (`[kp, n]`, one `u32` per pair and column). The same additions as `small`'s f32 loop.
+///
+/// # Safety
+/// The CPU must have AVX-512 BF16 ([`crate::simd::has_bf16_dot`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub(super) unsafe fn row_avx512_bf16(a: &[f32], pairs: &[u32], n: usize, row: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let kp = a.len() / 2;
+    assert!(pairs.len() >= kp * n && row.len() >= n);
+    // SAFETY: the caller's contract for the features; every load and store is masked to the
+    // columns below n (a masked-off lane is never touched), inside `pairs` and `row`.
+    unsafe {
+        for j0 in (0..n).step_by(64) {
+            let left = n - j0;
+            let masks: [__mmask16; 4] = std::array::from_fn(|c| {
+                let lanes = left.saturating_sub(16 * c).min(16);
+                ((1u32 << lanes) - 1) as __mmask16
+            });
+            let mut acc = [_mm512_setzero_ps(); 4];
+            for q in 0..kp {
+                let pair = (a[2 * q].to_bits() >> 16) | (a[2 * q + 1].to_bits() & 0xffff_0000);
+                let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair as i32));
+                let bq = pairs.as_ptr().wrapping_add(q * n + j0);
+                for (c, acc) in acc.iter_mut().enumerate() {
+                    let bv = _mm512_maskz_loadu_epi32(masks[c], bq.wrapping_add(16 * c).cast::<i32>());
+                    *acc = _mm512_dpbf16_ps(*acc, av, std::mem::transmute::<__m512i, __m512bh>(bv));
+                }
+            }
+            for (c, acc) in acc.iter().enumerate() {
+                _mm512_mask_storeu_ps(row.as_mut_ptr().wrapping_add(j0 + 16 * c), masks[c], *acc);
+            }
+        }
+    }
+}
+
 /// [`tile`] in f32 instructions: per pair, the odd product then the even one, each addition
 /// rounded, as `vdpbf16ps` does.
 ///

@@ -419,6 +419,25 @@ mod tests {
     }
 
     #[test]
+    fn the_small_path_gives_the_same_bits_on_vdpbf16ps() {
+        if !crate::simd::has_bf16_dot() {
+            eprintln!("skipped: this CPU has no AVX-512 BF16 (only the f32-instruction path runs)");
+            return;
+        }
+        // Odd k, a ragged last chunk of columns, and one past a whole chunk.
+        for (m, n, k) in [(5, 70, 33), (3, 64, 8), (7, 129, 300), (1, 1, 1)] {
+            let (a, b) = (data(m * k, 11), data(k * n, 12));
+            let (l, r) = (MatRef::strided(k, 1), MatRef::strided(n, 1));
+            let run = |native: bool| {
+                let mut c = vec![0.25f32; m * n];
+                small::small_with(m, n, k, &mut c, &a, l, &b, r, true, native);
+                c
+            };
+            assert_eq!(run(true), run(false), "{m}x{n}x{k}");
+        }
+    }
+
+    #[test]
     fn the_native_and_portable_kernels_give_the_same_bits() {
         if !crate::simd::has_bf16_dot() {
             eprintln!("skipped: this CPU has no AVX-512 BF16 (only the portable kernel runs)");

@@ -33,92 +33,161 @@ pub(super) fn small(
     r: MatRef,
     accumulate: bool,
 ) {
+    let native = crate::simd::has_bf16_dot();
+    small_with(m, n, k, dst, lhs, l, rhs, r, accumulate, native);
+}
+
+/// [`small`] on `vdpbf16ps` (`native`, where the CPU has it) or in f32 instructions: the same
+/// bits either way.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn small_with(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    lhs: &[f32],
+    l: MatRef,
+    rhs: &[f32],
+    r: MatRef,
+    accumulate: bool,
+    native: bool,
+) {
     let k2 = k.div_ceil(2) * 2;
     let mut buf = SCRATCH.with(|s| s.take());
     buf.clear();
     buf.resize(m * k2 + k2 * n + n, 0.0);
     let (a, rest) = buf.split_at_mut(m * k2);
     let (b, row) = rest.split_at_mut(k2 * n);
-    // Each operand is read along its unit-stride dimension when it has one.
+    // Each operand is read along its unit-stride dimension when it has one; a transposed one
+    // goes through square tiles, so neither side walks memory at a large stride.
     if l.col_stride == 1 || l.row_stride != 1 {
         for i in 0..m {
             let at = l.offset + i * l.row_stride;
-            round_run(&mut a[i * k2..i * k2 + k], 1, lhs, at, l.col_stride);
+            round_run(&mut a[i * k2..i * k2 + k], lhs, at, l.col_stride);
         }
     } else {
-        for p in 0..k {
-            round_run(
-                &mut a[p..p + (m - 1) * k2 + 1],
-                k2,
-                lhs,
-                l.offset + p * l.col_stride,
-                1,
-            );
-        }
+        round_transposed(a, k2, [m, k], lhs, l.offset, l.col_stride);
     }
     if r.col_stride == 1 || r.row_stride != 1 {
         for p in 0..k {
             round_run(
                 &mut b[p * n..(p + 1) * n],
-                1,
                 rhs,
                 r.offset + p * r.row_stride,
                 r.col_stride,
             );
         }
     } else {
-        for j in 0..n {
-            round_run(
-                &mut b[j..j + (k - 1) * n + 1],
-                n,
-                rhs,
-                r.offset + j * r.col_stride,
-                1,
-            );
-        }
+        round_transposed(b, n, [k, n], rhs, r.offset, r.col_stride);
+    }
+    let mut pairs = PAIRS.with(|p| p.take());
+    if native {
+        pairs.clear();
+        pairs.resize(k2 / 2 * n, 0);
+        pair_rows(b, n, &mut pairs);
     }
     for i in 0..m {
-        row.fill(0.0);
-        row_sums(&a[i * k2..(i + 1) * k2], b, row);
+        let ai = &a[i * k2..(i + 1) * k2];
+        #[cfg(target_arch = "x86_64")]
+        if native {
+            // SAFETY: `native` is only set where the CPU has AVX-512 BF16 (or by a test that
+            // checked it); `pairs` holds k2 / 2 rows of n.
+            unsafe { super::kernel::row_avx512_bf16(ai, &pairs, n, row) };
+        } else {
+            row.fill(0.0);
+            row_sums(ai, b, row);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            row.fill(0.0);
+            row_sums(ai, b, row);
+        }
         let out = &mut dst[i * n..(i + 1) * n];
         for (o, &v) in out.iter_mut().zip(row.iter()) {
             *o = if accumulate { *o + v } else { v };
         }
     }
+    PAIRS.with(|p| p.set(pairs));
     SCRATCH.with(|s| s.set(buf));
 }
 
+thread_local! {
+    /// The rows of `B` paired for `vdpbf16ps`, kept between products.
+    static PAIRS: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
+}
+
 crate::multiversion! {
-    /// `dst[t * dst_stride] = bf16(src[start + t * src_stride])` for as many `t` as `dst` holds
-    /// (every `dst_stride`-th element of `dst`, from the first).
-    fn round_run[](dst: &mut [f32], dst_stride: usize, src: &[f32], start: usize, src_stride: usize) = round_run_kernel[]
+    /// `pairs[q · n + j]`: the bf16 of `b[2q, j]` in the low half, of `b[2q + 1, j]` in the high
+    /// half (`b` already rounded, `[2 · kp, n]`).
+    fn pair_rows[](b: &[f32], n: usize, pairs: &mut [u32]) = pair_rows_kernel[]
 }
 
 #[inline(always)]
-fn round_run_kernel(dst: &mut [f32], dst_stride: usize, src: &[f32], start: usize, src_stride: usize) {
-    let len = dst.len().div_ceil(dst_stride);
+fn pair_rows_kernel(b: &[f32], n: usize, pairs: &mut [u32]) {
+    for (q, out) in pairs.chunks_exact_mut(n).enumerate() {
+        let (even, odd) = (
+            &b[2 * q * n..(2 * q + 1) * n],
+            &b[(2 * q + 1) * n..(2 * q + 2) * n],
+        );
+        for ((p, &e), &o) in out.iter_mut().zip(even).zip(odd) {
+            *p = (e.to_bits() >> 16) | (o.to_bits() & 0xffff_0000);
+        }
+    }
+}
+
+crate::multiversion! {
+    /// `dst[t] = bf16(src[start + t * src_stride])` for every `t` of `dst`.
+    fn round_run[](dst: &mut [f32], src: &[f32], start: usize, src_stride: usize) = round_run_kernel[]
+}
+
+#[inline(always)]
+fn round_run_kernel(dst: &mut [f32], src: &[f32], start: usize, src_stride: usize) {
     if src_stride != 1 {
-        for (t, d) in dst.iter_mut().step_by(dst_stride).enumerate() {
+        for (t, d) in dst.iter_mut().enumerate() {
             *d = rounded(src[start + t * src_stride]);
         }
         return;
     }
-    let src = &src[start..start + len];
-    if dst_stride == 1 {
-        for (d, &x) in dst.iter_mut().zip(src) {
-            *d = rounded(x);
-        }
-        return;
+    let len = dst.len();
+    for (d, &x) in dst.iter_mut().zip(&src[start..start + len]) {
+        *d = rounded(x);
     }
-    // Round a block in vector registers, then scatter it.
-    const BLOCK: usize = 64;
-    let mut tmp = [0f32; BLOCK];
-    for (c, chunk) in src.chunks(BLOCK).enumerate() {
-        for (t, &x) in tmp.iter_mut().zip(chunk) {
-            *t = rounded(x);
-        }
-        for (t, &v) in tmp[..chunk.len()].iter().enumerate() {
-            dst[(c * BLOCK + t) * dst_stride] = v;
+}
+
+/// Side of the square tiles of [`round_transposed`].
+const TILE: usize = 16;
+
+crate::multiversion! {
+    /// `dst[r · dst_stride + c] = bf16(src[start + c · src_stride + r])` for `r < rows`,
+    /// `c < cols`: an operand whose columns are contiguous, rounded into row-major storage one
+    /// 16 x 16 tile at a time (a whole-column pass would store at a stride of a full row, often
+    /// a multiple of 4 KiB, which lands every store of a column in one cache set).
+    fn round_transposed[](dst: &mut [f32], dst_stride: usize, shape: [usize; 2], src: &[f32], start: usize, src_stride: usize) = round_transposed_kernel[]
+}
+
+#[inline(always)]
+fn round_transposed_kernel(
+    dst: &mut [f32],
+    dst_stride: usize,
+    [rows, cols]: [usize; 2],
+    src: &[f32],
+    start: usize,
+    src_stride: usize,
+) {
+    let mut tile = [[0f32; TILE]; TILE];
+    for r0 in (0..rows).step_by(TILE) {
+        let rn = TILE.min(rows - r0);
+        for c0 in (0..cols).step_by(TILE) {
+            let cn = TILE.min(cols - c0);
+            for c in 0..cn {
+                let column = &src[start + (c0 + c) * src_stride + r0..][..rn];
+                for (t, &x) in tile.iter_mut().zip(column) {
+                    t[c] = rounded(x);
+                }
+            }
+            for (r, t) in tile.iter().enumerate().take(rn) {
+                dst[(r0 + r) * dst_stride + c0..][..cn].copy_from_slice(&t[..cn]);
+            }
         }
     }
 }
