@@ -110,8 +110,14 @@ pub(crate) fn bgemm(
     } else {
         (0..grid.tiles()).for_each(task);
     }
-    PANELS.with(|p| p.set((a_buf, b_buf)));
+    // Panels of ordinary products are kept; a huge product's memory goes back.
+    if a_buf.len() + b_buf.len() <= KEEP_PANELS {
+        PANELS.with(|p| p.set((a_buf, b_buf)));
+    }
 }
+
+/// The most packed values (16 MiB) a thread keeps between products.
+const KEEP_PANELS: usize = 1 << 22;
 
 thread_local! {
     /// The packed panels of `A` and `B`, kept between products on this thread.
